@@ -1,0 +1,73 @@
+"""Per-architecture facts the quantizer and the calibration need, for the supported dLLM families.
+
+Paths are full module paths from the top-level model (``model.named_modules()`` names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    """What is known of one model family.
+
+    Attributes:
+        family: short name (``"llada"``, ``"dream"``).
+        model_types: ``config.model_type`` values of the family (compared case-insensitively).
+        blocks_path: path of the ``nn.ModuleList`` of transformer blocks.
+        embed_path: path of the token embedding.
+        head_path: path of the LM head (always kept in float).
+        logits_shift: 0 if the output at position i predicts token i (LLaDA); 1 if the output at i−1
+            predicts token i (Dream).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    blocks_path: str
+    embed_path: str
+    head_path: str
+    logits_shift: int
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's transformer blocks, in order."""
+        return model.get_submodule(self.blocks_path)
+
+    def mask_token_id(self, config) -> int:
+        """The mask token id, read from the model config."""
+        mask_id = getattr(config, "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError(f"{self.family} config has no mask_token_id")
+        return int(mask_id)
+
+
+ADAPTERS: dict[str, ModelAdapter] = {
+    "llada": ModelAdapter(
+        family="llada",
+        model_types=("llada",),
+        blocks_path="model.transformer.blocks",
+        embed_path="model.transformer.wte",
+        head_path="model.transformer.ff_out",
+        logits_shift=0,
+    ),
+    "dream": ModelAdapter(
+        family="dream",
+        model_types=("dream",),
+        blocks_path="model.layers",
+        embed_path="model.embed_tokens",
+        head_path="lm_head",
+        logits_shift=1,
+    ),
+}
+
+
+def get_adapter(model_or_config) -> ModelAdapter:
+    """The adapter for a model (or its config); ``ValueError`` naming the supported families otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = str(getattr(config, "model_type", "")).lower()
+    for adapter in ADAPTERS.values():
+        if model_type in adapter.model_types:
+            return adapter
+    supported = ", ".join(f"{a.family} (model_type {'/'.join(a.model_types)})" for a in ADAPTERS.values())
+    raise ValueError(f"fair_calib_hf does not support model_type {model_type!r}; supported families: {supported}")

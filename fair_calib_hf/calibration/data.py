@@ -1,0 +1,100 @@
+"""Calibration data → a list of token-id sequences.
+
+Accepted inputs (``FairCalibConfig.calibration_dataset``):
+
+* a list of strings, tokenized with the config's tokenizer or the model's own (``AutoTokenizer`` on the
+  model's path);
+* a list of token-id sequences (lists of ints or 1-D integer tensors);
+* a ``datasets.Dataset`` with ``input_ids`` or a text column (``dataset_text_column``);
+* a string: a local file (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.parquet``) or a hub dataset id, read
+  with ``datasets.load_dataset`` (split ``train``).
+
+The first ``num_samples`` usable samples are kept, each truncated to ``seq_len`` tokens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _load_named_dataset(name: str):
+    import datasets
+
+    if os.path.exists(name):
+        ext = os.path.splitext(name)[1].lower()
+        if ext not in _FILE_BUILDERS:
+            raise ValueError(
+                f"calibration_dataset file {name!r}: unsupported extension {ext!r}; "
+                f"supported: {', '.join(sorted(_FILE_BUILDERS))}"
+            )
+        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=name, split="train")
+    return datasets.load_dataset(name, split="train")
+
+
+def _samples_from_dataset(ds, text_column: str):
+    if "input_ids" in ds.column_names:
+        return list(ds["input_ids"])
+    if text_column not in ds.column_names:
+        raise ValueError(
+            f"calibration dataset has no column {text_column!r} (nor 'input_ids'); columns: {ds.column_names}. "
+            "Set FairCalibConfig(dataset_text_column=...)."
+        )
+    return list(ds[text_column])
+
+
+def _tokenizer_for(model, tokenizer):
+    if tokenizer is not None:
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    if not path:
+        raise ValueError("calibration_dataset holds strings but no tokenizer was given and the model has no path; "
+                         "pass FairCalibConfig(tokenizer=...)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_calibration_samples(config, model) -> list[torch.Tensor]:
+    """The calibration sequences as 1-D ``int64`` tensors (at most ``num_samples``, each ≤ ``seq_len``)."""
+    data = config.calibration_dataset
+    if data is None:
+        return []
+    if isinstance(data, str):
+        data = _samples_from_dataset(_load_named_dataset(data), config.dataset_text_column)
+    elif hasattr(data, "column_names"):  # a datasets.Dataset
+        data = _samples_from_dataset(data, config.dataset_text_column)
+    samples = []
+    tokenizer = None
+    for index, item in enumerate(data):
+        if len(samples) == config.num_samples:
+            break
+        if isinstance(item, str):
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            ids = torch.tensor(tokenizer(item)["input_ids"], dtype=torch.long)
+        elif isinstance(item, torch.Tensor) or (isinstance(item, (list, tuple)) and all(isinstance(t, int) for t in item)):
+            ids = torch.as_tensor(item)
+            if ids.dim() != 1 or ids.is_floating_point():
+                raise ValueError(f"calibration sample {index}: expected a 1-D sequence of token ids, got {ids.dtype} {list(ids.shape)}")
+            ids = ids.long()
+        else:
+            raise ValueError(
+                f"calibration sample {index}: expected a string or a sequence of token ids, got {type(item).__name__}"
+            )
+        if ids.numel() == 0:
+            raise ValueError(f"calibration sample {index} is empty after tokenization")
+        vocab = model.get_input_embeddings().num_embeddings
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"calibration sample {index} has token ids outside [0, {vocab})")
+        samples.append(ids[: config.seq_len])
+    if not samples:
+        raise ValueError("calibration_dataset yielded no samples")
+    if len(samples) < config.num_samples:
+        logger.warning("fair_calib: %d calibration samples available, fewer than num_samples=%d",
+                       len(samples), config.num_samples)
+    return samples

@@ -1,0 +1,186 @@
+"""``FairCalibConfig``: the quantization config (``quant_method = "fair_calib"``).
+
+What ``to_dict()`` returns is what lands in ``config.json["quantization_config"]``: JSON-clean and versioned.
+Runtime inputs (a list of texts, a ``datasets.Dataset``, a tokenizer) are used during calibration and never
+serialized; a string ``calibration_dataset`` (a hub id or a file path) is kept as a record.
+
+On reload transformers calls ``FairCalibConfig(**saved_dict)``: ``quant_method`` and keys written by a newer
+version of the plugin are accepted (unknown keys are kept and written back unchanged).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .packing import PACK_FORMAT
+
+logger = logging.getLogger(__name__)
+
+QUANT_METHOD = "fair_calib"
+FORMAT_VERSION = 1
+"""Version of the checkpoint layout written by this release; a checkpoint with a higher one is refused."""
+
+METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
+IMPLEMENTED_METHODS = ("rtn",)
+"""Methods that can calibrate in this release; the others are planned and refuse to run."""
+
+BLOCK_INPUTS = ("fp", "quantized")
+
+_RUNTIME_FIELDS = ("calibration_dataset", "tokenizer")
+_SERIALIZED_FIELDS = (
+    "quant_method", "format_version", "pack_format", "method", "w_bits", "a_bits", "w_clip_ratio",
+    "a_clip_ratio", "num_samples", "seq_len", "dataset_text_column", "block_inputs", "calibration_device",
+    "modules_to_not_convert", "seed",
+)
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"FairCalibConfig: invalid {field}={value!r}; allowed: {allowed}")
+
+
+class FairCalibConfig(QuantizationConfigMixin):
+    """Configuration of FAIR-Calib W4A4 quantization.
+
+    Args:
+        method: ``"rtn"`` (round-to-nearest weights, dynamic per-token activations), ``"quarot"``,
+            ``"flatquant"`` or ``"fair_calib"``. Only ``"rtn"`` is implemented in this release.
+        w_bits, a_bits: weight and activation bits; W4A4 only, so both must be 4.
+        w_clip_ratio: weight clip ratio in (0, 1]; the per-channel scale is ``ratio · max|W_row| / 7``.
+        a_clip_ratio: activation clip ratio in (0, 1]; the per-token scale is ``ratio · max|x_row| / 7``.
+        calibration_dataset: calibration data: a list of strings (tokenized with ``tokenizer`` or the model's
+            own tokenizer), a list of token-id lists/tensors, a ``datasets.Dataset`` with a text column or
+            ``input_ids``, or a string naming a dataset. ``None`` only for data-free ``rtn``.
+        num_samples: number of calibration sequences used (> 0).
+        seq_len: maximum tokens per calibration sequence (> 0); longer sequences are truncated.
+        dataset_text_column: the text column of a ``datasets.Dataset``.
+        block_inputs: ``"fp"``: each block is calibrated on the full-precision outputs of the previous
+            block (FlatQuant); ``"quantized"``: on the outputs of the already quantized blocks.
+        calibration_device: device the block loop computes on (``None``: CUDA if available, else CPU).
+        modules_to_not_convert: extra modules to keep in float, as **full module paths** (exact match) or
+            regular expressions prefixed with ``"re:"`` (full match). The LM head, embeddings and norms are
+            always kept in float.
+        seed: seed of every random choice made during calibration.
+        tokenizer: runtime only: the tokenizer for string calibration data.
+    """
+
+    def __init__(
+        self,
+        method: str = "rtn",
+        w_bits: int = 4,
+        a_bits: int = 4,
+        w_clip_ratio: float = 1.0,
+        a_clip_ratio: float = 1.0,
+        calibration_dataset: Any = None,
+        num_samples: int = 128,
+        seq_len: int = 1024,
+        dataset_text_column: str = "text",
+        block_inputs: str = "fp",
+        calibration_device: str | None = None,
+        modules_to_not_convert: list[str] | None = None,
+        seed: int = 0,
+        tokenizer: Any = None,
+        format_version: int = FORMAT_VERSION,
+        pack_format: str = PACK_FORMAT,
+        **kwargs,
+    ):
+        kwargs.pop("quant_method", None)
+        self.quant_method = QUANT_METHOD
+        self.format_version = format_version
+        self.pack_format = pack_format
+        self.method = method
+        self.w_bits = w_bits
+        self.a_bits = a_bits
+        self.w_clip_ratio = w_clip_ratio
+        self.a_clip_ratio = a_clip_ratio
+        self.calibration_dataset = calibration_dataset
+        self.num_samples = num_samples
+        self.seq_len = seq_len
+        self.dataset_text_column = dataset_text_column
+        self.block_inputs = block_inputs
+        self.calibration_device = calibration_device
+        self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
+        self.seed = seed
+        self.tokenizer = tokenizer
+        self.extra = dict(kwargs)
+        if kwargs:
+            logger.info("FairCalibConfig: keeping unknown keys %s (written by a newer version?)", sorted(kwargs))
+        self.post_init()
+
+    def post_init(self) -> None:
+        """Validate every field; raise ``ValueError`` naming the field and what is allowed."""
+        if not isinstance(self.format_version, int) or isinstance(self.format_version, bool) or self.format_version < 1:
+            _fail("format_version", self.format_version, "a positive integer")
+        if self.format_version > FORMAT_VERSION:
+            _fail("format_version", self.format_version,
+                  f"<= {FORMAT_VERSION} (this checkpoint needs a newer fair_calib_hf)")
+        if self.pack_format != PACK_FORMAT:
+            _fail("pack_format", self.pack_format, repr(PACK_FORMAT))
+        if self.method not in METHODS:
+            _fail("method", self.method, ", ".join(METHODS))
+        for name in ("w_bits", "a_bits"):
+            if getattr(self, name) != 4 or isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "4 (W4A4 only)")
+        for name in ("w_clip_ratio", "a_clip_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                _fail(name, v, "a number in (0, 1]")
+        for name in ("num_samples", "seq_len", "seed"):
+            v = getattr(self, name)
+            low = 0 if name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                _fail(name, v, "an integer >= 0" if name == "seed" else "a positive integer")
+        if not isinstance(self.dataset_text_column, str) or not self.dataset_text_column:
+            _fail("dataset_text_column", self.dataset_text_column, "a non-empty column name")
+        if self.block_inputs not in BLOCK_INPUTS:
+            _fail("block_inputs", self.block_inputs, ", ".join(BLOCK_INPUTS))
+        if self.calibration_device is not None and not isinstance(self.calibration_device, str):
+            _fail("calibration_device", self.calibration_device, "None or a device string such as 'cuda:0'")
+        if self.modules_to_not_convert is not None and not all(
+            isinstance(m, str) and m for m in self.modules_to_not_convert
+        ):
+            _fail("modules_to_not_convert", self.modules_to_not_convert, "a list of module paths or 're:' patterns")
+        self._validate_calibration_dataset()
+
+    def _validate_calibration_dataset(self) -> None:
+        data = self.calibration_dataset
+        if data is None:
+            return
+        if isinstance(data, str):
+            if not data.strip():
+                _fail("calibration_dataset", data, "a non-empty dataset name or path")
+            return
+        try:
+            n = len(data)
+        except TypeError:
+            _fail("calibration_dataset", type(data).__name__,
+                  "None, a list of strings, a list of token-id sequences, a datasets.Dataset or a dataset name")
+        if n == 0:
+            _fail("calibration_dataset", "<empty>", "at least one sample")
+
+    @property
+    def requires_calibration_data(self) -> bool:
+        """Whether the method needs calibration data (every method except data-free ``rtn``)."""
+        return self.method != "rtn"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-clean dict of the serialized fields (runtime objects left out, unknown keys kept)."""
+        out = dict(self.extra)
+        for name in _SERIALIZED_FIELDS:
+            out[name] = copy.deepcopy(getattr(self, name))
+        if isinstance(self.calibration_dataset, str):
+            out["calibration_dataset"] = self.calibration_dataset
+        return out
+
+    def __iter__(self):
+        yield from self.to_dict().items()
+
+    def __deepcopy__(self, memo):
+        """Deep-copy the serializable state; runtime objects (data, tokenizer) are shared, not copied."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = value if key in _RUNTIME_FIELDS else copy.deepcopy(value, memo)
+        return new

@@ -1,0 +1,155 @@
+"""Packed W4A4 modules.
+
+``W4A4Linear`` replaces an ``nn.Linear`` (``y = x Wᵀ + b``). Its state-dict entries, all buffers named 1:1
+with the checkpoint keys:
+
+=========================== =========================== =====================================================
+key                         dtype / shape               meaning
+=========================== =========================== =====================================================
+``weight_packed``           ``uint8 [out, ceil(in/2)]`` int4 weight codes (:mod:`fair_calib_hf.packing`)
+``weight_scale``            ``float32 [out, 1]``        per-output-channel scale (clipping folded in)
+``input_clip``              ``float32 []``              activation clip ratio c in (0, 1]: ``s_x = c·absmax/7``
+``bias``                    model dtype ``[out]``       only if the original Linear had one
+``input_transform.left``    ``float32 [a, a]``          online Kronecker factor (only with a transform)
+``input_transform.right``   ``float32 [b, b]``          online Kronecker factor, ``a · b = in``
+``input_transform.diag``    ``float32 [in]``            online diagonal scale (only if it could not be folded)
+=========================== =========================== =====================================================
+
+Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 quantization of ``x̃``,
+then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import ops
+from .packing import dequantize_weight, packed_width, quantize_weight_per_channel
+
+
+class InputTransform(nn.Module):
+    """Online input transform ``x ↦ (x ⊙ diag)·(left ⊗ right)``; holds only buffers."""
+
+    def __init__(self, in_features: int, factors: tuple[int, int], has_diag: bool = False, device=None):
+        super().__init__()
+        a, b = factors
+        if a * b != in_features:
+            raise ValueError(f"Kronecker factors {a}x{b} do not multiply to in_features={in_features}")
+        self.register_buffer("left", torch.eye(a, dtype=torch.float32, device=device))
+        self.register_buffer("right", torch.eye(b, dtype=torch.float32, device=device))
+        if has_diag:
+            self.register_buffer("diag", torch.ones(in_features, dtype=torch.float32, device=device))
+        else:
+            self.diag = None
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``[in, in]`` matrix ``diag(d)·(left ⊗ right)`` (for dequantization and tests)."""
+        p = torch.kron(self.left.double(), self.right.double())
+        if self.diag is not None:
+            p = self.diag.double()[:, None] * p
+        return p
+
+
+class W4A4Linear(nn.Module):
+    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        dtype: torch.dtype | None = None,
+        device=None,
+        transform_factors: tuple[int, int] | None = None,
+        transform_diag: bool = False,
+    ):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer(
+            "weight_packed", torch.zeros(out_features, packed_width(in_features), dtype=torch.uint8, device=device)
+        )
+        self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
+        self.register_buffer("input_clip", torch.ones((), dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
+        else:
+            self.bias = None
+        if transform_factors is not None:
+            self.input_transform = InputTransform(in_features, transform_factors, transform_diag, device=device)
+        else:
+            self.input_transform = None
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        weight_clip: torch.Tensor | float = 1.0,
+        input_clip: float = 1.0,
+        weight: torch.Tensor | None = None,
+    ) -> "W4A4Linear":
+        """Quantize ``linear`` (RTN, per output channel). ``weight`` overrides ``linear.weight`` (e.g. a
+        transformed weight ``W·P^{-T}``); ``weight_clip`` is a scalar or ``[out, 1]`` ratio in (0, 1]."""
+        w = linear.weight if weight is None else weight
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            dtype=linear.bias.dtype if linear.bias is not None else None,
+            device=w.device,
+        )
+        packed, scale = quantize_weight_per_channel(w, weight_clip)
+        module.weight_packed.copy_(packed)
+        module.weight_scale.copy_(scale)
+        module.input_clip.fill_(float(input_clip))
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+        """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""
+        spec = {
+            "weight_packed": ((self.out_features, packed_width(self.in_features)), torch.uint8),
+            "weight_scale": ((self.out_features, 1), torch.float32),
+            "input_clip": ((), torch.float32),
+        }
+        if self.bias is not None:
+            spec["bias"] = ((self.out_features,), None)
+        if self.input_transform is not None:
+            t = self.input_transform
+            spec["input_transform.left"] = (tuple(t.left.shape), torch.float32)
+            spec["input_transform.right"] = (tuple(t.right.shape), torch.float32)
+            if t.diag is not None:
+                spec["input_transform.diag"] = ((self.in_features,), torch.float32)
+        return spec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        t = self.input_transform
+        left, right, diag = (t.left, t.right, t.diag) if t is not None else (None, None, None)
+        x_packed, x_scale = ops.quantize_act_int4(x2, left, right, diag, self.input_clip)
+        y = ops.w4a4_gemm(
+            x_packed, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features, x.dtype
+        )
+        return y.reshape(*shape[:-1], self.out_features)
+
+    @torch.no_grad()
+    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A float ``nn.Linear`` computing ``x ↦ x·P·Q(W)ᵀ + b`` (the transform folded in, activation
+        quantization dropped). Used by ``model.dequantize()``."""
+        w = dequantize_weight(self.weight_packed, self.weight_scale, self.in_features).double()
+        if self.input_transform is not None:
+            w = w @ self.input_transform.matrix().t()
+        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight_packed.device, dtype=dtype)
+        linear.weight.copy_(w.to(dtype))
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        t = self.input_transform
+        tr = "none" if t is None else f"kronecker {t.left.shape[0]}x{t.right.shape[0]}" + (" +diag" if t.diag is not None else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"w4a4, transform={tr}, backend={ops.active_backend(self.weight_packed.device.type)}")

@@ -1,0 +1,64 @@
+"""W4A4 ops, each registered once with ``torch.library``.
+
+The pure-torch reference (:mod:`.reference`) is the default implementation on every device. Compiled
+CPU/CUDA kernels register per device type on top of it (``torch.library.register_kernel``) when they are
+built; until then the reference runs everywhere, and :func:`active_backend` says so.
+
+Ops (namespace ``fair_calib``):
+
+* ``quantize_act_int4(x [M,K], left?, right?, diag?, clip?) -> (packed uint8 [M, ceil(K/2)], scale f32 [M])``
+* ``w4a4_gemm(x_packed, x_scale, w_packed, w_scale, bias?, k, out_dtype) -> [M, N]``
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..packing import packed_width
+from . import reference
+
+__all__ = ["quantize_act_int4", "w4a4_gemm", "active_backend"]
+
+
+@torch.library.custom_op("fair_calib::quantize_act_int4", mutates_args=())
+def quantize_act_int4(
+    x: torch.Tensor,
+    left: Optional[torch.Tensor],
+    right: Optional[torch.Tensor],
+    diag: Optional[torch.Tensor],
+    clip: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online transform + per-token symmetric int4 quantization + packing of ``x [M, K]``."""
+    return reference.quantize_act_reference(x, left, right, diag, clip)
+
+
+@quantize_act_int4.register_fake
+def _(x, left, right, diag, clip):
+    m, k = x.shape
+    return x.new_empty((m, packed_width(k)), dtype=torch.uint8), x.new_empty((m,), dtype=torch.float32)
+
+
+@torch.library.custom_op("fair_calib::w4a4_gemm", mutates_args=())
+def w4a4_gemm(
+    x_packed: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_packed: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Packed int4 activations × packed int4 weights, exact int32 accumulation, fp32 scale epilogue."""
+    return reference.w4a4_gemm_reference(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype)
+
+
+@w4a4_gemm.register_fake
+def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
+    return x_packed.new_empty((x_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+
+def active_backend(device_type: str = "cpu") -> str:
+    """Name of the implementation the ops run on ``device_type``: ``"reference"`` (pure torch, exact)
+    until compiled kernels are built and registered for that device type."""
+    return "reference"

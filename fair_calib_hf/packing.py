@@ -1,0 +1,86 @@
+"""The packed W4A4 format: constants, int4 pack/unpack and the symmetric quantizers.
+
+Definitions (the contract every backend and every later issue must match):
+
+* **int4 code**: an integer in [-8, 7].
+* **Packing** (``PACK_FORMAT = "int4_s_u8_lo_even_k"``): a row of K codes becomes ``ceil(K/2)`` bytes;
+  byte j holds code 2j in its low nibble and code 2j+1 in its high nibble, both as 4-bit two's
+  complement. An odd K is padded with one zero code (exact: it contributes nothing to a dot product).
+  This is CUTLASS ``int4b_t`` order, and QuaRot/FlatQuant's ``pack_i4`` order.
+* **Weights**: per output channel, symmetric, no zero point:
+  ``s_w[n] = clip[n] · max_k |W[n,k]| / 7``, ``q = clamp(round(W / s_w), -8, 7)``.
+* **Activations**: per token (row of the flattened ``[M, K]`` input), symmetric, dynamic:
+  ``s_x[m] = clip · max_k |x[m,k]| / 7``, ``q = clamp(round(x / s_x), -8, 7)``.
+* **Zero rows**: a row whose absolute maximum is 0 gets scale 1 (FlatQuant's rule), so its codes are 0.
+* **Rounding**: round half to even (``torch.round``), on ``x / s`` computed as a true fp32 division.
+  Every kernel must do the same to return identical codes.
+"""
+from __future__ import annotations
+
+import torch
+
+PACK_FORMAT = "int4_s_u8_lo_even_k"
+"""Name of the byte layout above; written into checkpoints and checked on load."""
+
+QMIN, QMAX = -8, 7
+"""Range of a signed int4 code."""
+
+
+def packed_width(k: int) -> int:
+    """Number of bytes that hold ``k`` int4 codes (``ceil(k / 2)``)."""
+    return (k + 1) // 2
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Pack int4 codes ``[..., K]`` (any integer dtype, values in [-8, 7]) into ``uint8 [..., ceil(K/2)]``."""
+    if codes.is_floating_point() or codes.is_complex():
+        raise TypeError(f"pack_int4 expects integer codes, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < QMIN or int(codes.max()) > QMAX):
+        raise ValueError(f"pack_int4: codes must lie in [{QMIN}, {QMAX}], got [{int(codes.min())}, {int(codes.max())}]")
+    codes = codes.to(torch.int16)
+    if codes.shape[-1] % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1))
+    nibbles = codes & 0xF  # two's complement low 4 bits
+    lo, hi = nibbles[..., 0::2], nibbles[..., 1::2]
+    return (lo | (hi << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """Unpack ``uint8 [..., B]`` into int8 codes ``[..., k]`` (``k`` defaults to ``2·B``)."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"unpack_int4 expects uint8, got {packed.dtype}")
+    p = packed.to(torch.int16)
+    lo, hi = p & 0xF, (p >> 4) & 0xF
+    codes = torch.stack((lo, hi), dim=-1).flatten(-2)
+    codes = torch.where(codes >= 8, codes - 16, codes).to(torch.int8)
+    if k is not None:
+        if not 2 * packed.shape[-1] - 1 <= k <= 2 * packed.shape[-1]:
+            raise ValueError(f"unpack_int4: {packed.shape[-1]} bytes cannot hold {k} codes")
+        codes = codes[..., :k]
+    return codes
+
+
+def symmetric_scale(absmax: torch.Tensor, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """fp32 scale ``clip · absmax / 7``, with 1 where that is 0 (all-zero rows)."""
+    s = (absmax.float() * clip) / QMAX
+    return torch.where(s == 0, torch.ones_like(s), s)
+
+
+def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int8 codes ``clamp(round(x / scale), -8, 7)``; ``scale`` broadcasts over the last dim."""
+    return torch.clamp(torch.round(x.float() / scale), QMIN, QMAX).to(torch.int8)
+
+
+def quantize_weight_per_channel(weight: torch.Tensor, clip: torch.Tensor | float = 1.0):
+    """Quantize ``W [N, K]`` per output channel.
+
+    Returns ``(packed uint8 [N, ceil(K/2)], scale float32 [N, 1])``; ``clip`` is a scalar or ``[N, 1]``.
+    """
+    w = weight.detach().float()
+    scale = symmetric_scale(w.abs().amax(dim=1, keepdim=True), clip)
+    return pack_int4(quantize_symmetric(w, scale)), scale
+
+
+def dequantize_weight(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
+    """float32 ``W_q [N, K] = codes · s_w``: the weight a packed module effectively multiplies by."""
+    return unpack_int4(packed, in_features).float() * scale.float().reshape(-1, 1)

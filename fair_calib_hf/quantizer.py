@@ -1,0 +1,137 @@
+"""``FairCalibHfQuantizer``: the transformers hooks, nothing else (the work lives in calibration/ and
+checkpoint.py).
+
+* fresh load with ``quantization_config=FairCalibConfig(...)``: the float model loads normally, then
+  ``_process_model_after_weight_loading`` calibrates and packs it block by block;
+* pre-quantized load (``config.json`` has ``quant_method: "fair_calib"``): the before-load hook builds the
+  packed skeleton, the tensors load into it by name, and the after-load hook refuses missing or
+  mis-shaped packed tensors.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+
+from . import ops
+from ._compat import VersionCompatHooks
+from .architectures import get_adapter
+from .calibration import calibrate, check_method_implemented
+from .checkpoint import (
+    CheckpointMismatchError,
+    build_packed_skeleton,
+    missing_packed_keys,
+    safetensors_metadata,
+    verify_checkpoint_files,
+    verify_loaded_model,
+)
+from .config import QUANT_METHOD, FairCalibConfig
+from .modules import W4A4Linear
+from .targets import set_submodule
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+
+MODEL_TAGS = ["fair_calib", "w4a4", "4-bit", "dllm"]
+
+
+class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
+    """transformers quantizer for ``FairCalibConfig`` (``quant_method = "fair_calib"``)."""
+
+    requires_calibration = False
+    required_packages = ["torch", "safetensors"]
+
+    def __init__(self, quantization_config: FairCalibConfig, **kwargs):
+        super().__init__(quantization_config, **kwargs)
+        self.dtype = None
+        self.checkpoint_files = None
+        self.calibration_report = None
+
+    # -- before loading -------------------------------------------------------------------------------
+    def validate_environment(self, *args, **kwargs):
+        device_map = kwargs.get("device_map")
+        if isinstance(device_map, dict) and ({"disk"} & set(map(str, device_map.values()))):
+            raise ValueError("fair_calib: disk offload (device_map with 'disk') is not supported yet")
+        if not self.pre_quantized:
+            check_method_implemented(self.quantization_config.method)
+            if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
+                raise ValueError(f"FairCalibConfig(method={self.quantization_config.method!r}) needs calibration_dataset")
+        for device_type in ("cpu", "cuda"):
+            if device_type == "cpu" or torch.cuda.is_available():
+                if ops.active_backend(device_type) == "reference":
+                    logger.warning("fair_calib_hf: W4A4 ops on %s run on the pure-torch reference backend "
+                                   "(exact, slow): no compiled kernels in this build", device_type)
+
+    def update_dtype(self, dtype):
+        self.dtype = dtype
+        return dtype
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        get_adapter(model)  # unsupported architecture → clear error before any weight is read
+        self.checkpoint_files = self.hook_checkpoint_files(kwargs)
+        if self.pre_quantized:
+            build_packed_skeleton(model, self.quantization_config)
+        return model
+
+    # -- while loading (4.57 only, via VersionCompatHooks) ---------------------------------------------
+    def on_missing_keys(self, model, missing_keys):
+        missing = missing_packed_keys(model, missing_keys) if self.pre_quantized else []
+        if missing:
+            raise CheckpointMismatchError(
+                f"fair_calib checkpoint is missing packed tensors: {', '.join(missing[:8])}"
+                + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+            )
+
+    def on_unexpected_keys(self, model, unexpected_keys):
+        stray = [k for k in unexpected_keys if k.rpartition(".")[2] in ("weight_packed", "weight_scale")]
+        if self.pre_quantized and stray:
+            raise CheckpointMismatchError(
+                f"fair_calib checkpoint has packed tensors for modules its config keeps in float: {', '.join(stray[:8])}"
+            )
+
+    # -- after loading --------------------------------------------------------------------------------
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        if self.pre_quantized:
+            verify_checkpoint_files(model, self.checkpoint_files)
+            verify_loaded_model(model)
+        else:
+            self.calibration_report = calibrate(model, self.quantization_config)
+            logger.info("fair_calib: %s", self.calibration_report.summary())
+        model.add_model_tags(MODEL_TAGS)
+        return model
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def get_state_dict_and_metadata(self, model, *args, **kwargs):
+        return None, safetensors_metadata(self.quantization_config, __version__)
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    def _dequantize(self, model, dtype=None):
+        for name, module in list(model.named_modules()):
+            if isinstance(module, W4A4Linear):
+                set_submodule(model, name, module.to_linear(dtype))
+        return model
+
+
+def register() -> None:
+    """Register the config and the quantizer with transformers' ``register_quantization_config`` /
+    ``register_quantizer``. Idempotent: a re-import or ``importlib.reload`` replaces our own earlier entry;
+    an entry from another package under the same name is an error."""
+    for mapping, decorator, cls in ((AUTO_QUANTIZATION_CONFIG_MAPPING, register_quantization_config, FairCalibConfig),
+                                    (AUTO_QUANTIZER_MAPPING, register_quantizer, FairCalibHfQuantizer)):
+        existing = mapping.get(QUANT_METHOD)
+        if existing is None:
+            decorator(QUANT_METHOD)(cls)
+        elif existing.__module__ == cls.__module__ and existing.__qualname__ == cls.__qualname__:
+            mapping[QUANT_METHOD] = cls
+        else:
+            raise RuntimeError(f"quant_method {QUANT_METHOD!r} is already registered by {existing.__module__}")

@@ -1,0 +1,104 @@
+"""FairCalibConfig: validation, JSON round trip, registration."""
+import copy
+import importlib
+import json
+
+import pytest
+import torch
+
+import fair_calib_hf
+from fair_calib_hf import FairCalibConfig, FairCalibHfQuantizer
+from fair_calib_hf.config import FORMAT_VERSION
+
+
+def test_defaults_and_json_round_trip():
+    cfg = FairCalibConfig(method="rtn", calibration_dataset=["some text"], modules_to_not_convert=["a.b"])
+    d = cfg.to_dict()
+    json.dumps(d)  # JSON-clean
+    assert d["quant_method"] == "fair_calib" and d["format_version"] == FORMAT_VERSION
+    assert d["w_bits"] == 4 and d["a_bits"] == 4 and d["method"] == "rtn"
+    assert "calibration_dataset" not in d and "tokenizer" not in d  # runtime data never serialized
+    again = FairCalibConfig.from_dict(json.loads(json.dumps(d)))
+    assert again.to_dict() == d
+
+
+def test_reload_accepts_quant_method_and_unknown_keys():
+    d = FairCalibConfig().to_dict()
+    d["future_option"] = {"x": 1}
+    cfg = FairCalibConfig(**d)
+    assert cfg.to_dict()["future_option"] == {"x": 1}
+
+
+def test_string_dataset_is_kept_as_record():
+    assert FairCalibConfig(calibration_dataset="data/calib.jsonl").to_dict()["calibration_dataset"] == "data/calib.jsonl"
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"w_bits": 8}, "w_bits"),
+        ({"a_bits": 3}, "a_bits"),
+        ({"w_bits": True}, "w_bits"),
+        ({"method": "gptq"}, "method"),
+        ({"num_samples": -1}, "num_samples"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"seq_len": 0}, "seq_len"),
+        ({"seed": -3}, "seed"),
+        ({"calibration_dataset": []}, "calibration_dataset"),
+        ({"calibration_dataset": ""}, "calibration_dataset"),
+        ({"calibration_dataset": 5}, "calibration_dataset"),
+        ({"w_clip_ratio": 0}, "w_clip_ratio"),
+        ({"a_clip_ratio": 1.5}, "a_clip_ratio"),
+        ({"block_inputs": "teacher"}, "block_inputs"),
+        ({"modules_to_not_convert": [""]}, "modules_to_not_convert"),
+        ({"format_version": FORMAT_VERSION + 1}, "format_version"),
+        ({"pack_format": "int4_offset_binary"}, "pack_format"),
+        ({"dataset_text_column": ""}, "dataset_text_column"),
+    ],
+)
+def test_validation_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        FairCalibConfig(**kwargs)
+
+
+def test_unknown_method_lists_allowed():
+    with pytest.raises(ValueError, match="rtn, quarot, flatquant, fair_calib"):
+        FairCalibConfig(method="awq")
+
+
+@pytest.mark.parametrize("method", ["quarot", "flatquant", "fair_calib"])
+def test_planned_methods_refuse_to_run(method):
+    cfg = FairCalibConfig(method=method, calibration_dataset=["x"])  # a valid config...
+    quantizer = FairCalibHfQuantizer(cfg, pre_quantized=False)
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        quantizer.validate_environment()  # ...that refuses to calibrate, no silent fallback
+
+
+def test_deepcopy_shares_runtime_objects():
+    data = ["a", "b"]
+    cfg = FairCalibConfig(calibration_dataset=data)
+    clone = copy.deepcopy(cfg)
+    assert clone.calibration_dataset is data and clone.to_dict() == cfg.to_dict()
+
+
+def test_registration_is_idempotent():
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+    import fair_calib_hf.quantizer as q
+
+    importlib.reload(fair_calib_hf)  # re-runs the package's registration
+    q.register()
+    q.register()
+    assert AUTO_QUANTIZATION_CONFIG_MAPPING["fair_calib"] is FairCalibConfig
+    assert AUTO_QUANTIZER_MAPPING["fair_calib"] is FairCalibHfQuantizer
+
+
+def test_registration_refuses_a_foreign_entry(monkeypatch):
+    from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING
+    import fair_calib_hf.quantizer as q
+
+    class Other:  # from another module
+        pass
+
+    monkeypatch.setitem(AUTO_QUANTIZER_MAPPING, "fair_calib", Other)
+    with pytest.raises(RuntimeError, match="already registered"):
+        q.register()
