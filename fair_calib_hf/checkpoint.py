@@ -70,6 +70,32 @@ def read_checkpoint_header(files: list[str]) -> dict[str, tuple[tuple[int, ...],
     return out
 
 
+def locate_checkpoint_files(name_or_path: str | None) -> list[str] | None:
+    """The safetensors files of a local checkpoint folder, or of a hub checkpoint already in the local cache
+    (no network access); ``None`` if they cannot be found. Used where transformers does not hand the
+    quantizer its checkpoint files (the 4.57 line)."""
+    if not name_or_path:
+        return None
+    if os.path.isdir(name_or_path):
+        def lookup(filename):
+            path = os.path.join(name_or_path, filename)
+            return path if os.path.isfile(path) else None
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        def lookup(filename):
+            path = try_to_load_from_cache(name_or_path, filename)
+            return path if isinstance(path, str) else None
+    index = lookup("model.safetensors.index.json")
+    if index is not None:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(os.path.dirname(index), shard) for shard in shards]
+        return files if all(os.path.isfile(f) for f in files) else None
+    single = lookup("model.safetensors")
+    return [single] if single else None
+
+
 def _check(found: dict, expected: dict) -> list[str]:
     problems = []
     for key, (shape, dtype) in expected.items():
@@ -110,6 +136,27 @@ def verify_checkpoint_files(model: nn.Module, files: list[str] | None) -> None:
         if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
             problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
     _raise(problems, f"({', '.join(os.path.basename(str(f)) for f in files)})")
+
+
+def restore_float32_buffers(model: nn.Module, files: list[str] | None) -> None:
+    """Reload, exactly as stored, the packed float32 buffers that were cast on load.
+
+    transformers 4.57 casts every floating checkpoint tensor of a quantized model to the load dtype
+    (``dtype=torch.bfloat16`` would round the fp32 scales to bf16); 5.x keeps the skeleton's dtype and
+    this is a no-op there."""
+    if not files:
+        return
+    cast = {key for key, (_, dtype) in expected_packed_tensors(model).items()
+            if dtype == torch.float32 and model.get_buffer(key).dtype != torch.float32}
+    for path in files:
+        if not cast or not str(path).endswith(".safetensors"):
+            continue
+        with safe_open(path, framework="pt") as f:
+            for key in cast & set(f.keys()):
+                module_name, _, leaf = key.rpartition(".")
+                module = model.get_submodule(module_name)
+                module._buffers[leaf] = f.get_tensor(key).to(module._buffers[leaf].device)
+                cast.discard(key)
 
 
 def verify_loaded_model(model: nn.Module) -> None:

@@ -27,7 +27,9 @@ from .calibration import calibrate, check_method_implemented
 from .checkpoint import (
     CheckpointMismatchError,
     build_packed_skeleton,
+    locate_checkpoint_files,
     missing_packed_keys,
+    restore_float32_buffers,
     safetensors_metadata,
     verify_checkpoint_files,
     verify_loaded_model,
@@ -99,7 +101,9 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
     # -- after loading --------------------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
-            verify_checkpoint_files(model, self.checkpoint_files)
+            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None))
+            verify_checkpoint_files(model, files)
+            restore_float32_buffers(model, files)
             verify_loaded_model(model)
         else:
             self.calibration_report = calibrate(model, self.quantization_config)

@@ -57,7 +57,9 @@ def _tokenizer_for(model, tokenizer):
     if not path:
         raise ValueError("calibration_dataset holds strings but no tokenizer was given and the model has no path; "
                          "pass FairCalibConfig(tokenizer=...)")
-    return AutoTokenizer.from_pretrained(path)
+    # a model loaded through remote code was already trusted by the user; its tokenizer may need the same
+    trusted = type(model).__module__.startswith("transformers_modules")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
 
 
 def load_calibration_samples(config, model) -> list[torch.Tensor]:

@@ -1,0 +1,75 @@
+"""push_to_hub goes through save_pretrained: intercept the upload and check what would be uploaded."""
+import io
+import json
+
+import huggingface_hub
+import pytest
+import torch
+import transformers.utils.hub as hf_hub_utils
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors.torch import load
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig
+
+
+class _Repo:
+    def __init__(self, repo_id):
+        self.repo_id = repo_id
+
+    def __str__(self):
+        return f"https://huggingface.co/{self.repo_id}"
+
+
+def _read(op):
+    src = op.path_or_fileobj
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src)
+    if isinstance(src, io.IOBase):
+        return src.read()
+    with open(src, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def uploads(monkeypatch):
+    """Capture create_commit calls (both transformers lines: 4.57 calls module-level functions, 5.x an
+    HfApi instance) instead of reaching the network."""
+    captured = {}
+
+    def create_commit(*args, repo_id=None, operations=(), **kwargs):
+        repo_id = repo_id or args[0]
+        captured.update({op.path_in_repo: _read(op) for op in operations})
+        captured["__repo_id__"] = repo_id
+        return huggingface_hub.CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message="",
+                                          commit_description="", oid="0" * 40) if hasattr(huggingface_hub, "CommitInfo") else None
+
+    def create_repo(*args, repo_id=None, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id or args[0]}")
+
+    def no_card(*args, **kwargs):
+        raise EntryNotFoundError("no model card yet")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", lambda self, *a, **k: create_commit(*a, **k))
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *a, **k: create_repo(*a, **k))
+    for name, fn in (("create_commit", create_commit), ("create_repo", create_repo)):
+        if hasattr(hf_hub_utils, name):
+            monkeypatch.setattr(hf_hub_utils, name, fn)
+    monkeypatch.setattr(huggingface_hub.ModelCard, "load", no_card)
+    return captured
+
+
+def test_push_to_hub_uploads_the_packed_checkpoint(tiny_dirs, uploads):
+    q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    q.push_to_hub("someone/tiny-llada-w4a4")
+    assert uploads["__repo_id__"] == "someone/tiny-llada-w4a4"
+    files = set(uploads) - {"__repo_id__"}
+    assert {"config.json", "model.safetensors", "modeling_llada.py", "configuration_llada.py", "README.md"} <= files
+    assert not any(f.endswith(".bin") for f in files)
+    cfg = json.loads(uploads["config.json"])
+    assert cfg["quantization_config"]["quant_method"] == "fair_calib"
+    sd = load(uploads["model.safetensors"])
+    assert torch.equal(sd["model.transformer.blocks.0.ff_out.weight_packed"],
+                       q.model.transformer.blocks[0].ff_out.weight_packed)
+    assert "fair_calib" in uploads["README.md"].decode()  # model-card tag
