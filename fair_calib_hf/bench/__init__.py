@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m fair_calib_hf.bench <name>`` (see BENCHMARKS.md)."""

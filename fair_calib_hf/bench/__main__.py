@@ -1,0 +1,19 @@
+"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode."""
+import sys
+
+BENCHMARKS = ("decode",)
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHMARKS:
+        print(f"usage: python -m fair_calib_hf.bench {{{','.join(BENCHMARKS)}}} [--help]", file=sys.stderr)
+        raise SystemExit(2)
+    name, argv = sys.argv[1], sys.argv[2:]
+    if name == "decode":
+        from .decode import main as run
+
+        run(argv)
+
+
+if __name__ == "__main__":
+    main()

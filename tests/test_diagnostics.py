@@ -1,0 +1,126 @@
+"""Frontier diagnostics on hand-built trajectories with known answers, and on real models."""
+import math
+import os
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig
+from fair_calib_hf.decoding import DecodeConfig
+from fair_calib_hf.diagnostics import (
+    compare_models,
+    exact_match,
+    flip_rate,
+    lag_ccdf,
+    lag_quantile,
+    output_agreement,
+    plot_amplification,
+    plot_flip_rate,
+    plot_lag_ccdf,
+    post_commit_mismatch,
+    probability_mse,
+    stability_lags,
+)
+
+
+def t3(rows):
+    """[O][G] nested lists -> [O, 1, G] tensor (one sequence)."""
+    return torch.tensor(rows)[:, None, :]
+
+
+def test_flip_rate_hand_built():
+    # 3 steps, 4 positions; commits: step 0 -> {0, 1}, step 1 -> {2}, step 2 -> {3}
+    commit_step = torch.tensor([[0, 0, 1, 2]])
+    teacher = t3([[5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8]])
+    student = t3([[5, 9, 7, 8],   # step 0: 1 of 2 frontier positions flipped
+                  [9, 9, 9, 8],   # step 1: position 2 flipped (others are not on the frontier)
+                  [5, 6, 7, 8]])  # step 2: no flip
+    rate, per_step = flip_rate(teacher, student, commit_step)
+    assert rate == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert per_step.tolist() == [0.5, 1.0, 0.0]
+
+
+def test_flip_rate_skips_empty_frontiers():
+    commit_step = torch.tensor([[1, 1]])
+    teacher, student = t3([[1, 1], [1, 1]]), t3([[2, 2], [1, 2]])
+    rate, per_step = flip_rate(teacher, student, commit_step)
+    assert rate == 0.5 and math.isnan(per_step[0]) and per_step[1] == 0.5
+
+
+def test_post_commit_mismatch_hand_built():
+    tokens = torch.tensor([[4, 4, 4]])
+    commit_step = torch.tensor([[0, 1, 3]])  # position 2 has no post-commit observation (O = 4)
+    argmax = t3([[4, 0, 0],
+                 [0, 4, 0],   # pos 0 disagrees
+                 [4, 0, 0],   # pos 1 disagrees
+                 [0, 0, 0]])  # pos 0 and 1 disagree
+    md, na, n = post_commit_mismatch(argmax, tokens, commit_step)
+    # pos 0: post obs 1,2,3 -> disagree at 1,3 -> 2/3; pos 1: post obs 2,3 -> 2/2 (never agrees)
+    assert n == 2 and md == pytest.approx((2 / 3 + 1) / 2) and na == pytest.approx(0.5)
+
+
+def test_stability_lag_persistent_first_and_censored():
+    tokens = torch.tensor([[7, 7, 7]])
+    commit_step = torch.tensor([[0, 0, 1]])
+    argmax = t3([[7, 0, 0],
+                 [0, 7, 7],
+                 [7, 7, 0],
+                 [7, 7, 0]])
+    lags, censored = stability_lags(argmax, tokens, commit_step)
+    # pos 0: agrees from obs 2 on -> 2 - 0; pos 1: from obs 1 -> 1; pos 2: never persistently -> O - 1 = 3
+    assert lags.tolist() == [2, 1, 3] and censored.tolist() == [False, False, True]
+    first, _ = stability_lags(argmax, tokens, commit_step, mode="first")
+    assert first.tolist() == [0, 1, 0]
+    with pytest.raises(ValueError):
+        stability_lags(argmax, tokens, commit_step, mode="last")
+
+
+def test_lag_ccdf_and_quantile():
+    d, p = lag_ccdf(torch.tensor([0, 0, 1, 3]))
+    assert d.tolist() == [0, 1, 2, 3] and p.tolist() == [1.0, 0.5, 0.25, 0.25]
+    assert lag_quantile(torch.tensor(list(range(10))), 0.9) == 8.0
+
+
+def test_probability_mse_agreement_exact_match():
+    p = torch.tensor([[0.5, 0.5, 0.0]])
+    q = torch.tensor([[0.0, 0.5, 0.5]])
+    assert probability_mse(p, p).tolist() == [0.0]
+    assert probability_mse(p, q).tolist() == [0.5]
+    assert output_agreement(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 2], [3, 5]])) == (0.5, 0.75)
+    assert exact_match([" 42", "7"], ["42", "8"]) == 0.5
+    with pytest.raises(ValueError):
+        exact_match(["1"], [])
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_dirs):
+    fp = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    return fp, q
+
+
+def test_same_model_gives_zero_diagnostics(pair, input_ids):
+    fp, _ = pair
+    cfg = DecodeConfig(gen_length=16, steps=16, block_length=8)
+    r = compare_models(fp, fp, input_ids[:, :6], config=cfg)
+    assert r.flip_rate == 0 and r.prob_mse_mean == 0 and all(v == 0 for v in r.prob_mse_curve)
+    assert r.sequence_agreement == 1.0 and r.token_agreement == 1.0
+    assert r.mismatch["teacher"] == r.mismatch["student"] and r.lags["teacher"] == r.lags["student"]
+
+
+def test_quantized_student_and_plots(pair, input_ids, tmp_path):
+    fp, q = pair
+    cfg = DecodeConfig(gen_length=16, steps=16, block_length=8)
+    r = compare_models(fp, q, input_ids[:, :6], config=cfg)
+    assert 0 < r.flip_rate <= 1 and r.prob_mse_mean > 0 and len(r.prob_mse_curve) == 17
+    assert r.settings["policy"] == "low_confidence" and r.settings["block_length"] == 8
+    paths = [
+        plot_lag_ccdf({"fp": r.lags["teacher"], "rtn": r.lags["student"]}, str(tmp_path / "ccdf.png")),
+        plot_amplification({"rtn": r.prob_mse_curve}, str(tmp_path / "amp.png")),
+        plot_flip_rate({"rtn": r.flip_rate_per_step}, str(tmp_path / "flip.png")),
+    ]
+    for path in paths:
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 1000
