@@ -21,6 +21,7 @@ class ModelAdapter:
         head_path: path of the LM head (always kept in float).
         logits_shift: 0 if the output at position i predicts token i (LLaDA); 1 if the output at i−1
             predicts token i (Dream).
+        end_of_turn_token: the family's end-of-turn special token (a stop token besides EOS).
     """
 
     family: str
@@ -29,6 +30,7 @@ class ModelAdapter:
     embed_path: str
     head_path: str
     logits_shift: int
+    end_of_turn_token: str
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's transformer blocks, in order."""
@@ -41,6 +43,17 @@ class ModelAdapter:
             raise ValueError(f"{self.family} config has no mask_token_id")
         return int(mask_id)
 
+    def stop_token_ids(self, config, tokenizer=None) -> list[int]:
+        """Token ids that end an answer: the config's EOS id(s), plus the end-of-turn token when the
+        tokenizer knows it (LLaDA ``<|eot_id|>``, Dream ``<|im_end|>``)."""
+        eos = getattr(config, "eos_token_id", None)
+        ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+        if tokenizer is not None:
+            eot = tokenizer.convert_tokens_to_ids(self.end_of_turn_token)
+            if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in ids:
+                ids.append(eot)
+        return ids
+
 
 ADAPTERS: dict[str, ModelAdapter] = {
     "llada": ModelAdapter(
@@ -50,6 +63,7 @@ ADAPTERS: dict[str, ModelAdapter] = {
         embed_path="model.transformer.wte",
         head_path="model.transformer.ff_out",
         logits_shift=0,
+        end_of_turn_token="<|eot_id|>",
     ),
     "dream": ModelAdapter(
         family="dream",
@@ -58,6 +72,7 @@ ADAPTERS: dict[str, ModelAdapter] = {
         embed_path="model.embed_tokens",
         head_path="lm_head",
         logits_shift=1,
+        end_of_turn_token="<|im_end|>",
     ),
 }
 

@@ -124,3 +124,24 @@ def test_quantized_student_and_plots(pair, input_ids, tmp_path):
     for path in paths:
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 1000
+
+
+def test_exact_match_through_compare_models(tiny_dirs, pair, input_ids):
+    """References equal to the teacher's own decoded text give teacher EM 1 and the stop tokens cut it."""
+    from transformers import AutoTokenizer
+
+    from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.diagnostics import decode_windows
+
+    fp, q = pair
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    stops = get_adapter(fp).stop_token_ids(fp.config, tok)
+    assert stops == [tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")]
+    assert decode_windows(torch.tensor([[40, 41, stops[1], 42]]), tok, stops) == [tok.decode([40, 41])]
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=8)
+    from fair_calib_hf.decoding import diffusion_generate
+
+    teacher = diffusion_generate(fp, input_ids[:, :6], config=cfg)
+    refs = decode_windows(teacher.trajectory.tokens, tok, stops)
+    r = compare_models(fp, q, input_ids[:, :6], config=cfg, teacher_result=teacher, references=refs, tokenizer=tok)
+    assert r.exact_match["teacher"] == 1.0 and 0 <= r.exact_match["student"] <= 1

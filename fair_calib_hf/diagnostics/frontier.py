@@ -89,7 +89,7 @@ def compare_models(teacher, student, input_ids, attention_mask=None, config: Dec
                    teacher_result=None, references: list[str] | None = None, tokenizer=None) -> FrontierReport:
     """Decode with both models (or reuse ``teacher_result``), replay the teacher's trajectory on the student
     and compute every diagnostic. With ``references`` and ``tokenizer``, exact match of the decoded windows
-    (cut at the first EOS) is reported for both models."""
+    (cut at the first EOS or end-of-turn token) is reported for both models."""
     config = config or DecodeConfig()
     if not config.record:
         raise ValueError("compare_models needs recorded trajectories (DecodeConfig(record=True))")
@@ -106,7 +106,8 @@ def compare_models(teacher, student, input_ids, attention_mask=None, config: Dec
         if tokenizer is None:
             raise ValueError("compare_models: exact match needs the tokenizer to decode the outputs")
         for name, tr in (("teacher", tt), ("student", st)):
-            em[name] = exact_match(decode_windows(tr.tokens, tokenizer), references)
+            em[name] = exact_match(decode_windows(tr.tokens, tokenizer, get_adapter(teacher).stop_token_ids(
+                teacher.config, tokenizer)), references)
     return FrontierReport(
         settings={k: tt.settings[k] for k in ("policy", "gen_length", "steps", "block_length", "temperature",
                                               "cfg_scale", "threshold", "alg_temp", "seed")},
@@ -123,12 +124,11 @@ def compare_models(teacher, student, input_ids, attention_mask=None, config: Dec
     )
 
 
-def decode_windows(tokens: torch.Tensor, tokenizer) -> list[str]:
-    """Decode each window ``[B, G]`` to text, cut at the first EOS token."""
+def decode_windows(tokens: torch.Tensor, tokenizer, stop_token_ids=None) -> list[str]:
+    """Decode each window ``[B, G]`` to text, cut at the first stop token (default: the tokenizer's EOS)."""
+    stops = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id]) - {None}
     out = []
-    eos = tokenizer.eos_token_id
     for row in tokens.tolist():
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
-        out.append(tokenizer.decode(row, skip_special_tokens=True))
+        cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
+        out.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
     return out
