@@ -22,6 +22,10 @@ class ModelAdapter:
         logits_shift: 0 if the output at position i predicts token i (LLaDA); 1 if the output at i−1
             predicts token i (Dream).
         end_of_turn_token: the family's end-of-turn special token (a stop token besides EOS).
+        norm_feeds: ``{norm path: consumer linear paths}`` inside a block (paths relative to the block):
+            the RMSNorm whose output each group of linears reads (diagonal scales fold into its weight).
+        up_feeds_down: ``(up path, down path)`` inside a block: the down-projection reads
+            ``act(gate) * up``, so a diagonal scale on its input folds into the up-projection's output rows.
     """
 
     family: str
@@ -31,6 +35,8 @@ class ModelAdapter:
     head_path: str
     logits_shift: int
     end_of_turn_token: str
+    norm_feeds: dict
+    up_feeds_down: tuple[str, str]
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's transformer blocks, in order."""
@@ -64,6 +70,8 @@ ADAPTERS: dict[str, ModelAdapter] = {
         head_path="model.transformer.ff_out",
         logits_shift=0,
         end_of_turn_token="<|eot_id|>",
+        norm_feeds={"attn_norm": ("q_proj", "k_proj", "v_proj"), "ff_norm": ("ff_proj", "up_proj")},
+        up_feeds_down=("up_proj", "ff_out"),
     ),
     "dream": ModelAdapter(
         family="dream",
@@ -73,6 +81,9 @@ ADAPTERS: dict[str, ModelAdapter] = {
         head_path="lm_head",
         logits_shift=1,
         end_of_turn_token="<|im_end|>",
+        norm_feeds={"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                    "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")},
+        up_feeds_down=("mlp.up_proj", "mlp.down_proj"),
     ),
 }
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .architectures import get_adapter
 from .modules import W4A4Linear
-from .targets import quantization_targets, set_submodule
+from .targets import block_targets, set_submodule
 
 PACKED_SUFFIXES = ("weight_packed", "weight_scale", "input_clip")
 """Buffer names only a packed module has; such a key on a non-packed module means a config mismatch."""
@@ -31,19 +31,28 @@ class CheckpointMismatchError(ValueError):
 
 
 def build_packed_skeleton(model: nn.Module, config) -> list[str]:
-    """Swap every quantization target for an empty ``W4A4Linear`` of the exact saved layout (on the
-    linear's device, usually meta). Returns the converted module paths."""
+    """Swap every quantization target for an empty ``W4A4Linear`` of the exact saved layout (transform
+    factors and online diagonal as :func:`fair_calib_hf.calibration.sites.transform_layout` decides), on the
+    linear's device (usually meta). Returns the converted module paths."""
+    from .calibration.sites import transform_layout
+
     adapter = get_adapter(model)
     names = []
-    for name, linear in quantization_targets(model, adapter, config.modules_to_not_convert):
-        if isinstance(linear, W4A4Linear):
-            continue
-        packed = W4A4Linear(
-            linear.in_features, linear.out_features, bias=linear.bias is not None,
-            dtype=linear.weight.dtype, device=linear.weight.device,
-        )
-        set_submodule(model, name, packed)
-        names.append(name)
+    for index, block in enumerate(adapter.blocks(model)):
+        block_path = f"{adapter.blocks_path}.{index}"
+        targets = [(n, m) for n, m in block_targets(block, block_path, config.modules_to_not_convert)
+                   if not isinstance(m, W4A4Linear)]
+        converted = {n[len(block_path) + 1:] for n, _ in targets}
+        for name, linear in targets:
+            factors, online_diag = transform_layout(config, adapter, name[len(block_path) + 1:],
+                                                    linear.in_features, converted)
+            packed = W4A4Linear(
+                linear.in_features, linear.out_features, bias=linear.bias is not None,
+                dtype=linear.weight.dtype, device=linear.weight.device,
+                transform_factors=factors, transform_diag=online_diag,
+            )
+            set_submodule(model, name, packed)
+            names.append(name)
     return names
 
 
@@ -176,9 +185,24 @@ def missing_packed_keys(model: nn.Module, missing_keys) -> list[str]:
     return [k for k in missing_keys if k in expected]
 
 
-def safetensors_metadata(config, version: str) -> dict[str, str]:
-    """Header metadata written into every shard (all values strings, as safetensors requires)."""
+PRIOR_METADATA_KEY = "fair_calib_prior"
+
+
+def read_header_metadata(files: list[str] | None) -> dict[str, str]:
+    """The header metadata of the first safetensors file (``{}`` if none)."""
+    for path in files or ():
+        if str(path).endswith(".safetensors"):
+            with safe_open(path, framework="pt") as f:
+                return dict(f.metadata() or {})
+    return {}
+
+
+def safetensors_metadata(config, version: str, prior_json: str | None = None) -> dict[str, str]:
+    """Header metadata written into every shard (all values strings, as safetensors requires); with
+    ``prior_json`` the Stage I position prior travels with the checkpoint."""
+    extra = {PRIOR_METADATA_KEY: prior_json} if prior_json else {}
     return {
+        **extra,
         "fair_calib_format": str(config.format_version),
         "fair_calib_version": version,
         "pack_format": config.pack_format,

@@ -24,8 +24,13 @@ FORMAT_VERSION = 1
 """Version of the checkpoint layout written by this release; a checkpoint with a higher one is refused."""
 
 METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
-IMPLEMENTED_METHODS = ("rtn",)
-"""Methods that can calibrate in this release; the others are planned and refuse to run."""
+IMPLEMENTED_METHODS = METHODS
+"""Methods that can calibrate in this release."""
+DATA_FREE_METHODS = ("rtn", "quarot")
+"""Methods that can run without calibration data (their weights do not depend on activations)."""
+PRIOR_SCHEDULES = ("early", "late", "flat")
+PRIOR_TERMS = ("both", "frontier", "reliability")
+PRIOR_RELIABILITY = ("prob", "neg_entropy", "margin")
 
 BLOCK_INPUTS = ("fp", "quantized")
 
@@ -34,6 +39,13 @@ _SERIALIZED_FIELDS = (
     "quant_method", "format_version", "pack_format", "method", "w_bits", "a_bits", "w_clip_ratio",
     "a_clip_ratio", "num_samples", "seq_len", "dataset_text_column", "block_inputs", "calibration_device",
     "modules_to_not_convert", "seed",
+    # QuaRot
+    "w_clip_search",
+    # Stage I (fair_calib)
+    "n_probe", "prior_window", "probe_steps", "probe_block_length", "probe_batch_size", "prior_schedule",
+    "prior_gamma", "prior_terms", "prior_reliability", "prior_floor", "prior_path",
+    # Stage II (flatquant, fair_calib)
+    "epochs", "lr", "clip_lr", "batch_size", "add_diag", "diag_alpha", "lwc", "lac",
 )
 
 
@@ -64,6 +76,25 @@ class FairCalibConfig(QuantizationConfigMixin):
             always kept in float.
         seed: seed of every random choice made during calibration.
         tokenizer: runtime only: the tokenizer for string calibration data.
+
+    QuaRot:
+        w_clip_search: search a per-channel weight clip ratio on a grid (1.0 … 0.5) minimising the weight
+            quantization MSE (multiplied by ``w_clip_ratio``).
+
+    Stage I (``fair_calib``; definitions in :mod:`fair_calib_hf.calibration.stage1_prior`):
+        n_probe: teacher rollouts (512). prior_window: generation window K (256; capped at ``seq_len − 1``).
+        probe_steps: steps per rollout (64; capped at K). probe_block_length: semi-AR block of the rollouts
+            (``None``: 32 for LLaDA-style, the whole window for Dream-style). probe_batch_size: rollouts per
+            forward (8). prior_schedule: λ0 shape ``early`` / ``late`` / ``flat``; prior_gamma: its boost γ (1.0).
+        prior_terms: ``both`` / ``frontier`` / ``reliability`` (ablations). prior_reliability: ``prob`` /
+            ``neg_entropy`` / ``margin``. prior_floor: weight outside the window as a fraction of the window
+            mean (0.1). prior_path: a saved prior (``PositionPrior.save``) to reuse instead of probing.
+
+    Stage II (``flatquant``, ``fair_calib``; :mod:`fair_calib_hf.calibration.stage2_fit`):
+        epochs (15), lr (5e-3, transforms and diagonal), clip_lr (5e-2, clipping logits), batch_size (4
+        sequences per step), add_diag (True), diag_alpha (0.3, SmoothQuant-style init), lwc / lac (learnable
+        weight / activation clipping, True). Stage II sequences are ``seq_len`` tokens each, cut from the
+        concatenated calibration texts.
     """
 
     def __init__(
@@ -82,6 +113,26 @@ class FairCalibConfig(QuantizationConfigMixin):
         modules_to_not_convert: list[str] | None = None,
         seed: int = 0,
         tokenizer: Any = None,
+        w_clip_search: bool = False,
+        n_probe: int = 512,
+        prior_window: int = 256,
+        probe_steps: int = 64,
+        probe_block_length: int | None = None,
+        probe_batch_size: int = 8,
+        prior_schedule: str = "early",
+        prior_gamma: float = 1.0,
+        prior_terms: str = "both",
+        prior_reliability: str = "prob",
+        prior_floor: float = 0.1,
+        prior_path: str | None = None,
+        epochs: int = 15,
+        lr: float = 5e-3,
+        clip_lr: float = 5e-2,
+        batch_size: int = 4,
+        add_diag: bool = True,
+        diag_alpha: float = 0.3,
+        lwc: bool = True,
+        lac: bool = True,
         format_version: int = FORMAT_VERSION,
         pack_format: str = PACK_FORMAT,
         **kwargs,
@@ -104,6 +155,13 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.seed = seed
         self.tokenizer = tokenizer
+        self.w_clip_search = w_clip_search
+        self.n_probe, self.prior_window, self.probe_steps = n_probe, prior_window, probe_steps
+        self.probe_block_length, self.probe_batch_size = probe_block_length, probe_batch_size
+        self.prior_schedule, self.prior_gamma, self.prior_terms = prior_schedule, prior_gamma, prior_terms
+        self.prior_reliability, self.prior_floor, self.prior_path = prior_reliability, prior_floor, prior_path
+        self.epochs, self.lr, self.clip_lr, self.batch_size = epochs, lr, clip_lr, batch_size
+        self.add_diag, self.diag_alpha, self.lwc, self.lac = add_diag, diag_alpha, lwc, lac
         self.extra = dict(kwargs)
         if kwargs:
             logger.info("FairCalibConfig: keeping unknown keys %s (written by a newer version?)", sorted(kwargs))
@@ -127,11 +185,29 @@ class FairCalibConfig(QuantizationConfigMixin):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
                 _fail(name, v, "a number in (0, 1]")
-        for name in ("num_samples", "seq_len", "seed"):
+        for name in ("num_samples", "seq_len", "seed", "n_probe", "prior_window", "probe_steps", "probe_batch_size",
+                     "epochs", "batch_size", "probe_block_length"):
             v = getattr(self, name)
-            low = 0 if name == "seed" else 1
+            if name == "probe_block_length" and v is None:
+                continue
+            low = 0 if name in ("seed", "epochs") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                _fail(name, v, "an integer >= 0" if name == "seed" else "a positive integer")
+                _fail(name, v, "an integer >= 0" if low == 0 else "a positive integer")
+        for name in ("lr", "clip_lr", "prior_gamma", "prior_floor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (name in ("lr", "clip_lr") and v == 0):
+                _fail(name, v, "a positive number" if name in ("lr", "clip_lr") else "a number >= 0")
+        if isinstance(self.diag_alpha, bool) or not isinstance(self.diag_alpha, (int, float)) or not 0 <= self.diag_alpha <= 1:
+            _fail("diag_alpha", self.diag_alpha, "a number in [0, 1]")
+        for name in ("w_clip_search", "add_diag", "lwc", "lac"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "True or False")
+        for name, allowed in (("prior_schedule", PRIOR_SCHEDULES), ("prior_terms", PRIOR_TERMS),
+                              ("prior_reliability", PRIOR_RELIABILITY)):
+            if getattr(self, name) not in allowed:
+                _fail(name, getattr(self, name), ", ".join(allowed))
+        if self.prior_path is not None and (not isinstance(self.prior_path, str) or not self.prior_path):
+            _fail("prior_path", self.prior_path, "None or the path of a saved PositionPrior")
         if not isinstance(self.dataset_text_column, str) or not self.dataset_text_column:
             _fail("dataset_text_column", self.dataset_text_column, "a non-empty column name")
         if self.block_inputs not in BLOCK_INPUTS:
@@ -162,8 +238,8 @@ class FairCalibConfig(QuantizationConfigMixin):
 
     @property
     def requires_calibration_data(self) -> bool:
-        """Whether the method needs calibration data (every method except data-free ``rtn``)."""
-        return self.method != "rtn"
+        """Whether the method needs calibration data (all but the data-free ``rtn`` and ``quarot``)."""
+        return self.method not in DATA_FREE_METHODS
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-clean dict of the serialized fields (runtime objects left out, unknown keys kept)."""

@@ -86,9 +86,11 @@ class W4A4Linear(nn.Module):
         weight_clip: torch.Tensor | float = 1.0,
         input_clip: float = 1.0,
         weight: torch.Tensor | None = None,
+        transform: tuple | None = None,
     ) -> "W4A4Linear":
         """Quantize ``linear`` (RTN, per output channel). ``weight`` overrides ``linear.weight`` (e.g. a
-        transformed weight ``W·P^{-T}``); ``weight_clip`` is a scalar or ``[out, 1]`` ratio in (0, 1]."""
+        transformed weight ``W·P^{-T}``); ``weight_clip`` is a scalar or ``[out, 1]`` ratio in (0, 1];
+        ``transform = (left, right, diag or None)`` fills the online input transform."""
         w = linear.weight if weight is None else weight
         module = cls(
             linear.in_features,
@@ -96,7 +98,14 @@ class W4A4Linear(nn.Module):
             bias=linear.bias is not None,
             dtype=linear.bias.dtype if linear.bias is not None else None,
             device=w.device,
+            transform_factors=None if transform is None else (transform[0].shape[0], transform[1].shape[0]),
+            transform_diag=transform is not None and transform[2] is not None,
         )
+        if transform is not None:
+            module.input_transform.left.copy_(transform[0].detach())
+            module.input_transform.right.copy_(transform[1].detach())
+            if transform[2] is not None:
+                module.input_transform.diag.copy_(transform[2].detach())
         packed, scale = quantize_weight_per_channel(w, weight_clip)
         module.weight_packed.copy_(packed)
         module.weight_scale.copy_(scale)

@@ -25,10 +25,12 @@ from ._compat import VersionCompatHooks
 from .architectures import get_adapter
 from .calibration import calibrate, check_method_implemented
 from .checkpoint import (
+    PRIOR_METADATA_KEY,
     CheckpointMismatchError,
     build_packed_skeleton,
     locate_checkpoint_files,
     missing_packed_keys,
+    read_header_metadata,
     restore_float32_buffers,
     safetensors_metadata,
     verify_checkpoint_files,
@@ -55,6 +57,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.dtype = None
         self.checkpoint_files = None
         self.calibration_report = None
+        self.prior_json = None  # the Stage I prior, carried into every save
 
     # -- before loading -------------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
@@ -103,17 +106,20 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         if self.pre_quantized:
             files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None))
             verify_checkpoint_files(model, files)
+            self.prior_json = read_header_metadata(files).get(PRIOR_METADATA_KEY)
             restore_float32_buffers(model, files)
             verify_loaded_model(model)
         else:
             self.calibration_report = calibrate(model, self.quantization_config)
+            if self.calibration_report.prior is not None:
+                self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())
         model.add_model_tags(MODEL_TAGS)
         return model
 
     # -- saving ---------------------------------------------------------------------------------------
     def get_state_dict_and_metadata(self, model, *args, **kwargs):
-        return None, safetensors_metadata(self.quantization_config, __version__)
+        return None, safetensors_metadata(self.quantization_config, __version__, self.prior_json)
 
     @property
     def is_trainable(self) -> bool:

@@ -1,4 +1,9 @@
-"""Calibration entry point: turn a loaded float model into a packed W4A4 model, block by block."""
+"""Calibration entry point: turn a loaded float model into a packed W4A4 model, block by block.
+
+Methods: ``rtn`` (data-free), ``quarot`` (fixed Hadamard-type transforms), ``flatquant`` (Stage II with
+uniform position weights) and ``fair_calib`` (Stage I teacher probing for the position prior, then Stage II
+weighted by it). Stage I always runs on the untouched full-precision model, before any block is converted.
+"""
 from __future__ import annotations
 
 import time
@@ -12,31 +17,39 @@ from ..config import IMPLEMENTED_METHODS
 from ..modules import W4A4Linear
 from .block_loop import BlockStats, calibrate_blocks
 from .data import load_calibration_samples
+from .quarot import make_quarot_block_quantizer
 from .rtn import make_rtn_block_quantizer
+from .stage1_prior import PositionPrior, probe_position_prior
+from .stage2_fit import fit_block
 
-__all__ = ["CalibrationReport", "calibrate", "check_method_implemented"]
+__all__ = ["CalibrationReport", "PositionPrior", "calibrate", "check_method_implemented"]
+
+STAGE2_METHODS = ("flatquant", "fair_calib")
 
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: method, samples used, per-block statistics, wall time (s)."""
+    """What calibration did: method, samples used, per-block statistics, the prior (``fair_calib``), wall
+    time (s) of Stage I and of the whole calibration."""
 
     method: str
     num_samples: int
     converted_modules: list[str]
     blocks: list[BlockStats] = field(default_factory=list)
+    prior: PositionPrior | None = None
+    stage1_seconds: float = 0.0
     seconds: float = 0.0
 
     def summary(self) -> str:
         lines = [f"method={self.method} samples={self.num_samples} converted={len(self.converted_modules)} "
-                 f"linears in {self.seconds:.2f}s"]
+                 f"linears in {self.seconds:.2f}s" + (f" (Stage I {self.stage1_seconds:.2f}s)" if self.prior else "")]
         for b in self.blocks:
             lines.append(f"  {b.name}: relative reconstruction MSE {b.rel_mse:.3e}")
         return "\n".join(lines)
 
 
 def check_method_implemented(method: str) -> None:
-    """Raise ``NotImplementedError`` for planned methods that cannot calibrate yet (no silent fallback)."""
+    """Raise ``NotImplementedError`` for a method this release cannot calibrate (no silent fallback)."""
     if method not in IMPLEMENTED_METHODS:
         raise NotImplementedError(
             f"FairCalibConfig(method={method!r}) is not implemented yet in this release of fair_calib_hf; "
@@ -50,6 +63,17 @@ def _compute_device(config, model: nn.Module) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else model.get_input_embeddings().weight.device
 
 
+def _prior(model, samples, config) -> PositionPrior:
+    if config.prior_path:
+        prior = PositionPrior.load(config.prior_path)
+    else:
+        prior = probe_position_prior(model, torch.stack(samples), config)
+    if prior.weights.numel() != config.seq_len:
+        raise ValueError(f"the position prior covers {prior.weights.numel()} positions but the calibration "
+                         f"sequences have seq_len={config.seq_len}; probe again or set seq_len to match")
+    return prior
+
+
 def calibrate(model: nn.Module, config) -> CalibrationReport:
     """Quantize ``model`` in place according to ``config``; returns the report."""
     check_method_implemented(config.method)
@@ -57,14 +81,29 @@ def calibrate(model: nn.Module, config) -> CalibrationReport:
     torch.manual_seed(config.seed)
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
-    quantize_block = make_rtn_block_quantizer(config)
-    samples = load_calibration_samples(config, model)
+    samples = load_calibration_samples(config, model, fixed_length=config.method in STAGE2_METHODS)
+    prior, stage1 = None, 0.0
+    if config.method == "fair_calib":
+        prior = _prior(model, samples, config)
+        stage1 = time.perf_counter() - start
+    if config.method == "rtn":
+        quantize_block = make_rtn_block_quantizer(config)
+    elif config.method == "quarot":
+        quantize_block = make_quarot_block_quantizer(config)
+        if not samples:  # data-free: one dummy sequence, only to see which linears share an input
+            samples = [torch.arange(8) % model.get_input_embeddings().num_embeddings]
+    else:
+        weights = prior.weights if prior is not None else None
+
+        def quantize_block(block, path, inputs, targets):
+            return fit_block(block, path, inputs, targets, weights, config, adapter)
     if samples:
         stats = calibrate_blocks(model, blocks, adapter.blocks_path, samples, quantize_block,
                                  _compute_device(config, model), chain=config.block_inputs)
     else:  # data-free RTN: nothing to measure, convert directly
         stats = []
         for index, block in enumerate(blocks):
-            quantize_block(block, f"{adapter.blocks_path}.{index}", [])
+            quantize_block(block, f"{adapter.blocks_path}.{index}")
     converted = [n for n, m in model.named_modules() if isinstance(m, W4A4Linear)]
-    return CalibrationReport(config.method, len(samples), converted, stats, time.perf_counter() - start)
+    return CalibrationReport(config.method, len(samples), converted, stats, prior, stage1,
+                             time.perf_counter() - start)

@@ -100,12 +100,12 @@ def calibrate_blocks(
     blocks: nn.ModuleList,
     blocks_path: str,
     samples: list[torch.Tensor],
-    quantize_block: Callable[[nn.Module, str, list[BlockInput]], dict],
+    quantize_block: Callable[[nn.Module, str, list[BlockInput], list[torch.Tensor]], dict],
     device: torch.device,
     chain: str = "fp",
 ) -> list[BlockStats]:
-    """Quantize ``blocks`` one at a time (see the module docstring). ``quantize_block(block, path, inputs)``
-    converts the block in place and may return extra statistics."""
+    """Quantize ``blocks`` one at a time (see the module docstring). ``quantize_block(block, path, inputs,
+    fp_outputs)`` converts the block in place and may return extra statistics."""
     inputs = [BlockInput(move_to(i.args, device), move_to(i.kwargs, device))
               for i in capture_block_inputs(model, blocks[0], samples)]
     stats = []
@@ -116,7 +116,7 @@ def calibrate_blocks(
         name = f"{blocks_path}.{index}"
         with torch.no_grad():
             fp_out = [run_block(block, inp) for inp in inputs]
-        extra = quantize_block(block, name, inputs) or {}
+        extra = quantize_block(block, name, inputs, fp_out) or {}
         err = ref = 0.0
         next_hidden = []
         with torch.no_grad():

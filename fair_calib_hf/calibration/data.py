@@ -9,7 +9,10 @@ Accepted inputs (``FairCalibConfig.calibration_dataset``):
 * a string: a local file (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.parquet``) or a hub dataset id, read
   with ``datasets.load_dataset`` (split ``train``).
 
-The first ``num_samples`` usable samples are kept, each truncated to ``seq_len`` tokens.
+Variable-length mode (``rtn``, ``quarot``): the first ``num_samples`` usable samples, each truncated to
+``seq_len`` tokens. Fixed-length mode (Stage II methods, which need fully observed sequences of exactly
+``seq_len`` tokens for the position prior): the samples are concatenated (an EOS token between them when the
+model config has one) and cut into ``num_samples`` consecutive sequences of ``seq_len`` tokens.
 """
 from __future__ import annotations
 
@@ -62,8 +65,30 @@ def _tokenizer_for(model, tokenizer):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
 
 
-def load_calibration_samples(config, model) -> list[torch.Tensor]:
-    """The calibration sequences as 1-D ``int64`` tensors (at most ``num_samples``, each ≤ ``seq_len``)."""
+def _chunk(samples: list[torch.Tensor], config, eos) -> list[torch.Tensor]:
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    parts = []
+    for ids in samples:
+        parts.append(ids)
+        if eos is not None:
+            parts.append(torch.tensor([int(eos)]))
+    stream = torch.cat(parts)
+    count = min(config.num_samples, stream.numel() // config.seq_len)
+    if count == 0:
+        raise ValueError(
+            f"calibration data has {stream.numel()} tokens in all, fewer than seq_len={config.seq_len} needed for "
+            "one calibration sequence; pass more text or a smaller seq_len"
+        )
+    if count < config.num_samples:
+        logger.warning("fair_calib: calibration data fills %d sequences of %d tokens, fewer than num_samples=%d",
+                       count, config.seq_len, config.num_samples)
+    return list(stream[: count * config.seq_len].reshape(count, config.seq_len))
+
+
+def load_calibration_samples(config, model, fixed_length: bool = False) -> list[torch.Tensor]:
+    """The calibration sequences as 1-D ``int64`` tensors: at most ``num_samples``, each ≤ ``seq_len``
+    tokens, or exactly ``seq_len`` tokens each in ``fixed_length`` mode (see the module docstring)."""
     data = config.calibration_dataset
     if data is None:
         return []
@@ -73,8 +98,10 @@ def load_calibration_samples(config, model) -> list[torch.Tensor]:
         data = _samples_from_dataset(data, config.dataset_text_column)
     samples = []
     tokenizer = None
+    needed = config.num_samples * config.seq_len if fixed_length else None
+    total = 0
     for index, item in enumerate(data):
-        if len(samples) == config.num_samples:
+        if (not fixed_length and len(samples) == config.num_samples) or (fixed_length and total >= needed):
             break
         if isinstance(item, str):
             tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
@@ -93,9 +120,12 @@ def load_calibration_samples(config, model) -> list[torch.Tensor]:
         vocab = model.get_input_embeddings().num_embeddings
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise ValueError(f"calibration sample {index} has token ids outside [0, {vocab})")
-        samples.append(ids[: config.seq_len])
+        samples.append(ids if fixed_length else ids[: config.seq_len])
+        total += ids.numel()
     if not samples:
         raise ValueError("calibration_dataset yielded no samples")
+    if fixed_length:
+        return _chunk(samples, config, getattr(model.config, "eos_token_id", None))
     if len(samples) < config.num_samples:
         logger.warning("fair_calib: %d calibration samples available, fewer than num_samples=%d",
                        len(samples), config.num_samples)

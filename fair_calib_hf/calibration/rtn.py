@@ -8,10 +8,10 @@ from ..targets import block_targets, set_submodule
 
 
 def make_rtn_block_quantizer(config):
-    """A ``quantize_block(block, block_path, inputs)`` that swaps the block's target linears for RTN-packed
+    """A ``quantize_block(block, block_path, inputs, targets)`` that swaps the block's target linears for RTN-packed
     ``W4A4Linear`` modules (the calibration inputs are not needed)."""
 
-    def quantize_block(block: nn.Module, block_path: str, inputs) -> dict:
+    def quantize_block(block: nn.Module, block_path: str, inputs=None, targets=None) -> dict:
         converted = 0
         for name, linear in block_targets(block, block_path, config.modules_to_not_convert):
             if isinstance(linear, W4A4Linear):

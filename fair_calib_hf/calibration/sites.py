@@ -1,0 +1,94 @@
+"""Transform sites: the quantized linears of a block grouped by the activation they read, the checkpoint
+layout of their transforms, and packing a linear with its transform.
+
+A *site* is one activation feeding one or more target linears (q/k/v read the attention-norm output;
+gate/up read the MLP-norm output; o_proj and down_proj read their own). Each site gets one input transform
+``x ↦ (x ⊙ d)·(L ⊗ R)``; every consumer stores its own copy of ``L`` and ``R`` (safetensors refuses shared
+storage). The diagonal ``d`` is folded offline where the family's adapter says how (into the RMSNorm that
+feeds the site, or into the up-projection's output rows for the down-projection); otherwise it stays online
+as ``input_transform.diag``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..architectures import ModelAdapter
+from ..modules import W4A4Linear
+from ..targets import block_targets
+from .block_loop import BlockInput, run_block
+from .transforms import hadamard_factors, kron_apply, kronecker_factors
+
+TRANSFORM_METHODS = ("quarot", "flatquant", "fair_calib")
+
+
+@dataclass
+class Site:
+    """Linears (paths relative to the block) reading the same input activation of width ``in_features``."""
+
+    names: list[str]
+    in_features: int
+
+
+def discover_sites(block: nn.Module, block_path: str, skip, sample: BlockInput) -> list[Site]:
+    """Group the block's target linears by the identity of the input tensor they receive on ``sample``."""
+    targets = [(n[len(block_path) + 1:], m) for n, m in block_targets(block, block_path, skip)
+               if isinstance(m, nn.Linear)]
+    seen: dict[int, list[str]] = {}
+    keep = []  # hold the inputs so their ids stay unique during the forward
+    handles = []
+    for name, module in targets:
+        def hook(mod, args, name=name):
+            keep.append(args[0])
+            seen.setdefault(id(args[0]), []).append(name)
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            run_block(block, sample)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = dict(targets)
+    return [Site(names, modules[names[0]].in_features) for names in seen.values()]
+
+
+def diag_fold_target(adapter: ModelAdapter, rel_name: str, converted: set[str]):
+    """Where the site diagonal of the converted linear ``rel_name`` folds offline: ``("norm", path)`` when
+    every consumer of that norm is converted (else a float consumer would see scaled inputs),
+    ``("rows", up-projection path)`` for the down-projection, or ``None`` (kept online). ``converted``:
+    the block's converted linears (paths relative to the block)."""
+    for norm, consumers in adapter.norm_feeds.items():
+        if rel_name in consumers:
+            return ("norm", norm) if set(consumers) <= converted else None
+    up, down = adapter.up_feeds_down
+    if rel_name == down:
+        return "rows", up
+    return None
+
+
+def transform_layout(config, adapter: ModelAdapter, rel_name: str, in_features: int, converted: set[str]):
+    """``(kronecker factors or None, online diag?)`` of a converted linear: the layout a checkpoint of
+    ``config.method`` stores, so a pre-quantized reload can rebuild it exactly."""
+    if config.method not in TRANSFORM_METHODS:
+        return None, False
+    if config.method == "quarot":
+        return hadamard_factors(in_features) or kronecker_factors(in_features), False
+    online = bool(config.add_diag) and diag_fold_target(adapter, rel_name, converted) is None
+    return kronecker_factors(in_features), online
+
+
+@torch.no_grad()
+def pack_with_transform(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor, diag: torch.Tensor | None,
+                        online_diag: bool, weight_clip, input_clip: float) -> W4A4Linear:
+    """Pack ``linear`` for inputs transformed by ``x ↦ (x ⊙ diag)·(left ⊗ right)``: the weight becomes
+    ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel int4 with ``weight_clip``), so that
+    ``x̃ W̃ᵀ = x Wᵀ`` in float. ``online_diag`` stores ``diag`` in the module; otherwise the caller folds it."""
+    w = linear.weight.double()
+    if diag is not None:
+        w = w / diag.double()[None, :]
+    w = kron_apply(w, torch.linalg.inv(left.double()).t(), torch.linalg.inv(right.double()).t())
+    module = W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
+                                    transform=(left, right, diag if online_diag else None))
+    return module

@@ -1,0 +1,107 @@
+"""Kronecker-factored input transforms: factor sizes, Hadamard-type factors, and applying ``x·(L ⊗ R)``.
+
+``x · (L ⊗ R) = vec(Lᵀ · X · R)`` with ``X`` the row ``x`` reshaped row-major to ``[a, b]`` (``a·b = n``), so a
+transform of an ``n``-wide activation costs ``2(a + b)·n`` FLOP per token instead of ``2n²``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def kronecker_factors(n: int) -> tuple[int, int]:
+    """The factor pair ``a ≤ b`` of ``n`` closest to ``√n`` (FlatQuant's rule): 4096 → 64×64, 3584 → 56×64,
+    18944 → 128×148, 12288 → 96×128."""
+    if n < 1:
+        raise ValueError(f"kronecker_factors: n must be positive, got {n}")
+    a = math.isqrt(n)
+    while n % a:
+        a -= 1
+    return a, n // a
+
+
+def kron_apply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``x [..., a·b] · (left ⊗ right)`` without forming the Kronecker product."""
+    a, b = left.shape[0], right.shape[0]
+    shape = x.shape
+    y = left.t() @ x.reshape(-1, a, b) @ right
+    return y.reshape(shape)
+
+
+def _is_prime(q: int) -> bool:
+    return q >= 2 and all(q % d for d in range(2, math.isqrt(q) + 1))
+
+
+def _jacobsthal(q: int) -> torch.Tensor:
+    """Jacobsthal matrix ``Q[i, j] = χ(j − i)`` (quadratic character mod prime ``q``)."""
+    squares = {(k * k) % q for k in range(1, q)}
+    chi = torch.tensor([0] + [1 if k in squares else -1 for k in range(1, q)], dtype=torch.float64)
+    idx = (torch.arange(q)[None, :] - torch.arange(q)[:, None]) % q
+    return chi[idx]
+
+
+def _paley(m: int) -> torch.Tensor | None:
+    """A Hadamard matrix of order ``m`` by Paley's constructions (I: q = m − 1 ≡ 3 mod 4; II: q = m/2 − 1 ≡ 1
+    mod 4, q prime), or ``None``."""
+    q = m - 1
+    if _is_prime(q) and q % 4 == 3:
+        s = torch.zeros(m, m, dtype=torch.float64)
+        s[0, 1:], s[1:, 0] = 1, -1
+        s[1:, 1:] = _jacobsthal(q)
+        return s + torch.eye(m, dtype=torch.float64)
+    if m % 2 == 0:
+        q = m // 2 - 1
+        if _is_prime(q) and q % 4 == 1:
+            c = torch.zeros(q + 1, q + 1, dtype=torch.float64)
+            c[0, 1:], c[1:, 0] = 1, 1
+            c[1:, 1:] = _jacobsthal(q)
+            at_zero = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+            at_sign = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+            blocks = torch.where(c[:, :, None, None] == 0, at_zero, c[:, :, None, None] * at_sign)
+            return blocks.permute(0, 2, 1, 3).reshape(m, m)
+    return None
+
+
+def hadamard(n: int) -> torch.Tensor | None:
+    """A Hadamard matrix of order ``n`` (entries ±1, ``H Hᵀ = n I``) built as ``H_2^{⊗p} ⊗ H_m`` with ``n = 2^p·m``
+    and ``H_m`` from Paley's constructions (or ``m = 1``), float64; ``None`` when no construction here covers
+    ``n`` (e.g. n = 14: no Hadamard matrix exists)."""
+    m, p = n, 0
+    while m > 1 and _paley(m) is None:
+        if m % 2:
+            return None
+        m, p = m // 2, p + 1
+    core = torch.ones(1, 1, dtype=torch.float64) if m == 1 else _paley(m)
+    h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    for _ in range(p):
+        core = torch.kron(h2, core)
+    return core
+
+
+def hadamard_factors(n: int) -> tuple[int, int] | None:
+    """The factor pair ``a ≤ b`` of ``n`` closest to ``√n`` for which both Hadamard orders are constructible."""
+    for a in range(math.isqrt(n), 0, -1):
+        if n % a == 0 and hadamard(a) is not None and hadamard(n // a) is not None:
+            return a, n // a
+    return None
+
+
+def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random orthogonal ``n×n`` matrix (QR of a Gaussian with the signs of R's diagonal fixed), float64."""
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+def orthogonal_hadamard_factors(n: int, generator: torch.Generator):
+    """QuaRot-style fixed orthogonal factors ``(L, R)`` for width ``n``: normalised Hadamard factors with random
+    ±1 signs on ``L``'s rows (a randomised Hadamard transform, ``L ⊗ R`` orthogonal). If no Hadamard pair
+    exists for ``n``, the factor without one is a seeded random orthogonal matrix."""
+    pair = hadamard_factors(n)
+    a, b = pair if pair is not None else kronecker_factors(n)
+    mats = []
+    for k in (a, b):
+        h = hadamard(k)
+        mats.append(h / math.sqrt(k) if h is not None else random_orthogonal(k, generator))
+    signs = torch.randint(0, 2, (a,), generator=generator).double() * 2 - 1
+    return (signs[:, None] * mats[0]).float(), mats[1].float()
