@@ -66,12 +66,32 @@ def test_unknown_method_lists_allowed():
         FairCalibConfig(method="awq")
 
 
-@pytest.mark.parametrize("method", ["quarot", "flatquant", "fair_calib"])
-def test_planned_methods_refuse_to_run(method):
-    cfg = FairCalibConfig(method=method, calibration_dataset=["x"])  # a valid config...
-    quantizer = FairCalibHfQuantizer(cfg, pre_quantized=False)
+@pytest.mark.parametrize("method", ["flatquant", "fair_calib"])
+def test_stage2_methods_need_data(method):
+    quantizer = FairCalibHfQuantizer(FairCalibConfig(method=method), pre_quantized=False)
+    with pytest.raises(ValueError, match="needs calibration_dataset"):
+        quantizer.validate_environment()
+
+
+def test_unimplemented_method_refuses_to_run(monkeypatch):
+    """A method the config accepts but the release cannot calibrate raises, with no silent fallback."""
+    import fair_calib_hf.calibration as calibration
+
+    monkeypatch.setattr(calibration, "IMPLEMENTED_METHODS", ("rtn",))
     with pytest.raises(NotImplementedError, match="not implemented yet"):
-        quantizer.validate_environment()  # ...that refuses to calibrate, no silent fallback
+        calibration.check_method_implemented("quarot")
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [({"n_probe": 0}, "n_probe"), ({"prior_schedule": "middle"}, "prior_schedule"),
+     ({"prior_terms": "all"}, "prior_terms"), ({"prior_reliability": "logit"}, "prior_reliability"),
+     ({"epochs": -1}, "epochs"), ({"lr": 0}, "lr"), ({"diag_alpha": 2}, "diag_alpha"), ({"lwc": 1}, "lwc"),
+     ({"probe_block_length": 0}, "probe_block_length"), ({"prior_path": ""}, "prior_path")],
+)
+def test_stage_options_validated(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        FairCalibConfig(**kwargs)
 
 
 def test_deepcopy_shares_runtime_objects():

@@ -1,7 +1,8 @@
 """Stage II: FlatQuant-style block-wise calibration with a position-weighted hidden-state loss.
 
 Per site (see :mod:`.sites`) the learnable parameters are the Kronecker factors ``L [a, a]``, ``R [b, b]``
-(initialised to a randomised Hadamard-type orthogonal pair, inverted directly in fp32), the diagonal
+(sizes from :func:`.transforms.kronecker_factors`; initialised to a randomised Hadamard-type orthogonal pair,
+random orthogonal for a size with no Hadamard matrix; inverted directly in fp32), the diagonal
 ``d [in]`` (SmoothQuant-style init ``d = w_max^{1−α} / x_max^α``, α = 0.3) and the activation clip logit
 (LAC, one per site, ``σ(4) ≈ 0.982`` at init); per linear, one weight clip logit per output channel (LWC).
 While training, every quantized linear computes
@@ -30,7 +31,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, run_block
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, orthogonal_hadamard_factors
+from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors
 
 CLIP_INIT = 4.0
 
@@ -61,7 +62,7 @@ class SiteParams(nn.Module):
 
     def __init__(self, in_features: int, x_absmax: torch.Tensor, w_absmax: torch.Tensor, config, generator):
         super().__init__()
-        left, right = orthogonal_hadamard_factors(in_features, generator)
+        left, right = orthogonal_hadamard_factors(in_features, generator, kronecker_factors(in_features))
         self.left, self.right = nn.Parameter(left.clone()), nn.Parameter(right.clone())
         if config.add_diag:
             alpha = config.diag_alpha
@@ -128,7 +129,8 @@ def _cosine(step: int, total: int, floor: float = 1e-3) -> float:
 
 def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targets: list[torch.Tensor],
               weights: torch.Tensor | None, config, adapter: ModelAdapter) -> dict:
-    """Calibrate and pack one block in place (see the module docstring); returns loss statistics."""
+    """Calibrate and pack one block in place (see the module docstring); returns the number of sites and
+    optimizer steps and the mean weighted loss of each epoch (fake-quantized block, before packing)."""
     dtype = next(block.parameters()).dtype
     block.float()
     inputs = [BlockInput(tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in i.args),
@@ -163,10 +165,11 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     per_epoch = math.ceil(len(inputs) / batch)
     total = config.epochs * per_epoch
     order_gen = torch.Generator().manual_seed(config.seed)
-    first = last = None
+    epoch_losses = []
     step = 0
     with torch.enable_grad():
         for _ in range(config.epochs):
+            epoch_sum = 0.0
             order = torch.randperm(len(inputs), generator=order_gen).tolist()
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
@@ -179,11 +182,11 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
                 step += 1
                 for g, lr in zip(opt.param_groups, base):
                     g["lr"] = lr * _cosine(step, total)
-                last = float(loss.detach())
-                first = last if first is None else first
+                epoch_sum += float(loss.detach()) * len(idx)
+            epoch_losses.append(epoch_sum / len(inputs))
     _fold_and_pack(block, sites, params, wrappers, adapter)
     block.to(dtype)
-    return {"sites": len(sites), "first_loss": first, "last_loss": last, "steps": step}
+    return {"sites": len(sites), "steps": step, "epoch_losses": epoch_losses}
 
 
 @torch.no_grad()

@@ -93,12 +93,12 @@ def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))[None, :]
 
 
-def orthogonal_hadamard_factors(n: int, generator: torch.Generator):
+def orthogonal_hadamard_factors(n: int, generator: torch.Generator, factors: tuple[int, int] | None = None):
     """QuaRot-style fixed orthogonal factors ``(L, R)`` for width ``n``: normalised Hadamard factors with random
-    ±1 signs on ``L``'s rows (a randomised Hadamard transform, ``L ⊗ R`` orthogonal). If no Hadamard pair
-    exists for ``n``, the factor without one is a seeded random orthogonal matrix."""
-    pair = hadamard_factors(n)
-    a, b = pair if pair is not None else kronecker_factors(n)
+    ±1 signs on ``L``'s rows (a randomised Hadamard transform, ``L ⊗ R`` orthogonal). ``factors`` fixes the
+    sizes (default: :func:`hadamard_factors`, else :func:`kronecker_factors`); a factor with no Hadamard
+    construction is a seeded random orthogonal matrix."""
+    a, b = factors or hadamard_factors(n) or kronecker_factors(n)
     mats = []
     for k in (a, b):
         h = hadamard(k)
