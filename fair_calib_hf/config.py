@@ -37,7 +37,7 @@ BLOCK_INPUTS = ("fp", "quantized")
 _RUNTIME_FIELDS = ("calibration_dataset", "tokenizer")
 _SERIALIZED_FIELDS = (
     "quant_method", "format_version", "pack_format", "method", "w_bits", "a_bits", "w_clip_ratio",
-    "a_clip_ratio", "num_samples", "seq_len", "dataset_text_column", "block_inputs", "calibration_device",
+    "a_clip_ratio", "num_samples", "seq_len", "pack_samples", "dataset_text_column", "block_inputs", "calibration_device",
     "modules_to_not_convert", "seed",
     # QuaRot
     "w_clip_search",
@@ -67,6 +67,9 @@ class FairCalibConfig(QuantizationConfigMixin):
             ``input_ids``, or a string naming a dataset. ``None`` only for data-free ``rtn``.
         num_samples: number of calibration sequences used (> 0).
         seq_len: maximum tokens per calibration sequence (> 0); longer sequences are truncated.
+        pack_samples: cut the concatenated calibration texts into ``num_samples`` sequences of exactly
+            ``seq_len`` tokens (``True``), or use each sample truncated to ``seq_len`` (``False``). ``None``:
+            ``True`` for the Stage II methods (which need full-length sequences), ``False`` otherwise.
         dataset_text_column: the text column of a ``datasets.Dataset``.
         block_inputs: ``"fp"``: each block is calibrated on the full-precision outputs of the previous
             block (FlatQuant); ``"quantized"``: on the outputs of the already quantized blocks.
@@ -107,6 +110,7 @@ class FairCalibConfig(QuantizationConfigMixin):
         calibration_dataset: Any = None,
         num_samples: int = 128,
         seq_len: int = 1024,
+        pack_samples: bool | None = None,
         dataset_text_column: str = "text",
         block_inputs: str = "fp",
         calibration_device: str | None = None,
@@ -149,6 +153,7 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.calibration_dataset = calibration_dataset
         self.num_samples = num_samples
         self.seq_len = seq_len
+        self.pack_samples = pack_samples
         self.dataset_text_column = dataset_text_column
         self.block_inputs = block_inputs
         self.calibration_device = calibration_device
@@ -199,6 +204,11 @@ class FairCalibConfig(QuantizationConfigMixin):
                 _fail(name, v, "a positive number" if name in ("lr", "clip_lr") else "a number >= 0")
         if isinstance(self.diag_alpha, bool) or not isinstance(self.diag_alpha, (int, float)) or not 0 <= self.diag_alpha <= 1:
             _fail("diag_alpha", self.diag_alpha, "a number in [0, 1]")
+        if self.pack_samples is not None and not isinstance(self.pack_samples, bool):
+            _fail("pack_samples", self.pack_samples, "None, True or False")
+        if self.pack_samples is False and self.method in ("flatquant", "fair_calib"):
+            _fail("pack_samples", self.pack_samples, f"None or True for method={self.method!r} (Stage II needs "
+                  "sequences of exactly seq_len tokens)")
         for name in ("w_clip_search", "add_diag", "lwc", "lac"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "True or False")

@@ -216,3 +216,11 @@ def test_diag_folds_into_norms_and_up_rows(calibrated):
     assert modules["model.layers.0.self_attn.o_proj"].input_transform.diag is not None
     assert not torch.equal(modules["model.layers.0.input_layernorm"].weight,
                            torch.ones_like(modules["model.layers.0.input_layernorm"].weight))
+
+
+def test_pack_samples_option(tiny_dirs):
+    with pytest.raises(ValueError, match="pack_samples"):
+        FairCalibConfig(method="flatquant", calibration_dataset=TEXTS, pack_samples=False)
+    q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
+        method="rtn", calibration_dataset=TEXTS, num_samples=5, seq_len=64, pack_samples=True))
+    assert q.hf_quantizer.calibration_report.num_samples == 5

@@ -1,7 +1,7 @@
-"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode."""
+"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode, calibrate."""
 import sys
 
-BENCHMARKS = ("decode",)
+BENCHMARKS = ("decode", "calibrate")
 
 
 def main() -> None:
@@ -11,8 +11,9 @@ def main() -> None:
     name, argv = sys.argv[1], sys.argv[2:]
     if name == "decode":
         from .decode import main as run
-
-        run(argv)
+    else:
+        from .calibrate import main as run
+    run(argv)
 
 
 if __name__ == "__main__":

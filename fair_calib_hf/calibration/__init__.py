@@ -81,7 +81,8 @@ def calibrate(model: nn.Module, config) -> CalibrationReport:
     torch.manual_seed(config.seed)
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
-    samples = load_calibration_samples(config, model, fixed_length=config.method in STAGE2_METHODS)
+    packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    samples = load_calibration_samples(config, model, fixed_length=packed)
     prior, stage1 = None, 0.0
     if config.method == "fair_calib":
         prior = _prior(model, samples, config)
