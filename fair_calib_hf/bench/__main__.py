@@ -1,7 +1,7 @@
-"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode, calibrate."""
+"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode, calibrate, kernels."""
 import sys
 
-BENCHMARKS = ("decode", "calibrate")
+BENCHMARKS = ("decode", "calibrate", "kernels")
 
 
 def main() -> None:
@@ -11,8 +11,10 @@ def main() -> None:
     name, argv = sys.argv[1], sys.argv[2:]
     if name == "decode":
         from .decode import main as run
-    else:
+    elif name == "calibrate":
         from .calibrate import main as run
+    else:
+        from .kernels import main as run
     run(argv)
 
 

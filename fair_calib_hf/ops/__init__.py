@@ -1,8 +1,9 @@
 """W4A4 ops, each registered once with ``torch.library``.
 
 The pure-torch reference (:mod:`.reference`) is the default implementation on every device. Compiled
-CPU/CUDA kernels register per device type on top of it (``torch.library.register_kernel``) when they are
-built; until then the reference runs everywhere, and :func:`active_backend` says so.
+kernels register per device type on top of it (``torch.library.register_kernel``) when they are built: the
+CPU kernels in :mod:`.cpu` (``fair_calib_hf._C``); there are no CUDA kernels yet, so CUDA tensors use the
+reference. :func:`active_backend` says which implementation runs.
 
 Ops (namespace ``fair_calib``):
 
@@ -16,7 +17,7 @@ from typing import Optional
 import torch
 
 from ..packing import packed_width
-from . import reference
+from . import cpu, reference
 
 __all__ = ["quantize_act_int4", "w4a4_gemm", "active_backend"]
 
@@ -58,7 +59,10 @@ def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
     return x_packed.new_empty((x_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
 
 
+cpu.register(quantize_act_int4, w4a4_gemm)
+
+
 def active_backend(device_type: str = "cpu") -> str:
-    """Name of the implementation the ops run on ``device_type``: ``"reference"`` (pure torch, exact)
-    until compiled kernels are built and registered for that device type."""
-    return "reference"
+    """Name of the implementation the ops run on ``device_type``: ``"avx2"`` / ``"scalar"`` (compiled CPU
+    kernels) or ``"reference"`` (pure torch, exact, slow)."""
+    return cpu.backend_name() if device_type == "cpu" else "reference"

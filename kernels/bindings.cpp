@@ -1,0 +1,66 @@
+// Python bindings of the compiled W4A4 kernels: the only translation unit that includes torch headers.
+// The ops themselves are registered from Python (fair_calib_hf/ops/cpu.py) on top of the reference ops.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include "cpu/w4a4_cpu.h"
+
+namespace {
+
+void check_packed(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == torch::kUInt8, name, " must be uint8, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous 2-D tensor");
+}
+
+torch::Tensor int4_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_packed(xq, "x_packed");
+  check_packed(wq, "w_packed");
+  TORCH_CHECK(xq.size(1) == wq.size(1), "packed widths differ: ", xq.size(1), " vs ", wq.size(1));
+  auto acc = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kInt32));
+  fair_calib::int4_gemm_acc(xq.data_ptr<uint8_t>(), wq.data_ptr<uint8_t>(), acc.data_ptr<int32_t>(), xq.size(0),
+                            wq.size(0), xq.size(1), at::get_num_threads());
+  return acc;
+}
+
+torch::Tensor w4a4_gemm_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& wq,
+                            const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias) {
+  check_packed(xq, "x_packed");
+  check_packed(wq, "w_packed");
+  TORCH_CHECK(xq.size(1) == wq.size(1), "packed widths differ: ", xq.size(1), " vs ", wq.size(1));
+  auto sx32 = sx.to(torch::kFloat32).contiguous();
+  auto sw32 = sw.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(sx32.numel() == xq.size(0) && sw32.numel() == wq.size(0), "scale sizes do not match M and N");
+  torch::Tensor b32;
+  if (bias.has_value()) {
+    b32 = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(b32.numel() == wq.size(0), "bias size does not match N");
+  }
+  auto y = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kFloat32));
+  fair_calib::w4a4_gemm_f32(xq.data_ptr<uint8_t>(), sx32.data_ptr<float>(), wq.data_ptr<uint8_t>(),
+                            sw32.data_ptr<float>(), bias.has_value() ? b32.data_ptr<float>() : nullptr,
+                            y.data_ptr<float>(), xq.size(0), wq.size(0), xq.size(1), at::get_num_threads());
+  return y;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> quantize_pack(const torch::Tensor& x, double clip) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
+  auto x32 = x.to(torch::kFloat32).contiguous();
+  const int64_t m = x32.size(0), k = x32.size(1);
+  auto packed = torch::empty({m, (k + 1) / 2}, torch::dtype(torch::kUInt8));
+  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
+  fair_calib::quantize_pack_rows(x32.data_ptr<float>(), static_cast<float>(clip), packed.data_ptr<uint8_t>(),
+                                 scale.data_ptr<float>(), m, k, at::get_num_threads());
+  return {packed, scale};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fair_calib_hf compiled W4A4 kernels (CPU)";
+  m.def("int4_matmul_int32", &int4_matmul_int32, "exact int32 accumulators of packed int4 x packed int4");
+  m.def("w4a4_gemm_f32", &w4a4_gemm_f32, "W4A4 GEMM with the fp32 epilogue (acc*sx)*sw (+bias)");
+  m.def("quantize_pack", &quantize_pack, "per-row symmetric int4 quantization and packing");
+  m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the GEMM on this CPU");
+}

@@ -1,0 +1,23 @@
+// CPU W4A4 kernels: plain C++ entry points on raw pointers (row-major, contiguous). `threads` <= 0 means
+// the OpenMP default.
+#pragma once
+#include <cstdint>
+
+namespace fair_calib {
+
+// acc[m, n] = sum_k qx[m, k] * qw[n, k] over the packed int4 codes (kb bytes per row), exact int32.
+void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
+                   int threads);
+
+// y[m, n] = (float(acc) * sx[m]) * sw[n] (+ bias[n]), fp32, evaluated in that order.
+void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
+                   float* y, int64_t m, int64_t n, int64_t kb, int threads);
+
+// Per-row symmetric int4 quantization and packing of x [m, k] (fp32): packed [m, ceil(k/2)], scale [m].
+void quantize_pack_rows(const float* x, float clip, uint8_t* packed, float* scale, int64_t m, int64_t k,
+                        int threads);
+
+// Name of the instruction set the GEMM uses on this CPU ("avx2" or "scalar").
+const char* gemm_isa();
+
+}  // namespace fair_calib
