@@ -46,6 +46,12 @@ def _blocks(model, kind):
     return model.model.transformer.blocks if kind == "llada" else model.model.layers
 
 
+@pytest.fixture(scope="module")
+def models(tiny_dirs):
+    """One loaded model per kind, shared by the tests that only read it."""
+    return {kind: _load(tiny_dirs[kind]) for kind in KINDS}
+
+
 @pytest.fixture
 def ids():
     return torch.randint(5, 100, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -124,7 +130,7 @@ def test_bf16_load(tiny_dirs, kind, ids):
 # ------------------------------------------------------------------------------------ names and config
 
 
-def test_llada_state_dict_names_and_tree(tiny_dirs):
+def test_llada_state_dict_names_and_tree(tiny_dirs, models):
     saved = load_file(os.path.join(tiny_dirs["llada"], "model.safetensors"))
     block = {f"model.transformer.blocks.{i}.{m}.weight" for i in range(2) for m in
              ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj", "up_proj", "ff_out")}
@@ -136,7 +142,7 @@ def test_llada_state_dict_names_and_tree(tiny_dirs):
     assert saved["model.transformer.blocks.0.ff_proj.weight"].shape == (192, 64)
     assert saved["model.transformer.wte.weight"].shape == (VOCAB, 64)
 
-    model = _load(tiny_dirs["llada"])
+    model = models["llada"]
     assert model.base_model_prefix == "model" and set(model._no_split_modules) == {"LLaDALlamaBlock"}
     t = model.model.transformer
     assert isinstance(t, nn.ModuleDict) and list(t.keys()) == ["wte", "emb_drop", "blocks", "ln_f", "ff_out"]
@@ -146,7 +152,7 @@ def test_llada_state_dict_names_and_tree(tiny_dirs):
     assert hasattr(t.blocks[0], "rotary_emb")
 
 
-def test_dream_state_dict_names_and_tree(tiny_dirs):
+def test_dream_state_dict_names_and_tree(tiny_dirs, models):
     saved = load_file(os.path.join(tiny_dirs["dream"], "model.safetensors"))
     layer = {f"model.layers.0.{m}" for m in (
         "input_layernorm.weight", "post_attention_layernorm.weight",
@@ -161,9 +167,10 @@ def test_dream_state_dict_names_and_tree(tiny_dirs):
     assert saved["model.layers.0.mlp.down_proj.weight"].shape == (96, 224)
     assert saved["lm_head.weight"].shape == (VOCAB, 96)
 
-    model = _load(tiny_dirs["dream"])
+    model = models["dream"]
     assert model.base_model_prefix == "model" and set(model._no_split_modules) == {"DreamDecoderLayer"}
-    assert type(model.model).__name__ == "DreamBaseModel" and type(model.model.layers[0]).__name__ == "DreamDecoderLayer"
+    assert type(model.model).__name__ == "DreamBaseModel"
+    assert type(model.model.layers[0]).__name__ == "DreamDecoderLayer"
     assert model.get_output_embeddings() is model.lm_head
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     assert hasattr(model.model.layers[0].self_attn, "rotary_emb")
@@ -198,8 +205,10 @@ def test_config_files_follow_the_real_checkpoints(tiny_dirs):
                                  "AutoModelForCausalLM": "modeling_dream.DreamModel"}
     assert dream["rope_theta"] == 1e6 and dream["rms_norm_eps"] == 1e-6
     assert dream["tie_word_embeddings"] is False and llada["tie_word_embeddings"] is False
-    for folder in tiny_dirs.values():
-        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(folder))
+    for kind, folder in tiny_dirs.items():
+        files = set(os.listdir(folder))
+        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                f"configuration_{kind}.py", f"modeling_{kind}.py"} <= files
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -238,8 +247,8 @@ def test_llada_hf_aliases_and_gqa_override(tmp_path, ids):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_attention_is_bidirectional(tiny_dirs, kind, ids):
-    model = _load(tiny_dirs[kind])
+def test_attention_is_bidirectional(models, kind, ids):
+    model = models[kind]
     changed = ids.clone()
     changed[:, -1] = (changed[:, -1] + 1 - 5) % 95 + 5
     with torch.no_grad():
@@ -249,8 +258,8 @@ def test_attention_is_bidirectional(tiny_dirs, kind, ids):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_left_padding_with_attention_mask(tiny_dirs, kind):
-    model = _load(tiny_dirs[kind])
+def test_left_padding_with_attention_mask(models, kind):
+    model = models[kind]
     pad = build_tokenizer(kind).pad_token_id
     short = torch.tensor([[10, 11, 12, 13, 14]])
     batch = torch.tensor([[pad, pad, pad, 10, 11, 12, 13, 14], [20, 21, 22, 23, 24, 25, 26, 27]])
@@ -274,8 +283,8 @@ def test_left_padding_with_attention_mask(tiny_dirs, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_four_d_boolean_mask_matches_the_padding_mask(tiny_dirs, kind):
-    model = _load(tiny_dirs[kind])
+def test_four_d_boolean_mask_matches_the_padding_mask(models, kind):
+    model = models[kind]
     batch = torch.tensor([[0, 0, 10, 11, 12, 13]])
     mask2d = torch.tensor([[0, 0, 1, 1, 1, 1]])
     mask4d = mask2d.bool()[:, None, None, :] | torch.eye(6, dtype=torch.bool)
@@ -287,9 +296,9 @@ def test_four_d_boolean_mask_matches_the_padding_mask(tiny_dirs, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_block_reruns_from_captured_arguments(tiny_dirs, kind):
+def test_block_reruns_from_captured_arguments(models, kind):
     """What the calibration does: capture a block's args/kwargs with a pre-hook and run the block on its own."""
-    model = _load(tiny_dirs[kind])
+    model = models[kind]
     block = _blocks(model, kind)[1]
     seen = {}
     pre = block.register_forward_pre_hook(lambda m, a, k: seen.update(args=a, kwargs=k), with_kwargs=True)
@@ -306,8 +315,8 @@ def test_block_reruns_from_captured_arguments(tiny_dirs, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_output_conventions(tiny_dirs, kind, ids):
-    model = _load(tiny_dirs[kind])
+def test_output_conventions(models, kind, ids):
+    model = models[kind]
     n_layers = 2
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
@@ -342,7 +351,8 @@ def test_tokenizer_round_trip_and_ids(tiny_dirs, kind):
              "dream": ("<|endoftext|>", "<|beginoftext|>", "<|mask|>", "<|im_end|>")}[kind]
     assert (tok.eos_token, tok.pad_token, tok.bos_token, tok.mask_token) == (names[0], names[0], names[1], names[2])
     assert tok.convert_tokens_to_ids(list(names)) == [0, 1, 2, 3] and tok.unk_token_id == 4
-    assert names[3] in tok.all_special_tokens and tok(names[3] + "a")["input_ids"] == [3, tok.convert_tokens_to_ids("a")]
+    assert names[3] in tok.all_special_tokens
+    assert tok(names[3] + "a")["input_ids"] == [3, tok.convert_tokens_to_ids("a")]  # one token, not split
     assert special_token_ids(kind) == {"eos_token_id": 0, "pad_token_id": 0, "bos_token_id": 1, "mask_token_id": 2,
                                        "eot_token_id": 3, "unk_token_id": 4}
 
