@@ -24,11 +24,12 @@ LINEARS_PER_BLOCK = 7
 # 1. Against a float "fake-quant" model (every converted linear computes QDQ(x)·QDQ(W)ᵀ + b in fp32, the
 #    definition of W4A4 without packing or integer accumulation): relative L2 error of the logits < 1e-4.
 # 2. Against the float model: W4A4 RTN on these tiny random models loses a lot (per-linear relative
-#    error ~0.15, 0.25 at the down-projection; measured logits error 0.50 LLaDA / 0.65 Dream), so the bound
-#    is loose: relative L2 error < 0.8 and argmax agreement > 25 % (chance is 1 %).
+#    error ~0.15, 0.25 at the down-projection; measured on this test's inputs: logits error 0.53 LLaDA /
+#    0.62 Dream, argmax agreement 40 % / 27 %), so the bound is loose: relative L2 error < 0.8 and argmax
+#    agreement > 15 % (chance is 1 %).
 MAX_REL_ERR_VS_FAKEQUANT = 1e-4
 MAX_REL_ERR_VS_FLOAT = 0.8
-MIN_ARGMAX_AGREEMENT = 0.25
+MIN_ARGMAX_AGREEMENT = 0.15
 
 
 def _load(path, cfg=None, auto=AutoModel, **kw):
