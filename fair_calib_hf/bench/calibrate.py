@@ -17,6 +17,8 @@ import tempfile
 
 import torch
 
+from .common import report
+
 METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
 SETTINGS = dict(num_samples=16, seq_len=128, pack_samples=True, n_probe=32, prior_window=64, probe_steps=32)
 
@@ -70,13 +72,9 @@ def main(argv=None) -> None:
             out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", family, method],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"calibration cost, tiny reference models; settings {SETTINGS}, other options at their defaults "
-          f"(Stage II: 15 epochs, batch 4); torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| family | method | samples | Stage I s | total s | peak MB over loaded model | block rel. MSE |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['family']} | {r['method']} | {r['samples']} | {r['stage1_s']} | {r['total_s']} | "
-              f"{r['peak_mb_over_loaded']} | {', '.join(map(str, r['block_rel_mse']))} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    report(f"calibration cost, tiny reference models; settings {SETTINGS}, other options at their defaults "
+           f"(Stage II: 15 epochs, batch 4); torch {torch.__version__}, {torch.get_num_threads()} threads",
+           {"family": lambda r: r["family"], "method": lambda r: r["method"], "samples": lambda r: r["samples"],
+            "Stage I s": lambda r: r["stage1_s"], "total s": lambda r: r["total_s"],
+            "peak MB over loaded model": lambda r: r["peak_mb_over_loaded"],
+            "block rel. MSE": lambda r: ", ".join(map(str, r["block_rel_mse"]))}, rows, args.json)

@@ -7,28 +7,17 @@ trajectory recorded (one model forward per step, plus the final observation).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
-import time
 
 import torch
+
+from .common import best_time, report
 
 SETTINGS = {  # family: (policy, block_length)
     "llada": ("low_confidence", 32),
     "dream": ("entropy", None),
 }
-
-
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(gen_lengths=(64, 256), prompt_len=32, repeats=3, quantized=True) -> list[dict]:
@@ -55,7 +44,7 @@ def run(gen_lengths=(64, 256), prompt_len=32, repeats=3, quantized=True) -> list
                 cfg = DecodeConfig(gen_length=g, steps=g, block_length=block if block and g % block == 0 else None,
                                    policy=policy)
                 for name, model in variants.items():
-                    seconds = _time(lambda: diffusion_generate(model, prompt, config=cfg), repeats)
+                    seconds = best_time(lambda: diffusion_generate(model, prompt, config=cfg), repeats)
                     rows.append({"family": family, "model": name, "policy": policy, "prompt_len": prompt_len,
                                  "gen_length": g, "steps": g, "block_length": cfg.block_length or g,
                                  "seconds": round(seconds, 4), "steps_per_s": round(g / seconds, 1)})
@@ -70,14 +59,9 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     rows = run(tuple(args.gen_lengths), repeats=args.repeats, quantized=not args.no_quantized)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    print(f"decode speed, tiny reference models, batch 1, prompt 32 tokens; torch {env['torch']}, "
-          f"{env['threads']} threads")
-    print("| family | model | policy | gen_length | steps | block | s/run | steps/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['family']} | {r['model']} | {r['policy']} | {r['gen_length']} | {r['steps']} | "
-              f"{r['block_length']} | {r['seconds']:.3f} | {r['steps_per_s']:.1f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"env": env, "rows": rows}, f, indent=2)
+    report(f"decode speed, tiny reference models, batch 1, prompt 32 tokens; torch {torch.__version__}, "
+           f"{torch.get_num_threads()} threads",
+           {"family": lambda r: r["family"], "model": lambda r: r["model"], "policy": lambda r: r["policy"],
+            "gen_length": lambda r: r["gen_length"], "steps": lambda r: r["steps"],
+            "block": lambda r: r["block_length"], "s/run": lambda r: f"{r['seconds']:.3f}",
+            "steps/s": lambda r: f"{r['steps_per_s']:.1f}"}, rows, args.json)

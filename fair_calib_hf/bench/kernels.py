@@ -8,11 +8,11 @@ Ratios > 1 mean W4A4 is faster. Inputs are random (never zeros).
 from __future__ import annotations
 
 import argparse
-import json
-import time
 
 import torch
 import torch.nn.functional as F
+
+from .common import best_time, report
 
 SHAPES = {  # name: (N, K)
     "4096x4096": (4096, 4096),
@@ -21,16 +21,6 @@ SHAPES = {  # name: (N, K)
     "dream 18944x3584": (18944, 3584),
     "llada 4096x12288": (4096, 12288),
 }
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def run(shapes, ms, repeats) -> list[dict]:
@@ -46,14 +36,14 @@ def run(shapes, ms, repeats) -> list[dict]:
         for m in ms:
             x = torch.randn(m, k, generator=g)
             xp, sx = ops.quantize_act_int4(x, None, None, None, None)
-            t_fp = _best(lambda: F.linear(x, w), repeats)
-            t_gemm = _best(lambda: ops.w4a4_gemm(xp, sx, wp, ws, None, k, torch.float32), repeats)
+            t_fp = best_time(lambda: F.linear(x, w), repeats)
+            t_gemm = best_time(lambda: ops.w4a4_gemm(xp, sx, wp, ws, None, k, torch.float32), repeats)
 
             def layer():
                 p, s = ops.quantize_act_int4(x, None, None, None, None)
                 return ops.w4a4_gemm(p, s, wp, ws, None, k, torch.float32)
 
-            t_all = _best(layer, repeats)
+            t_all = best_time(layer, repeats)
             rows.append({"shape": name, "M": m, "fp32_ms": round(t_fp * 1e3, 3), "w4a4_gemm_ms": round(t_gemm * 1e3, 3),
                          "w4a4_total_ms": round(t_all * 1e3, 3), "ratio_gemm": round(t_fp / t_gemm, 2),
                          "ratio_total": round(t_fp / t_all, 2)})
@@ -70,13 +60,8 @@ def main(argv=None) -> None:
     from fair_calib_hf import ops
 
     rows = run(args.shapes, args.m, args.repeats)
-    print(f"CPU W4A4 vs fp32 F.linear; backend {ops.active_backend('cpu')}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print("| N×K | M | fp32 ms | W4A4 GEMM ms | W4A4 quant+GEMM ms | fp32/GEMM | fp32/total |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['shape']} | {r['M']} | {r['fp32_ms']} | {r['w4a4_gemm_ms']} | {r['w4a4_total_ms']} | "
-              f"{r['ratio_gemm']} | {r['ratio_total']} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    report(f"CPU W4A4 vs fp32 F.linear; backend {ops.active_backend('cpu')}; torch {torch.__version__}, "
+           f"{torch.get_num_threads()} threads",
+           {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "fp32 ms": lambda r: r["fp32_ms"],
+            "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 quant+GEMM ms": lambda r: r["w4a4_total_ms"],
+            "fp32/GEMM": lambda r: r["ratio_gemm"], "fp32/total": lambda r: r["ratio_total"]}, rows, args.json)
