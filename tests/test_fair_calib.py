@@ -224,3 +224,42 @@ def test_pack_samples_option(tiny_dirs):
     q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
         method="rtn", calibration_dataset=TEXTS, num_samples=5, seq_len=64, pack_samples=True))
     assert q.hf_quantizer.calibration_report.num_samples == 5
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "json", "parquet"])
+def test_calibration_data_from_local_files(tiny_dirs, tmp_path, fmt):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": TEXTS})
+    path = tmp_path / f"calib.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(t.replace("\n", " ") for t in TEXTS))
+    elif fmt == "jsonl":
+        ds.to_json(str(path), lines=True)
+    elif fmt == "json":
+        ds.to_json(str(path), lines=False)
+    else:
+        ds.to_parquet(str(path))
+    q = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True, quantization_config=_cfg(
+        "flatquant", calibration_dataset=str(path), num_samples=4, epochs=1))
+    assert q.hf_quantizer.calibration_report.num_samples == 4
+    assert q.config.quantization_config.to_dict()["calibration_dataset"] == str(path)  # a path is kept as a record
+
+
+def test_calibration_data_errors(tiny_dirs, tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"body": TEXTS})
+    with pytest.raises(ValueError, match="no column 'text'"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
+            "flatquant", calibration_dataset=ds))
+    ok = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
+        "flatquant", calibration_dataset=ds, dataset_text_column="body", num_samples=2, epochs=1))
+    assert ok.hf_quantizer.calibration_report.num_samples == 2
+    (tmp_path / "calib.xml").write_text("<a/>")
+    with pytest.raises(ValueError, match="unsupported extension"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
+            "flatquant", calibration_dataset=str(tmp_path / "calib.xml")))
+    with pytest.raises(ValueError, match="calibration sample 1"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
+            "rtn", calibration_dataset=["fine", 3.5]))
