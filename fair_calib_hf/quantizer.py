@@ -25,6 +25,7 @@ from ._compat import VersionCompatHooks
 from .architectures import get_adapter
 from .calibration import calibrate, check_method_implemented
 from .checkpoint import (
+    PACKED_SUFFIXES,
     PRIOR_METADATA_KEY,
     CheckpointMismatchError,
     build_packed_skeleton,
@@ -95,7 +96,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             )
 
     def on_unexpected_keys(self, model, unexpected_keys):
-        stray = [k for k in unexpected_keys if k.rpartition(".")[2] in ("weight_packed", "weight_scale")]
+        stray = [k for k in unexpected_keys if k.rpartition(".")[2] in PACKED_SUFFIXES]
         if self.pre_quantized and stray:
             raise CheckpointMismatchError(
                 f"fair_calib checkpoint has packed tensors for modules its config keeps in float: {', '.join(stray[:8])}"

@@ -11,7 +11,6 @@ import re
 
 from torch import nn
 
-from .architectures import ModelAdapter
 
 
 def is_skipped(name: str, skip: list[str] | None) -> bool:
@@ -35,14 +34,6 @@ def block_targets(block: nn.Module, block_path: str, skip: list[str] | None):
         for name, module in block.named_modules(prefix=block_path)
         if isinstance(module, (nn.Linear, W4A4Linear)) and not is_skipped(name, skip)
     ]
-
-
-def quantization_targets(model: nn.Module, adapter: ModelAdapter, skip: list[str] | None):
-    """``[(full path, module)]`` of the linears to convert in the whole model (see :func:`block_targets`)."""
-    out = []
-    for index, block in enumerate(adapter.blocks(model)):
-        out.extend(block_targets(block, f"{adapter.blocks_path}.{index}", skip))
-    return out
 
 
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
