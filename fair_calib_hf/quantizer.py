@@ -73,7 +73,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             if device_type == "cpu" or torch.cuda.is_available():
                 if ops.active_backend(device_type) == "reference":
                     logger.warning("fair_calib_hf: W4A4 ops on %s run on the pure-torch reference backend "
-                                   "(exact, slow): no compiled kernels in this build", device_type)
+                                   "(exact, slow): no compiled %s kernels in this build", device_type, device_type)
 
     def update_dtype(self, dtype):
         self.dtype = dtype
