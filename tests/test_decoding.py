@@ -164,3 +164,17 @@ def test_mc_likelihood_on_reference_model(models, kind):
     a = mc_log_likelihood(models[kind], prompt, answer, mc_num=16, seed=1)
     b = mc_log_likelihood(models[kind], prompt, answer, mc_num=16, seed=1)
     assert a == b and math.isfinite(a) and a < 0
+
+
+def test_eos_flags():
+    """Stub favouring token (j+1) at canvas position j; make token 9 a stop token."""
+    prompt = torch.tensor([[5, 6, 7]])
+    cfg = dict(gen_length=16, steps=16, block_length=16)
+    plain = diffusion_generate(StubLM("llada", vocab=64), prompt, config=DecodeConfig(**cfg, stop_token_ids=(9,)))
+    assert int(plain.sequences[0, 8]) == 9  # position 8 predicts token 9
+    banned = diffusion_generate(StubLM("llada", vocab=64), prompt, config=DecodeConfig(
+        **cfg, stop_token_ids=(9,), logits_eos_inf=True))
+    assert not bool((banned.sequences[0, 3:] == 9).any())
+    last = diffusion_generate(StubLM("llada", vocab=64), prompt, config=DecodeConfig(
+        **cfg, stop_token_ids=(9,), confidence_eos_eot_inf=True)).trajectory
+    assert int(last.commit_step[0, 8 - 3]) == 15  # the stop token is committed at the last step

@@ -20,6 +20,11 @@ Policies:
   positions per step (all remaining at the last), top-n by confidence, or sampled without replacement from
   ``softmax(conf / alg_temp)`` when ``alg_temp > 0``. Token sampling: logits / temperature, then top-p, then
   top-k; argmax at temperature 0.
+
+End of answer (LLaDA's two flags, with one documented behaviour each): ``logits_eos_inf`` removes the stop
+tokens (EOS and end-of-turn, ``stop_token_ids`` or the adapter's) from the candidates, so they are never
+written; ``confidence_eos_eot_inf`` gives a position whose candidate is a stop token confidence 0, so stop
+tokens are committed last (after every other position of the block). The mask token is never a candidate.
 """
 from __future__ import annotations
 
@@ -53,6 +58,9 @@ class DecodeConfig:
     seed: int = 0
     record: bool = True
     final_observation: bool = True
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    stop_token_ids: tuple | None = None
 
     def __post_init__(self):
         def bad(field, allowed):
@@ -134,10 +142,10 @@ class WindowLogits:
         return cond
 
 
-def _no_mask_candidates(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    """Logits with the mask token excluded, so a commit can never write MASK (a position that looks masked
-    again would be committed twice)."""
-    return logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+def _excluded_candidates(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """Logits with ``token_ids`` removed from the candidates (the mask token always: a position that looked
+    masked again would be committed twice; the stop tokens with ``logits_eos_inf``)."""
+    return logits.index_fill(-1, torch.tensor(token_ids, device=logits.device), float("-inf"))
 
 
 def _spread(n: int, steps: int) -> list[int]:
@@ -238,6 +246,9 @@ def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rec = _Recorder(cfg.record)
     commit_step = torch.full((b, g), -1, dtype=torch.long, device=device)
+    stops = list(cfg.stop_token_ids) if cfg.stop_token_ids is not None else adapter.stop_token_ids(model.config)
+    excluded = [mask_id] + (stops if cfg.logits_eos_inf else [])
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
     window = canvas[:, p:]  # a view: writes land in the canvas
 
     def commit(select, tokens, t):
@@ -262,11 +273,14 @@ def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
                     break
                 logits = logits_at(canvas)
                 rec.observe(logits)
-                x0 = _gumbel_argmax(_no_mask_candidates(logits, mask_id), cfg.temperature, gen)
+                candidates = _excluded_candidates(logits, excluded)
+                x0 = _gumbel_argmax(candidates, cfg.temperature, gen)
                 if cfg.policy == "random":
                     conf = torch.rand(eligible.shape, generator=gen, device=device, dtype=torch.float64)
-                else:
-                    conf = logits.double().softmax(-1).gather(-1, x0[..., None])[..., 0]
+                else:  # probability of the chosen token among the allowed candidates (un-noised logits)
+                    conf = candidates.double().softmax(-1).gather(-1, x0[..., None])[..., 0]
+                if cfg.confidence_eos_eot_inf:
+                    conf = conf.masked_fill(torch.isin(x0, stop_ids), 0.0)
                 conf = conf.masked_fill(~eligible, float("-inf"))
                 if schedule is not None:
                     select = _rank_select(conf, torch.full((b,), schedule[j], device=device))
@@ -283,7 +297,7 @@ def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
             rec.observe(logits)
             last = i == cfg.steps - 1
             ratio = 1.0 if last else float(1 - ts[i + 1] / ts[i])
-            x0, conf = _dream_candidates(_no_mask_candidates(logits, mask_id), cfg, gen)
+            x0, conf = _dream_candidates(_excluded_candidates(logits, excluded), cfg, gen)
             if cfg.policy == "origin":
                 draw = torch.rand(masked.shape, generator=gen, device=device, dtype=torch.float64) < ratio
                 select = masked & draw
