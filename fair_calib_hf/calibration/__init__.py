@@ -75,10 +75,16 @@ def _prior(model, samples, config) -> PositionPrior:
 
 
 def calibrate(model: nn.Module, config) -> CalibrationReport:
-    """Quantize ``model`` in place according to ``config``; returns the report."""
+    """Quantize ``model`` in place according to ``config``; returns the report. Deterministic given the
+    model, data, config and seed; the caller's global RNG state is left untouched."""
     check_method_implemented(config.method)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _calibrate(model, config)
+
+
+def _calibrate(model: nn.Module, config) -> CalibrationReport:
     start = time.perf_counter()
-    torch.manual_seed(config.seed)
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
