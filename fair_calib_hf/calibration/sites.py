@@ -19,7 +19,8 @@ from ..architectures import ModelAdapter
 from ..modules import W4A4Linear
 from ..targets import block_targets
 from .block_loop import BlockInput, run_block
-from .transforms import hadamard_factors, kron_apply, kronecker_factors
+from ..packing import dequantize_weight, quantize_weight_per_channel
+from .transforms import hadamard_factors, kronecker_factors, transform_weight
 
 TRANSFORM_METHODS = ("quarot", "flatquant", "fair_calib")
 
@@ -79,16 +80,34 @@ def transform_layout(config, adapter: ModelAdapter, rel_name: str, in_features: 
     return kronecker_factors(in_features), online
 
 
+CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(11))  # 1.00 .. 0.50
+
+
+@torch.no_grad()
+def search_weight_clip(weight: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the ratio in ``CLIP_GRID`` minimising ``‖W − Q(W; ratio)‖²`` (``[out, 1]``)."""
+    w = weight.float()
+    best_err = torch.full((w.shape[0], 1), float("inf"))
+    best = torch.ones(w.shape[0], 1)
+    for ratio in CLIP_GRID:
+        packed, scale = quantize_weight_per_channel(w, ratio)
+        err = (dequantize_weight(packed, scale, w.shape[1]) - w).pow(2).sum(1, keepdim=True).cpu()
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, torch.full_like(best, ratio), best)
+    return best.to(weight.device)
+
+
 @torch.no_grad()
 def pack_with_transform(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor, diag: torch.Tensor | None,
-                        online_diag: bool, weight_clip, input_clip: float) -> W4A4Linear:
+                        online_diag: bool, weight_clip, input_clip: float, clip_search: bool = False) -> W4A4Linear:
     """Pack ``linear`` for inputs transformed by ``x ↦ (x ⊙ diag)·(left ⊗ right)``: the weight becomes
-    ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel int4 with ``weight_clip``), so that
-    ``x̃ W̃ᵀ = x Wᵀ`` in float. ``online_diag`` stores ``diag`` in the module; otherwise the caller folds it."""
-    w = linear.weight.double()
-    if diag is not None:
-        w = w / diag.double()[None, :]
-    w = kron_apply(w, torch.linalg.inv(left.double()).t(), torch.linalg.inv(right.double()).t())
-    module = W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
-                                    transform=(left, right, diag if online_diag else None))
-    return module
+    ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel int4 with ``weight_clip``, multiplied by
+    the searched per-channel ratio with ``clip_search``), so that ``x̃ W̃ᵀ = x Wᵀ`` in float. ``online_diag``
+    stores ``diag`` in the module; otherwise the caller folds it."""
+    w = transform_weight(linear.weight.double(), left.double(), right.double(),
+                         diag.double() if diag is not None else None)
+    if clip_search:
+        weight_clip = search_weight_clip(w) * weight_clip
+    return W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
+                                  transform=(left, right, diag if online_diag else None))

@@ -31,7 +31,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, run_block
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors
+from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
 CLIP_INIT = 4.0
 
@@ -85,8 +85,7 @@ class SiteParams(nn.Module):
         return xq
 
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        w = w.float() / self.diag[None, :] if self.diag is not None else w.float()
-        return kron_apply(w, torch.linalg.inv(self.left).t(), torch.linalg.inv(self.right).t())
+        return transform_weight(w.float(), self.left, self.right, self.diag)
 
 
 class FitLinear(nn.Module):

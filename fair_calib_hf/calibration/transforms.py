@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from ..ops.reference import kron_apply  # noqa: F401  (re-exported: one definition, with the op)
+
 
 def kronecker_factors(n: int) -> tuple[int, int]:
     """The factor pair ``a ≤ b`` of ``n`` closest to ``√n`` (FlatQuant's rule): 4096 → 64×64, 3584 → 56×64,
@@ -21,12 +23,13 @@ def kronecker_factors(n: int) -> tuple[int, int]:
     return a, n // a
 
 
-def kron_apply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``x [..., a·b] · (left ⊗ right)`` without forming the Kronecker product."""
-    a, b = left.shape[0], right.shape[0]
-    shape = x.shape
-    y = left.t() @ x.reshape(-1, a, b) @ right
-    return y.reshape(shape)
+def transform_weight(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                     diag: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight that consumes transformed inputs: ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}``, so that
+    ``((x ⊙ diag)·(left ⊗ right)) · W̃ᵀ = x Wᵀ`` in exact arithmetic. Computed in the dtype of the arguments
+    (float64 when packing, fp32 with autograd while fitting)."""
+    w = weight / diag[None, :] if diag is not None else weight
+    return kron_apply(w, torch.linalg.inv(left).t(), torch.linalg.inv(right).t())
 
 
 def _is_prime(q: int) -> bool:

@@ -16,6 +16,13 @@ EXACT_FP32_CHUNK = 1 << 18
 integer exactly representable in fp32, so an fp32 GEMM over one chunk is exact in any summation order."""
 
 
+def kron_apply(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``x [..., a·b] · (left ⊗ right)`` without forming the Kronecker product: ``vec(leftᵀ · X · right)``
+    with ``X`` each row reshaped row-major to ``[a, b]``."""
+    a, b = left.shape[0], right.shape[0]
+    return (left.t() @ x.reshape(-1, a, b) @ right).reshape(x.shape)
+
+
 def apply_input_transform(x: torch.Tensor, left, right, diag) -> torch.Tensor:
     """fp32 ``x̃ = (x ⊙ diag) · (left ⊗ right)`` for ``x [M, K]``, computed as ``vec(leftᵀ · X · right)``
     with ``X`` the row ``x`` reshaped row-major to ``[a, b]``. Any of the three may be ``None`` (identity);
@@ -24,8 +31,7 @@ def apply_input_transform(x: torch.Tensor, left, right, diag) -> torch.Tensor:
     if diag is not None:
         xf = xf * diag.float()
     if left is not None:
-        a, b = left.shape[0], right.shape[0]
-        xf = (left.float().t() @ xf.reshape(-1, a, b) @ right.float()).reshape(x.shape[0], a * b)
+        xf = kron_apply(xf, left.float(), right.float())
     return xf
 
 
