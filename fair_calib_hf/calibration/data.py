@@ -11,8 +11,10 @@ Accepted inputs (``FairCalibConfig.calibration_dataset``):
 
 Variable-length mode (``rtn``, ``quarot``): the first ``num_samples`` usable samples, each truncated to
 ``seq_len`` tokens. Fixed-length mode (Stage II methods, which need fully observed sequences of exactly
-``seq_len`` tokens for the position prior): the samples are concatenated (an EOS token between them when the
-model config has one) and cut into ``num_samples`` consecutive sequences of ``seq_len`` tokens.
+``seq_len`` tokens for the position prior): samples that all have exactly ``seq_len`` tokens are used as they
+are (the first ``num_samples``; this keeps a prompt/answer layout aligned with the prior's window, as for the
+zoo tasks' ``calibration_sequences``); otherwise the samples are concatenated (an EOS token between them when
+the model config has one) and cut into ``num_samples`` consecutive sequences of ``seq_len`` tokens.
 """
 from __future__ import annotations
 
@@ -125,6 +127,8 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
     if not samples:
         raise ValueError("calibration_dataset yielded no samples")
     if fixed_length:
+        if all(ids.numel() == config.seq_len for ids in samples):
+            return samples[: config.num_samples]
         return _chunk(samples, config, getattr(model.config, "eos_token_id", None))
     if len(samples) < config.num_samples:
         logger.warning("fair_calib: %d calibration samples available, fewer than num_samples=%d",

@@ -1,0 +1,84 @@
+"""Task accuracy of a (float or quantized) diffusion LM on a zoo task, with the decoding settings stated.
+
+Default decoding per family (written into every result): ``gen_length`` = the task's answer width, one token
+committed per step (``steps = gen_length``), LLaDA-style ``low_confidence`` remasking in semi-autoregressive
+blocks of 8, Dream-style ``maskgit_plus`` (no blocks), greedy (temperature 0), stop tokens committed last
+(LLaDA's ``confidence_eos_eot_inf``).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..architectures import get_adapter
+from ..decoding import DecodeConfig, diffusion_generate, mc_log_likelihood
+from ..diagnostics.frontier import decode_windows
+from .tasks import Task
+
+
+def default_decode_config(task: Task, family: str, **overrides) -> DecodeConfig:
+    """The decoding settings the benchmark uses for ``task`` on a ``family`` model (module docstring)."""
+    if family == "llada":
+        block = 8 if task.gen_length % 8 == 0 else task.gen_length
+        settings = dict(policy="low_confidence", block_length=block)
+    else:
+        settings = dict(policy="maskgit_plus", block_length=None)
+    settings = {**dict(gen_length=task.gen_length, steps=task.gen_length, temperature=0.0,
+                       confidence_eos_eot_inf=True), **settings, **overrides}
+    return DecodeConfig(**settings)
+
+
+def decode_settings(config: DecodeConfig) -> dict:
+    """The decoding fields worth printing next to a score."""
+    return {k: getattr(config, k) for k in ("policy", "gen_length", "steps", "block_length", "temperature")}
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, task: Task, examples, config: DecodeConfig, batch_size: int = 128):
+    """Decoded answer texts (cut at the first stop token) and the window tokens ``[N, gen_length]``."""
+    adapter = get_adapter(model)
+    stops = adapter.stop_token_ids(model.config, tokenizer)
+    prompts, _ = task.encode(examples, tokenizer)
+    texts, windows = [], []
+    for start in range(0, len(examples), batch_size):
+        out = diffusion_generate(model, prompts[start:start + batch_size], config=config, adapter=adapter)
+        window = out.sequences[:, task.prompt_width:].cpu()
+        windows.append(window)
+        texts.extend(decode_windows(window, tokenizer, stops))
+    return texts, torch.cat(windows)
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, task: Task, split: str = "test", count: int = 512, seed: int = 0,
+             config: DecodeConfig | None = None, batch_size: int = 128, likelihood_samples: int = 0,
+             mc_num: int = 32) -> dict:
+    """Exact match of ``count`` examples of ``split`` (``accuracy`` ∈ [0, 1]) and, with
+    ``likelihood_samples > 0``, the mean Monte-Carlo masked log-likelihood per answer token (nats, over the
+    first ``likelihood_samples`` examples, ``mc_num`` draws each, answer = text + end of turn)."""
+    model.eval()
+    adapter = get_adapter(model)
+    config = config or default_decode_config(task, adapter.family, record=False)
+    examples = task.examples(split, count, seed)
+    started = time.perf_counter()
+    texts, _ = generate_answers(model, tokenizer, task, examples, config, batch_size)
+    correct = [task.score(text, ex) for text, ex in zip(texts, examples)]
+    result = {"task": task.name, "split": split, "n": len(examples), "accuracy": sum(correct) / len(correct),
+              "decoding": decode_settings(config), "seconds": round(time.perf_counter() - started, 2),
+              "samples": [{"prompt": ex.prompt, "prediction": text, "reference": ex.reference, "correct": ok}
+                          for ex, text, ok in list(zip(examples, texts, correct))[:8]]}
+    if likelihood_samples:
+        prompts, answers = task.encode(examples[:likelihood_samples], tokenizer)
+        eos = tokenizer.eos_token_id
+        total, tokens = 0.0, 0
+        for row in range(prompts.shape[0]):
+            answer = answers[row]
+            keep = int((answer != eos).sum())  # the text and the end-of-turn token; EOS padding is left out
+            answer = answer[:keep]
+            total += mc_log_likelihood(model, prompts[row], answer, mc_num=mc_num, batch_size=mc_num,
+                                       seed=seed + row, adapter=adapter)
+            tokens += answer.numel()
+        result["log_likelihood_per_token"] = total / tokens
+        result["perplexity"] = math.exp(-total / tokens)
+    return result

@@ -1,0 +1,184 @@
+"""Masked-diffusion training of the reference models (LLaDA's SFT objective).
+
+For each example: draw ``t ~ U(ε, 1)``, replace every answer token by the mask token independently with
+probability ``t`` (at least one), and take the cross-entropy of the masked answer tokens weighted by ``1/t``,
+summed and divided by the number of answer tokens in the batch. The prompt is never masked. LLaDA-style models
+predict token ``i`` at output ``i``; Dream-style models at output ``i − 1`` (the adapter's logit shift).
+
+Determinism and resumption: the batch of step ``s`` (examples, ``t`` and masks) is a function of ``(seed, s)``
+only, and the state saved every ``checkpoint_every`` steps holds the model, the optimizer and the step, so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would (tested).
+
+Command line::
+
+    python -m fair_calib_hf.zoo.train llada-arith --work runs/llada-arith [--steps N] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..reference_models import build_tokenizer, tiny_config, _FAMILIES
+from .tasks import get_task
+
+
+@dataclass
+class TrainConfig:
+    """One reference model's recipe: architecture ``kind`` with ``model`` config overrides, ``task``, optimizer
+    (AdamW, linear warm-up then cosine decay to ``min_lr_ratio · lr``), curriculum (``level`` rises linearly
+    from 0 to 1 over the first ``curriculum_fraction`` of the steps) and bookkeeping."""
+
+    kind: str
+    task: str
+    model: dict = field(default_factory=dict)
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    t_eps: float = 1e-3
+    curriculum_fraction: float = 0.3
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 250
+
+
+def build_model(cfg: TrainConfig):
+    """A freshly initialised model of ``cfg.kind`` (``model._init_weights`` under ``torch.manual_seed(cfg.seed)``)."""
+    config = tiny_config(cfg.kind, **cfg.model)
+    model_cls = _FAMILIES[cfg.kind][1]
+    with torch.random.fork_rng(devices=[]):
+        model = model_cls(config)
+        torch.manual_seed(cfg.seed)
+        with torch.no_grad():
+            for module in model.modules():
+                model._init_weights(module)
+    return model
+
+
+def make_batch(task, tokenizer, cfg: TrainConfig, step: int, mask_id: int):
+    """The step's ``(inputs [B, P+G], targets [B, G], masked [B, G] bool, t [B])`` (deterministic in
+    ``(cfg.seed, step)``)."""
+    level = min(1.0, step / max(1.0, cfg.curriculum_fraction * cfg.steps))
+    rng = random.Random(f"{cfg.seed}|{step}")
+    examples = []
+    while len(examples) < cfg.batch_size:
+        examples.extend(task.examples("train", cfg.batch_size - len(examples), seed=rng.randrange(2**62), level=level))
+    prompts, answers = task.encode(examples, tokenizer)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    b, g = answers.shape
+    t = cfg.t_eps + (1 - cfg.t_eps) * torch.rand(b, generator=gen)
+    masked = torch.rand(b, g, generator=gen) < t[:, None]
+    empty = ~masked.any(1)
+    masked[empty, torch.randint(0, g, (int(empty.sum()),), generator=gen)] = True
+    inputs = torch.cat([prompts, answers.masked_fill(masked, mask_id)], 1)
+    return inputs, answers, masked, t
+
+
+def diffusion_loss(model, inputs, targets, masked, t, shift: int) -> torch.Tensor:
+    """``Σ_masked CE / t`` divided by the number of answer tokens (see the module docstring)."""
+    g = targets.shape[1]
+    p = inputs.shape[1] - g
+    logits = model(input_ids=inputs).logits[:, p - shift: p - shift + g]
+    ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")
+    weights = (1.0 / t)[:, None].expand_as(masked)[masked]
+    return (ce * weights).sum() / targets.numel()
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of ``step`` (0-based)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_state(path: str, model, optimizer, step: int, cfg: TrainConfig, history: list) -> None:
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "config": asdict(cfg), "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=print):
+    """Train (or resume, from ``work_dir/state.pt``) and return ``(model, history)``; ``max_steps`` stops early
+    (for tests and time-boxed runs) with the state saved, so a later call resumes."""
+    from ..architectures import get_adapter
+
+    os.makedirs(work_dir, exist_ok=True)
+    task = get_task(cfg.task)
+    tokenizer = build_tokenizer(cfg.kind)
+    model = build_model(cfg).train()
+    adapter = get_adapter(model)
+    mask_id = adapter.mask_token_id(model.config)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    state_path = os.path.join(work_dir, "state.pt")
+    step, history = 0, []
+    if os.path.exists(state_path):
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{state_path} was written by a different TrainConfig; use another --work folder")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        log(f"resumed {cfg.kind}/{cfg.task} at step {step}")
+    end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    start_time, running = time.time(), []
+    while step < end:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        inputs, targets, masked, t = make_batch(task, tokenizer, cfg, step, mask_id)
+        loss = diffusion_loss(model, inputs, targets, masked, t, adapter.logits_shift)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        running.append(loss.item())
+        if step % cfg.log_every == 0 or step == end:
+            mean = sum(running) / len(running)
+            elapsed = time.time() - start_time
+            history.append({"step": step, "loss": mean, "seconds": round(elapsed, 2)})
+            rate = elapsed / len(running)
+            log(f"{cfg.kind}/{cfg.task} step {step}/{cfg.steps} loss {mean:.4f} lr {lr_at(cfg, step - 1):.2e} "
+                f"{rate:.2f} s/step", flush=True)
+            running, start_time = [], time.time()
+        if step % cfg.checkpoint_every == 0 or step == end:
+            _save_state(state_path, model, optimizer, step, cfg, history)
+    return model.eval(), history
+
+
+def main(argv=None) -> None:
+    from . import RECIPES, save_reference_model
+
+    parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.zoo.train", description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=sorted(RECIPES), help="reference model recipe")
+    parser.add_argument("--work", required=True, help="folder for the resumable training state")
+    parser.add_argument("--out", help="where to write the trained checkpoint (default: the package's zoo folder)")
+    parser.add_argument("--max-steps", type=int, help="stop after this step (resume later)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = RECIPES[args.name]
+    model, history = train(cfg, args.work, max_steps=args.max_steps)
+    if history and history[-1]["step"] == cfg.steps:
+        path = save_reference_model(args.name, model, cfg, history, args.out)
+        print(f"saved {args.name} to {path}")
+
+
+if __name__ == "__main__":
+    main()
