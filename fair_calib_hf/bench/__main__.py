@@ -1,7 +1,8 @@
-"""``python -m fair_calib_hf.bench <benchmark> [options]``: decode, calibrate, kernels."""
+"""``python -m fair_calib_hf.bench <benchmark> [options]``: one module per benchmark, each with ``main(argv)``."""
+import importlib
 import sys
 
-BENCHMARKS = ("decode", "calibrate", "kernels")
+BENCHMARKS = ("decode", "calibrate", "kernels", "quality")
 
 
 def main() -> None:
@@ -9,13 +10,7 @@ def main() -> None:
         print(f"usage: python -m fair_calib_hf.bench {{{','.join(BENCHMARKS)}}} [--help]", file=sys.stderr)
         raise SystemExit(2)
     name, argv = sys.argv[1], sys.argv[2:]
-    if name == "decode":
-        from .decode import main as run
-    elif name == "calibrate":
-        from .calibrate import main as run
-    else:
-        from .kernels import main as run
-    run(argv)
+    importlib.import_module(f".{name}", __package__).main(argv)
 
 
 if __name__ == "__main__":
