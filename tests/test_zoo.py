@@ -1,0 +1,184 @@
+"""Zoo tasks (splits, answers, layout), the masked-diffusion trainer (determinism, resumption) and the shipped
+reference models."""
+import os
+import random
+import re
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig
+from fair_calib_hf.calibration.data import load_calibration_samples
+from fair_calib_hf.reference_models import build_tokenizer, special_token_ids
+from fair_calib_hf.zoo import RECIPES, available, resolve, task_of
+from fair_calib_hf.zoo.evaluate import default_decode_config, evaluate
+from fair_calib_hf.zoo.tasks import SPLITS, Example, get_task, split_of, stdlib_lines
+from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, make_batch, train
+
+
+@pytest.mark.parametrize("name", ["arith", "code"])
+def test_splits_are_disjoint_and_consistent(name):
+    task = get_task(name)
+    drawn = {split: task.examples(split, 300, seed=1) for split in SPLITS}
+    keys = {split: {(e.prompt, e.answer) for e in exs} for split, exs in drawn.items()}
+    assert all(len(k) == 300 for k in keys.values())  # distinct within a split
+    assert not keys["train"] & keys["calibration"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["calibration"] & keys["test"]
+    for split, exs in drawn.items():
+        assert all(split_of(task.name, e.prompt, e.answer) == split for e in exs)
+    assert task.examples("test", 20, seed=3) == task.examples("test", 20, seed=3)
+    assert task.examples("test", 20, seed=3) != task.examples("test", 20, seed=4)
+
+
+def test_arithmetic_answers_are_correct():
+    task = get_task("arith")
+    operand_counts = set()
+    for ex in task.examples("train", 500, seed=0):
+        assert re.fullmatch(r"\d\d([+-]\d\d){1,3}=", ex.prompt)
+        operand_counts.add(ex.prompt.count("+") + ex.prompt.count("-") + 1)
+        assert str(eval(ex.prompt[:-1])) == ex.reference  # noqa: S307 - digits and +/- only
+        steps = ex.answer.split(";")
+        assert steps[-1] == "#" + ex.reference
+        value = None
+        for step in steps[:-1]:
+            lhs, rhs = step.split("=")
+            assert int(rhs) == eval(lhs) >= 0  # noqa: S307
+            if value is not None:
+                assert lhs.startswith(str(value))  # each step starts from the previous result
+            value = int(rhs)
+        assert value == int(ex.reference)
+    assert operand_counts == {2, 3, 4}
+    easy = {e.prompt.count("+") + e.prompt.count("-") + 1 for e in task.examples("train", 200, level=0.0)}
+    assert easy == {2}  # the curriculum's first level
+
+
+def test_arithmetic_scoring():
+    task = get_task("arith")
+    ex = Example("12+30=", "12+30=42;#42", "42")
+    assert task.score("12+30=42;#42", ex)
+    assert task.score("12+30=41;#42", ex)  # only the final answer counts, as in GSM8K
+    assert not task.score("12+30=42;#43", ex)
+    assert not task.score("42", ex)  # no final-answer marker
+
+
+def test_code_examples_come_from_the_standard_library():
+    task = get_task("code")
+    lines = set(stdlib_lines())
+    for ex in task.examples("test", 50, seed=0):
+        assert len(ex.answer) == task.answer_chars and ex.answer == ex.reference
+        assert any(line.endswith(ex.prompt + ex.answer) for line in lines if ex.answer in line)
+    assert task.score("abc", Example("x", "abc", "abc")) and not task.score("abd", Example("x", "abc", "abc"))
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_encode_layout(kind):
+    task = get_task("arith")
+    tok = build_tokenizer(kind)
+    ids = special_token_ids(kind)
+    ex = Example("12+30=", "12+30=42;#42", "42")
+    prompts, answers = task.encode([ex], tok)
+    assert prompts.shape == (1, task.prompt_width) and answers.shape == (1, task.gen_length)
+    p, a = prompts[0].tolist(), answers[0].tolist()
+    start = task.prompt_width - len(ex.prompt) - 1
+    assert p[:start] == [ids["eos_token_id"]] * start and p[start] == ids["bos_token_id"]
+    assert tok.decode(p[start + 1:]) == ex.prompt
+    assert tok.decode(a[: len(ex.answer)]) == ex.answer and a[len(ex.answer)] == ids["eot_token_id"]
+    assert set(a[len(ex.answer) + 1:]) == {ids["eos_token_id"]}
+    with pytest.raises(ValueError, match="does not fit"):
+        task.encode([Example("1" * 40, "2", "2")], tok)
+
+
+def test_calibration_sequences_keep_their_layout(tiny_dirs):
+    """Sequences of exactly seq_len tokens are used as they are (no EOS inserted, no re-chunking)."""
+    task = get_task("arith")
+    model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    seqs = task.calibration_sequences(build_tokenizer("llada"), 6, seed=0)
+    seq_len = task.prompt_width + task.gen_length
+    cfg = FairCalibConfig(method="fair_calib", calibration_dataset=seqs, num_samples=4, seq_len=seq_len)
+    got = load_calibration_samples(cfg, model, fixed_length=True)
+    assert [s.tolist() for s in got] == seqs[:4]
+
+
+def _tiny_recipe(kind, steps):
+    model = (dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64) if kind == "llada" else
+             dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                  num_hidden_layers=1))
+    return TrainConfig(kind=kind, task="arith", model=model, steps=steps, batch_size=8, warmup_steps=2,
+                       log_every=2, checkpoint_every=2, seed=5)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_training_is_deterministic_and_resumable(kind, tmp_path):
+    cfg = _tiny_recipe(kind, 6)
+    straight, _ = train(cfg, str(tmp_path / "a"), log=lambda *a, **k: None)
+    train(cfg, str(tmp_path / "b"), max_steps=4, log=lambda *a, **k: None)
+    resumed, history = train(cfg, str(tmp_path / "b"), log=lambda *a, **k: None)
+    assert history[-1]["step"] == 6
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        train(_tiny_recipe(kind, 8), str(tmp_path / "b"), log=lambda *a, **k: None)
+
+
+def test_diffusion_loss_masks_only_answers_and_uses_the_shift():
+    cfg = _tiny_recipe("dream", 4)
+    task, tok = get_task("arith"), build_tokenizer("dream")
+    inputs, targets, masked, t = make_batch(task, tok, cfg, step=3, mask_id=2)
+    p = task.prompt_width
+    assert (inputs[:, :p] != 2).all() and masked.any(1).all()
+    assert torch.equal(inputs[:, p:] == 2, masked)
+    assert ((t > 0) & (t <= 1)).all()
+
+    class Oracle(torch.nn.Module):
+        """Puts all probability on the right token at output i − shift: zero loss only with that shift."""
+
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def forward(self, input_ids):
+            logits = torch.full((*input_ids.shape, 104), -1e4)
+            full = torch.cat([input_ids[:, :p], targets], 1)
+            idx = torch.arange(input_ids.shape[1] - self.shift)
+            logits[:, idx] = torch.nn.functional.one_hot(full[:, idx + self.shift], 104).float() * 2e4 - 1e4
+            return type("Out", (), {"logits": logits})()
+
+    assert float(diffusion_loss(Oracle(1), inputs, targets, masked, t, shift=1)) == pytest.approx(0.0, abs=1e-4)
+    assert float(diffusion_loss(Oracle(0), inputs, targets, masked, t, shift=1)) > 1.0
+
+
+def test_resolve_names():
+    assert resolve("some/hub-id") == "some/hub-id"
+    assert resolve("/a/local/path") == "/a/local/path"
+    with pytest.raises(ValueError, match="unknown zoo model 'zoo:nope'"):
+        resolve("zoo:nope")
+    assert set(available()) <= set(RECIPES)
+
+
+def test_evaluate_reports_accuracy_and_settings(tiny_dirs):
+    model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    task = get_task("arith")
+    result = evaluate(model, build_tokenizer("llada"), task, split="calibration", count=4, likelihood_samples=2,
+                      mc_num=4)
+    assert result["n"] == 4 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["decoding"] == {"policy": "low_confidence", "gen_length": 40, "steps": 40, "block_length": 8,
+                                  "temperature": 0.0}
+    assert result["log_likelihood_per_token"] < 0 and result["perplexity"] > 1
+    assert default_decode_config(task, "dream").policy == "maskgit_plus"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_model_loads_and_solves_its_task(name):
+    if name not in available():
+        pytest.skip(f"zoo model {name} is not in this installation")
+    path = resolve(f"zoo:{name}")
+    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    task = task_of(f"zoo:{name}")
+    assert task.name == RECIPES[name].task
+    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+    assert size < 12 * 2**20
+    result = evaluate(model, build_tokenizer(RECIPES[name].kind), task, split="test", count=16)
+    floor = 0.75 if task.name == "arith" else 0.05  # the cards' full-precision scores are far above these
+    assert result["accuracy"] >= floor, result["samples"]
