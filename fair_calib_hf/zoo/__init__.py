@@ -36,7 +36,7 @@ RECIPES = {
         model=dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=352,
                    num_hidden_layers=4, initializer_range=0.02)),
     "llada-code": TrainConfig(
-        kind="llada", task="code", steps=3000, lr=2e-3,
+        kind="llada", task="code", steps=2500, lr=2e-3,
         model=dict(d_model=160, n_heads=5, n_kv_heads=5, n_layers=4, mlp_hidden_size=480, init_std=0.02)),
 }
 
