@@ -37,7 +37,8 @@ BLOCK_INPUTS = ("fp", "quantized")
 _RUNTIME_FIELDS = ("calibration_dataset", "tokenizer")
 _SERIALIZED_FIELDS = (
     "quant_method", "format_version", "pack_format", "method", "w_bits", "a_bits", "w_clip_ratio",
-    "a_clip_ratio", "num_samples", "seq_len", "pack_samples", "dataset_text_column", "block_inputs", "calibration_device",
+    "a_clip_ratio", "num_samples", "seq_len", "pack_samples", "dataset_text_column", "dataset_config", "dataset_split",
+    "apply_chat_template", "block_inputs", "calibration_device",
     "modules_to_not_convert", "seed",
     # QuaRot
     "w_clip_search",
@@ -70,7 +71,13 @@ class FairCalibConfig(QuantizationConfigMixin):
         pack_samples: cut the concatenated calibration texts into ``num_samples`` sequences of exactly
             ``seq_len`` tokens (``True``), or use each sample truncated to ``seq_len`` (``False``). ``None``:
             ``True`` for the Stage II methods (which need full-length sequences), ``False`` otherwise.
-        dataset_text_column: the text column of a ``datasets.Dataset``.
+        dataset_text_column: the text column of a ``datasets.Dataset`` (or of a named dataset / local file).
+        dataset_config: the configuration (subset) name of a hub dataset, e.g. ``"wikitext-2-raw-v1"``.
+        dataset_split: the split read from a hub dataset or local file (``"train"``); slicing syntax such as
+            ``"train[:1000]"`` is accepted.
+        apply_chat_template: wrap every calibration text as one user turn and render it with the tokenizer's
+            chat template (for instruct models); a dataset column holding chat messages (lists of
+            ``{"role", "content"}`` dicts) is rendered as is. Needs a tokenizer with a chat template.
         block_inputs: ``"fp"``: each block is calibrated on the full-precision outputs of the previous
             block (FlatQuant); ``"quantized"``: on the outputs of the already quantized blocks.
         calibration_device: device the block loop computes on (``None``: CUDA if available, else CPU).
@@ -112,6 +119,9 @@ class FairCalibConfig(QuantizationConfigMixin):
         seq_len: int = 1024,
         pack_samples: bool | None = None,
         dataset_text_column: str = "text",
+        dataset_config: str | None = None,
+        dataset_split: str = "train",
+        apply_chat_template: bool = False,
         block_inputs: str = "fp",
         calibration_device: str | None = None,
         modules_to_not_convert: list[str] | None = None,
@@ -155,6 +165,9 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.seq_len = seq_len
         self.pack_samples = pack_samples
         self.dataset_text_column = dataset_text_column
+        self.dataset_config = dataset_config
+        self.dataset_split = dataset_split
+        self.apply_chat_template = apply_chat_template
         self.block_inputs = block_inputs
         self.calibration_device = calibration_device
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
@@ -220,6 +233,12 @@ class FairCalibConfig(QuantizationConfigMixin):
             _fail("prior_path", self.prior_path, "None or the path of a saved PositionPrior")
         if not isinstance(self.dataset_text_column, str) or not self.dataset_text_column:
             _fail("dataset_text_column", self.dataset_text_column, "a non-empty column name")
+        if self.dataset_config is not None and (not isinstance(self.dataset_config, str) or not self.dataset_config):
+            _fail("dataset_config", self.dataset_config, "None or a non-empty dataset configuration name")
+        if not isinstance(self.dataset_split, str) or not self.dataset_split:
+            _fail("dataset_split", self.dataset_split, "a non-empty split name such as 'train' or 'train[:512]'")
+        if not isinstance(self.apply_chat_template, bool):
+            _fail("apply_chat_template", self.apply_chat_template, "True or False")
         if self.block_inputs not in BLOCK_INPUTS:
             _fail("block_inputs", self.block_inputs, ", ".join(BLOCK_INPUTS))
         if self.calibration_device is not None and not isinstance(self.calibration_device, str):
@@ -262,6 +281,10 @@ class FairCalibConfig(QuantizationConfigMixin):
 
     def __iter__(self):
         yield from self.to_dict().items()
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """Same as :meth:`to_dict` (transformers 4.57's ``repr`` and JSON helpers call this name)."""
+        return self.to_dict()
 
     def __deepcopy__(self, memo):
         """Deep-copy the serializable state; runtime objects (data, tokenizer) are shared, not copied."""

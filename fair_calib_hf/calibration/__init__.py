@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from ..architectures import get_adapter
 from ..config import IMPLEMENTED_METHODS
 from ..modules import W4A4Linear
-from .block_loop import BlockStats, calibrate_blocks
+from ..targets import block_targets
+from .block_loop import BlockStats, calibrate_blocks, module_device, offload_block, onload_block
 from .data import load_calibration_samples
 from .quarot import make_quarot_block_quantizer
 from .rtn import make_rtn_block_quantizer
@@ -29,8 +31,10 @@ STAGE2_METHODS = ("flatquant", "fair_calib")
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: method, samples used, per-block statistics, the prior (``fair_calib``), wall
-    time (s) of Stage I and of the whole calibration."""
+    """What calibration did: method, samples used, per-block statistics (with per-linear output errors), the
+    prior (``fair_calib``), wall time (s) of Stage I and of the whole calibration, and peak memory
+    (``peak_memory``: ``cpu_rss_bytes``, the process's peak resident set so far, and, when the compute device
+    is CUDA, ``cuda_allocated_bytes`` during calibration)."""
 
     method: str
     num_samples: int
@@ -39,6 +43,8 @@ class CalibrationReport:
     prior: PositionPrior | None = None
     stage1_seconds: float = 0.0
     seconds: float = 0.0
+    device: str = "cpu"
+    peak_memory: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"method={self.method} samples={self.num_samples} converted={len(self.converted_modules)} "
@@ -60,7 +66,39 @@ def check_method_implemented(method: str) -> None:
 def _compute_device(config, model: nn.Module) -> torch.device:
     if config.calibration_device is not None:
         return torch.device(config.calibration_device)
-    return torch.device("cuda") if torch.cuda.is_available() else model.get_input_embeddings().weight.device
+    return torch.device("cuda") if torch.cuda.is_available() else module_device(model.get_input_embeddings())
+
+
+def peak_cpu_rss_bytes() -> int:
+    """The process's peak resident set size in bytes (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+def _layer_names(config):
+    def names(block, block_path):
+        return [n[len(block_path) + 1:] for n, m in block_targets(block, block_path, config.modules_to_not_convert)
+                if isinstance(m, nn.Linear)]
+    return names
+
+
+def _rescaled_layers(config, adapter):
+    """Stage II folds the down-projection's diagonal into the up-projection's output rows."""
+    def rescaled(block, block_path, extra):
+        if config.method not in STAGE2_METHODS or not config.add_diag:
+            return []
+        up, down = adapter.up_feeds_down
+        try:
+            return [up] if isinstance(block.get_submodule(down), W4A4Linear) else []
+        except AttributeError:
+            return []
+    return rescaled
 
 
 def _prior(model, samples, config) -> PositionPrior:
@@ -104,13 +142,22 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
 
         def quantize_block(block, path, inputs, targets):
             return fit_block(block, path, inputs, targets, weights, config, adapter)
+    device = _compute_device(config, model)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if samples:
-        stats = calibrate_blocks(model, blocks, adapter.blocks_path, samples, quantize_block,
-                                 _compute_device(config, model), chain=config.block_inputs)
+        stats = calibrate_blocks(model, blocks, adapter.blocks_path, samples, quantize_block, device,
+                                 chain=config.block_inputs, layer_names=_layer_names(config),
+                                 rescaled_layers=_rescaled_layers(config, adapter))
     else:  # data-free RTN: nothing to measure, convert directly
         stats = []
-        for index, block in enumerate(blocks):
+        for index, block in enumerate(hf_logging.tqdm(blocks, desc="fair_calib: quantizing blocks")):
+            placement = onload_block(block, device)
             quantize_block(block, f"{adapter.blocks_path}.{index}")
+            offload_block(block, placement)
     converted = [n for n, m in model.named_modules() if isinstance(m, W4A4Linear)]
+    peak = {"cpu_rss_bytes": peak_cpu_rss_bytes()}
+    if device.type == "cuda":
+        peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return CalibrationReport(config.method, len(samples), converted, stats, prior, stage1,
-                             time.perf_counter() - start)
+                             time.perf_counter() - start, str(device), peak)

@@ -8,9 +8,23 @@
    block back.
 
 Peak memory: one block on the compute device, plus this block's inputs and outputs for all samples.
+
+Models dispatched by accelerate (``device_map`` with ``"cpu"`` or ``"disk"`` entries, ``offload_folder``): the
+accelerate hooks of the block being calibrated are removed, its weights are read from the offload map (RAM
+or disk) straight onto the compute device, and after quantization the (4-bit, much smaller) block goes back:
+on a CPU execution device it stays materialised in RAM; on an accelerator it returns to the accelerator if it
+lived there, else it is CPU-offloaded again (``accelerate.cpu_offload``, buffers included) so it still runs on
+its execution device. Every other module stays where the ``device_map`` put it.
+
+Per linear, the relative output error ``Σ‖y_q − y_fp‖² / Σ‖y_fp‖²`` of the quantized block against a float
+copy of the block on the same block inputs is recorded too (``BlockStats.layers``; errors of earlier linears
+of the same block propagate into later ones). A linear whose output rows were rescaled by folding (the
+up-projection under Stage II's down-projection diagonal) is compared after undoing that scale per channel
+by least squares, and marked in ``BlockStats.rescaled``.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +35,86 @@ from transformers.utils import logging as hf_logging
 
 class _StopForward(Exception):
     """Raised by the capture hook to end the forward at block 0."""
+
+
+def module_device(module: nn.Module, default="cpu") -> torch.device:
+    """Where ``module`` computes: its accelerate hook's execution device when it has one, else the device of
+    its first parameter or buffer that is not on meta, else ``default``."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+        if getattr(h, "execution_device", None) is not None:
+            return torch.device(h.execution_device if not isinstance(h.execution_device, int)
+                                else f"cuda:{h.execution_device}")
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device(default)
+
+
+def _accelerate_hooks(module: nn.Module):
+    """``[(submodule, AlignDevicesHook)]`` of every accelerate device hook inside ``module``."""
+    out = []
+    for sub in module.modules():
+        hook = getattr(sub, "_hf_hook", None)
+        if hook is None:
+            continue
+        for h in getattr(hook, "hooks", None) or [hook]:
+            if hasattr(h, "execution_device"):
+                out.append((sub, h))
+    return out
+
+
+@dataclass
+class _Placement:
+    """Where a block lived before calibration moved it to the compute device."""
+
+    home: torch.device | None  # device of its parameters (meta for offloaded weights)
+    execution_device: torch.device | None  # accelerate's execution device, None without hooks
+    offloaded: bool
+
+
+def onload_block(block: nn.Module, device) -> _Placement:
+    """Move ``block`` to ``device`` for calibration: without accelerate hooks a plain ``.to``; with hooks,
+    remove them and read every offloaded tensor from its weights map (RAM or disk) onto ``device``."""
+    hooks = _accelerate_hooks(block)
+    first = next(iter(block.parameters()), None)
+    home = first.device if first is not None else None
+    if not hooks:
+        block.to(device)
+        return _Placement(home, None, False)
+    from accelerate.hooks import remove_hook_from_module
+    from accelerate.utils import named_module_tensors, set_module_tensor_to_device
+
+    execution = module_device(block)
+    offloaded = [(sub, h) for sub, h in hooks if getattr(h, "offload", False) and h.weights_map is not None]
+    plan = []
+    for sub, h in offloaded:
+        for name, _ in named_module_tensors(sub, include_buffers=h.offload_buffers, recurse=h.place_submodules):
+            plan.append((sub, name, h.weights_map, h))
+    remove_hook_from_module(block, recurse=True)
+    for sub, name, weights_map, _ in plan:
+        set_module_tensor_to_device(sub, name, device, value=weights_map[name])
+    block.to(device)
+    return _Placement(home, execution, bool(offloaded))
+
+
+def offload_block(block: nn.Module, placement: _Placement) -> None:
+    """Put a calibrated block back (see the module docstring)."""
+    if placement.execution_device is None:
+        if placement.home is not None and placement.home.type != "meta":
+            block.to(placement.home)
+        return
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    execution = placement.execution_device
+    if execution.type == "cpu" or not placement.offloaded:
+        block.to(execution)
+        add_hook_to_module(block, AlignDevicesHook(execution_device=execution))
+    else:
+        from accelerate import cpu_offload
+
+        block.to("cpu")
+        cpu_offload(block, execution_device=execution, offload_buffers=True)
 
 
 def move_to(obj: Any, device) -> Any:
@@ -69,7 +163,7 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, samples: list
         captured.append(BlockInput(tuple(args), dict(kwargs)))
         raise _StopForward
 
-    device = model.get_input_embeddings().weight.device
+    device = module_device(model.get_input_embeddings())
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for ids in samples:
@@ -93,6 +187,48 @@ class BlockStats:
     name: str
     rel_mse: float
     extra: dict = field(default_factory=dict)
+    layers: dict = field(default_factory=dict)  # {linear path: relative output error}
+    rescaled: list = field(default_factory=list)  # linears compared after undoing a folded row scale
+
+
+class _LayerErrors:
+    """Accumulates per-linear relative output errors between a float copy and the quantized block."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.err = dict.fromkeys(names, 0.0)
+        self.ref = dict.fromkeys(names, 0.0)
+        self.cross = {n: None for n in names}  # per channel Σ y_q·y_fp and Σ y_fp², for the rescale check
+        self.outputs: dict = {}
+
+    def hooks(self, block: nn.Module, tag: str):
+        handles = []
+        for name in self.names:
+            try:
+                module = block.get_submodule(name)
+            except AttributeError:
+                continue
+
+            def hook(mod, args, out, name=name):
+                self.outputs[tag, name] = out.detach().float()
+            handles.append(module.register_forward_hook(hook))
+        return handles
+
+    def accumulate(self, rescaled: set):
+        for name in self.names:
+            y_fp, y_q = self.outputs.get(("fp", name)), self.outputs.get(("q", name))
+            if y_fp is None or y_q is None or y_fp.shape != y_q.shape:
+                continue
+            if name in rescaled:  # undo a per-channel output scale: y_q ≈ y_fp ⊙ s, s by least squares
+                flat_q, flat_fp = y_q.reshape(-1, y_q.shape[-1]), y_fp.reshape(-1, y_fp.shape[-1])
+                s = (flat_q * flat_fp).sum(0) / flat_fp.pow(2).sum(0).clamp_min(1e-30)
+                y_q = y_q / torch.where(s.abs() > 1e-12, s, torch.ones_like(s))
+            self.err[name] += (y_q - y_fp).pow(2).sum().item()
+            self.ref[name] += y_fp.pow(2).sum().item()
+        self.outputs.clear()
+
+    def result(self) -> dict:
+        return {n: self.err[n] / max(self.ref[n], 1e-30) for n in self.names if self.ref[n] > 0}
 
 
 def calibrate_blocks(
@@ -103,30 +239,45 @@ def calibrate_blocks(
     quantize_block: Callable[[nn.Module, str, list[BlockInput], list[torch.Tensor]], dict],
     device: torch.device,
     chain: str = "fp",
+    layer_names: Callable[[nn.Module, str], list[str]] | None = None,
+    rescaled_layers: Callable[[nn.Module, str, dict], list[str]] | None = None,
 ) -> list[BlockStats]:
     """Quantize ``blocks`` one at a time (see the module docstring). ``quantize_block(block, path, inputs,
-    fp_outputs)`` converts the block in place and may return extra statistics."""
+    fp_outputs)`` converts the block in place and may return extra statistics. ``layer_names(block, path)``
+    lists the linears (paths relative to the block) whose output error is recorded (none without it);
+    ``rescaled_layers(block, path, extra)`` those whose output rows were rescaled by folding."""
     inputs = [BlockInput(move_to(i.args, device), move_to(i.kwargs, device))
               for i in capture_block_inputs(model, blocks[0], samples)]
     stats = []
     for index, block in enumerate(hf_logging.tqdm(blocks, desc="fair_calib: quantizing blocks")):
-        home = next(block.parameters(), None)
-        home = home.device if home is not None else device
-        block.to(device)
+        placement = onload_block(block, device)
         name = f"{blocks_path}.{index}"
+        names = layer_names(block, name) if layer_names is not None else []
+        reference = copy.deepcopy(block) if names else None
         with torch.no_grad():
             fp_out = [run_block(block, inp) for inp in inputs]
         extra = quantize_block(block, name, inputs, fp_out) or {}
+        rescaled = set(rescaled_layers(block, name, extra)) if (names and rescaled_layers is not None) else set()
+        layers = _LayerErrors(names)
+        handles = layers.hooks(block, "q") + (layers.hooks(reference, "fp") if reference is not None else [])
         err = ref = 0.0
         next_hidden = []
-        with torch.no_grad():
-            for inp, h_fp in zip(inputs, fp_out):
-                h_q = run_block(block, inp)
-                err += (h_q.float() - h_fp.float()).pow(2).sum().item()
-                ref += h_fp.float().pow(2).sum().item()
-                next_hidden.append(h_fp if chain == "fp" else h_q)
-        stats.append(BlockStats(index, name, err / max(ref, 1e-30), extra))
+        try:
+            with torch.no_grad():
+                for inp, h_fp in zip(inputs, fp_out):
+                    h_q = run_block(block, inp)
+                    if reference is not None:
+                        run_block(reference, inp)
+                        layers.accumulate(rescaled)
+                    err += (h_q.float() - h_fp.float()).pow(2).sum().item()
+                    ref += h_fp.float().pow(2).sum().item()
+                    next_hidden.append(h_fp if chain == "fp" else h_q)
+        finally:
+            for h in handles:
+                h.remove()
+        del reference
+        stats.append(BlockStats(index, name, err / max(ref, 1e-30), extra, layers.result(), sorted(rescaled)))
         inputs = [inp.with_hidden(h) for inp, h in zip(inputs, next_hidden)]
         del fp_out
-        block.to(home)
+        offload_block(block, placement)
     return stats

@@ -6,8 +6,14 @@ Accepted inputs (``FairCalibConfig.calibration_dataset``):
   model's path);
 * a list of token-id sequences (lists of ints or 1-D integer tensors);
 * a ``datasets.Dataset`` with ``input_ids`` or a text column (``dataset_text_column``);
-* a string: a local file (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.parquet``) or a hub dataset id, read
-  with ``datasets.load_dataset`` (split ``train``).
+* a string: a local file (``.txt``, ``.json``, ``.jsonl``, ``.csv``, ``.parquet``), a local folder (a
+  ``save_to_disk`` dataset or a folder of data files) or a hub dataset id, read with ``datasets`` (configuration
+  ``dataset_config``, split ``dataset_split``, column ``dataset_text_column``);
+* with ``apply_chat_template``, texts become one user turn each and chat-message lists are rendered with the
+  tokenizer's chat template (instruct models).
+
+Errors name the problem: a missing file, an unknown column (listing the columns), an empty dataset, an empty
+sample, token ids outside the vocabulary, or too little text for one ``seq_len`` sequence in fixed-length mode.
 
 Variable-length mode (``rtn``, ``quarot``): the first ``num_samples`` usable samples, each truncated to
 ``seq_len`` tokens. Fixed-length mode (Stage II methods, which need fully observed sequences of exactly
@@ -28,29 +34,72 @@ logger = logging.getLogger(__name__)
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def _load_named_dataset(name: str):
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith(("/", "./", "../", "~")) or os.path.splitext(name)[1].lower() in _FILE_BUILDERS
+            or os.sep + os.sep in name)
+
+
+def _load_named_dataset(name: str, config_name: str | None = None, split: str = "train"):
+    """A local file, a local folder (``save_to_disk`` output or data files) or a hub dataset, as a
+    ``datasets.Dataset``; ``ValueError`` naming the dataset on any failure."""
     import datasets
 
-    if os.path.exists(name):
-        ext = os.path.splitext(name)[1].lower()
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
         if ext not in _FILE_BUILDERS:
             raise ValueError(
                 f"calibration_dataset file {name!r}: unsupported extension {ext!r}; "
                 f"supported: {', '.join(sorted(_FILE_BUILDERS))}"
             )
-        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files=name, split="train")
-    return datasets.load_dataset(name, split="train")
+        loader = lambda: datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split=split)  # noqa: E731
+    elif os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "dataset_info.json")) or os.path.isfile(os.path.join(path, "state.json")):
+            def loader():
+                ds = datasets.load_from_disk(path)
+                return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            loader = lambda: datasets.load_dataset(path, config_name, split=split)  # noqa: E731
+    elif _looks_like_path(name):
+        raise ValueError(f"calibration_dataset {name!r} does not exist (no such file or folder)")
+    else:
+        loader = lambda: datasets.load_dataset(name, config_name, split=split)  # noqa: E731
+    try:
+        return loader()
+    except ValueError as err:
+        raise ValueError(f"could not load calibration dataset {name!r} (config={config_name!r}, split={split!r}): "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    except Exception as err:  # noqa: BLE001 - hub / network / format errors: one clear line naming the dataset
+        raise ValueError(f"could not load calibration dataset {name!r} (config={config_name!r}, split={split!r}): "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
-def _samples_from_dataset(ds, text_column: str):
+def _samples_from_dataset(ds, text_column: str, name: str = "calibration dataset"):
+    if len(ds) == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
     if "input_ids" in ds.column_names:
         return list(ds["input_ids"])
     if text_column not in ds.column_names:
         raise ValueError(
-            f"calibration dataset has no column {text_column!r} (nor 'input_ids'); columns: {ds.column_names}. "
-            "Set FairCalibConfig(dataset_text_column=...)."
+            f"{name} has no column {text_column!r} (nor 'input_ids'); columns: {ds.column_names}. "
+            "Set FairCalibConfig(dataset_text_column=...) (CLI: --text-column)."
         )
     return list(ds[text_column])
+
+
+def _is_messages(item) -> bool:
+    return isinstance(item, (list, tuple)) and len(item) > 0 and all(
+        isinstance(m, dict) and "role" in m and "content" in m for m in item)
+
+
+def _render_chat(tokenizer, item, index: int) -> list[int]:
+    """Token ids of a text (one user turn) or a list of chat messages rendered with the chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("apply_chat_template=True but the tokenizer has no chat template; set the tokenizer's "
+                         "chat_template or calibrate on plain text (apply_chat_template=False)")
+    messages = [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _tokenizer_for(model, tokenizer):
@@ -78,9 +127,11 @@ def _chunk(samples: list[torch.Tensor], config, eos) -> list[torch.Tensor]:
     stream = torch.cat(parts)
     count = min(config.num_samples, stream.numel() // config.seq_len)
     if count == 0:
+        longest = max(int(ids.numel()) for ids in samples)
         raise ValueError(
-            f"calibration data has {stream.numel()} tokens in all, fewer than seq_len={config.seq_len} needed for "
-            "one calibration sequence; pass more text or a smaller seq_len"
+            f"calibration data has {stream.numel()} tokens in all ({len(samples)} samples, the longest "
+            f"{longest} tokens), fewer than seq_len={config.seq_len} needed for one calibration sequence; "
+            "pass more text or a smaller seq_len"
         )
     if count < config.num_samples:
         logger.warning("fair_calib: calibration data fills %d sequences of %d tokens, fewer than num_samples=%d",
@@ -94,10 +145,17 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
     data = config.calibration_dataset
     if data is None:
         return []
+    split = getattr(config, "dataset_split", "train")
     if isinstance(data, str):
-        data = _samples_from_dataset(_load_named_dataset(data), config.dataset_text_column)
+        data = _samples_from_dataset(_load_named_dataset(data, getattr(config, "dataset_config", None), split),
+                                     config.dataset_text_column, f"calibration dataset {data!r} (split {split!r})")
     elif hasattr(data, "column_names"):  # a datasets.Dataset
         data = _samples_from_dataset(data, config.dataset_text_column)
+    elif isinstance(data, dict):  # a DatasetDict
+        if split not in data:
+            raise ValueError(f"calibration dataset has no split {split!r}; splits: {sorted(data)}")
+        data = _samples_from_dataset(data[split], config.dataset_text_column)
+    chat = bool(getattr(config, "apply_chat_template", False))
     samples = []
     tokenizer = None
     needed = config.num_samples * config.seq_len if fixed_length else None
@@ -105,10 +163,19 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
     for index, item in enumerate(data):
         if (not fixed_length and len(samples) == config.num_samples) or (fixed_length and total >= needed):
             break
-        if isinstance(item, str):
+        if chat and (isinstance(item, str) or _is_messages(item)):
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            ids = torch.tensor(_render_chat(tokenizer, item, index), dtype=torch.long)
+        elif isinstance(item, str):
             tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
             ids = torch.tensor(tokenizer(item)["input_ids"], dtype=torch.long)
+        elif _is_messages(item):
+            raise ValueError(f"calibration sample {index} is a list of chat messages; set apply_chat_template=True "
+                             "(CLI: --chat-template) to render it")
         elif isinstance(item, torch.Tensor) or (isinstance(item, (list, tuple)) and all(isinstance(t, int) for t in item)):
+            if chat:
+                raise ValueError(f"calibration sample {index} is already tokenized; apply_chat_template needs texts "
+                                 "or chat messages")
             ids = torch.as_tensor(item)
             if ids.dim() != 1 or ids.is_floating_point():
                 raise ValueError(f"calibration sample {index}: expected a 1-D sequence of token ids, got {ids.dtype} {list(ids.shape)}")
