@@ -1,6 +1,10 @@
-// Python bindings of the compiled W4A4 kernels: the only translation unit that includes torch headers.
-// The ops themselves are registered from Python (fair_calib_hf/ops/cpu.py) on top of the reference ops.
+// Python bindings of the compiled W4A4 kernels. The two binding files (this one and cuda_bindings.cpp) are
+// the only translation units that include torch headers; the kernels take raw pointers. The ops themselves
+// are registered from Python (fair_calib_hf/ops/cpu.py, ops/cuda.py) on top of the reference ops.
 #include <torch/extension.h>
+
+#include <string>
+#include <vector>
 
 #include <ATen/Parallel.h>
 
@@ -55,12 +59,36 @@ std::tuple<torch::Tensor, torch::Tensor> quantize_pack(const torch::Tensor& x, d
   return {packed, scale};
 }
 
+std::vector<std::string> supported_isas() {
+  const char* names[8];
+  const int count = std::min(fair_calib::supported_gemm_isas(names, 8), 8);
+  return std::vector<std::string>(names, names + count);
+}
+
+void set_isa(const std::string& name) {
+  const int rc = fair_calib::set_gemm_isa(name.c_str());
+  TORCH_CHECK_VALUE(rc != -1, "unknown CPU ISA '", name, "' (expected auto, scalar, avx2 or avx512vnni)");
+  TORCH_CHECK_VALUE(rc != -2, "this CPU cannot run the '", name, "' kernels");
+}
+
 }  // namespace
 
+#ifdef FAIR_CALIB_WITH_CUDA
+void register_cuda_bindings(pybind11::module& m);  // cuda_bindings.cpp
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "fair_calib_hf compiled W4A4 kernels (CPU)";
+  m.doc() = "fair_calib_hf compiled W4A4 kernels (CPU, and CUDA when built with it)";
   m.def("int4_matmul_int32", &int4_matmul_int32, "exact int32 accumulators of packed int4 x packed int4");
   m.def("w4a4_gemm_f32", &w4a4_gemm_f32, "W4A4 GEMM with the fp32 epilogue (acc*sx)*sw (+bias)");
   m.def("quantize_pack", &quantize_pack, "per-row symmetric int4 quantization and packing");
-  m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the GEMM on this CPU");
+  m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the CPU GEMM now");
+  m.def("supported_isas", &supported_isas, "CPU GEMM instruction sets this CPU can run, best last");
+  m.def("set_isa", &set_isa, "force the CPU GEMM instruction set by name, or 'auto'");
+#ifdef FAIR_CALIB_WITH_CUDA
+  m.attr("with_cuda") = true;
+  register_cuda_bindings(m);
+#else
+  m.attr("with_cuda") = false;
+#endif
 }

@@ -1,7 +1,10 @@
 """Compiled CPU kernels against the pure-torch reference, bit for bit, on random inputs with tails and
-extreme tiles. Skipped when the package was installed without its native extension, unless
-FAIR_CALIB_REQUIRE_EXT=1 (set by tests/run.sh, so CI fails if the build silently fell back)."""
+extreme tiles, for every GEMM instruction set this CPU can run (AVX-512 VNNI, AVX2, scalar; the ones it
+lacks are skipped with the reason). Skipped when the package was installed without its native extension,
+unless FAIR_CALIB_REQUIRE_EXT=1 (set by tests/run.sh, so CI fails if the build silently fell back)."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +19,19 @@ if cpu._C is None:
     pytest.skip("native extension not built", allow_module_level=True)
 
 SHAPES = [(1, 1, 1), (1, 7, 64), (3, 5, 7), (17, 9, 64), (5, 33, 257), (4, 8, 4096), (4, 8, 4226), (2, 3, 9000),
-          (33, 130, 200)]
+          (33, 130, 200), (7, 6, 127), (9, 5, 129), (70, 3, 255), (1, 37, 130)]
+ISAS = ["scalar", "avx2", "avx512vnni"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test with the CPU GEMM forced to one instruction set (skipped if this CPU lacks it)."""
+    if request.param not in cpu.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels (supported: {cpu.supported_isas()})")
+    previous = cpu.set_isa(request.param)
+    assert cpu.backend_name() == request.param
+    yield request.param
+    cpu.set_isa(previous)
 
 
 def _codes(shape, seed):
@@ -24,13 +39,58 @@ def _codes(shape, seed):
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_int32_accumulators_identical(m, n, k):
+def test_int32_accumulators_identical(isa, m, n, k):
     xp, wp = pack_int4(_codes((m, k), k)), pack_int4(_codes((n, k), k + 1))
     assert torch.equal(cpu.int4_matmul_int32(xp, wp), reference.int4_matmul_int32(xp, wp, k))
 
 
+def test_random_shapes_every_isa():
+    """Random M, N (small, not multiples of the register blocks) and K (not multiples of the vector widths)."""
+    g = torch.Generator().manual_seed(1234)
+    shapes = [(int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g)),
+               int(torch.randint(1, 700, (1,), generator=g))) for _ in range(12)]
+    previous = cpu.backend_name()
+    try:
+        for name in cpu.supported_isas():
+            cpu.set_isa(name)
+            for m, n, k in shapes:
+                xp, wp = pack_int4(_codes((m, k), m * k)), pack_int4(_codes((n, k), n * k + 7))
+                ref = reference.int4_matmul_int32(xp, wp, k)
+                assert torch.equal(cpu.int4_matmul_int32(xp, wp), ref), (name, m, n, k)
+    finally:
+        cpu.set_isa(previous)
+
+
+def test_isa_selection():
+    supported = cpu.supported_isas()
+    assert supported[0] == "scalar" and set(supported) <= set(ISAS)
+    assert cpu.set_isa("auto") in supported
+    assert cpu.backend_name() == supported[-1]  # auto = the best supported
+    with pytest.raises(ValueError, match="unknown CPU ISA"):
+        cpu.set_isa("sse9")
+    for name in set(ISAS) - set(supported):
+        with pytest.raises(ValueError, match="cannot run"):
+            cpu.set_isa(name)
+    assert cpu.backend_name() == supported[-1]  # a refused choice leaves the selection alone
+
+
+@pytest.mark.parametrize("value", ["scalar", "avx2", "no-such-isa"])
+def test_isa_environment_variable(value):
+    code = "import fair_calib_hf.ops as o; print(o.active_backend('cpu'))"
+    env = dict(os.environ, FAIR_CALIB_CPU_ISA=value)
+    env.pop("FAIR_CALIB_BACKEND", None)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    if value in cpu.supported_isas():
+        assert out.stdout.strip() == value
+    else:
+        assert out.stdout.strip() == cpu.supported_isas()[-1]
+        assert "FAIR_CALIB_CPU_ISA" in out.stderr
+
+
 @pytest.mark.parametrize("value", [-8, 7])
-def test_extreme_tiles(value):
+def test_extreme_tiles(isa, value):
     k = 9000  # crosses the int16 widening boundary (4096 codes) twice, plus a tail
     x = torch.full((3, k), value, dtype=torch.int8)
     w = torch.full((5, k), -8, dtype=torch.int8)
@@ -43,7 +103,7 @@ def test_extreme_tiles(value):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("m,n,k", [(1, 7, 64), (33, 130, 200), (4, 8, 4226)])
-def test_gemm_output_identical(dtype, with_bias, m, n, k):
+def test_gemm_output_identical(isa, dtype, with_bias, m, n, k):
     g = torch.Generator().manual_seed(m + n + k)
     xp, wp = pack_int4(_codes((m, k), 1)), pack_int4(_codes((n, k), 2))
     sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
@@ -76,4 +136,4 @@ def test_packed_linear_uses_the_compiled_backend_and_matches_reference():
     xp, sx = reference.quantize_act_reference(x.reshape(-1, 200), None, None, None, q.input_clip)
     ref = reference.w4a4_gemm_reference(xp, sx, q.weight_packed, q.weight_scale, q.bias, 200, x.dtype)
     assert torch.equal(q(x).reshape(-1, 48), ref)
-    assert ops.active_backend("cpu") in ("avx2", "scalar")
+    assert ops.active_backend("cpu") in ISAS

@@ -1,9 +1,10 @@
 """W4A4 ops, each registered once with ``torch.library``.
 
 The pure-torch reference (:mod:`.reference`) is the default implementation on every device. Compiled
-kernels register per device type on top of it (``torch.library.register_kernel``) when they are built: the
-CPU kernels in :mod:`.cpu` (``fair_calib_hf._C``); there are no CUDA kernels yet, so CUDA tensors use the
-reference. :func:`active_backend` says which implementation runs.
+kernels register per device type on top of it (``torch.library.register_kernel``) when they are built
+(``fair_calib_hf._C``): the CPU kernels in :mod:`.cpu`, the CUDA kernels in :mod:`.cuda` (only in a CUDA
+build of the extension; they need compute capability ≥ 8.0). :func:`active_backend` says which
+implementation runs.
 
 Ops (namespace ``fair_calib``):
 
@@ -17,7 +18,7 @@ from typing import Optional
 import torch
 
 from ..packing import packed_width
-from . import cpu, reference
+from . import cpu, cuda, reference
 
 __all__ = ["quantize_act_int4", "w4a4_gemm", "active_backend"]
 
@@ -60,9 +61,15 @@ def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
 
 
 cpu.register(quantize_act_int4, w4a4_gemm)
+cuda.register(quantize_act_int4, w4a4_gemm)
 
 
 def active_backend(device_type: str = "cpu") -> str:
-    """Name of the implementation the ops run on ``device_type``: ``"avx2"`` / ``"scalar"`` (compiled CPU
-    kernels) or ``"reference"`` (pure torch, exact, slow)."""
-    return cpu.backend_name() if device_type == "cpu" else "reference"
+    """Name of the implementation the ops run on ``device_type``: ``"avx512vnni"`` / ``"avx2"`` /
+    ``"scalar"`` (compiled CPU kernels), ``"cuda-int4-mma"`` / ``"cuda-int8-mma"`` (compiled CUDA kernels on
+    the current GPU) or ``"reference"`` (pure torch, exact, slow)."""
+    if device_type == "cpu":
+        return cpu.backend_name()
+    if device_type == "cuda":
+        return cuda.backend_name()
+    return "reference"

@@ -1,13 +1,20 @@
 """Compiled CPU kernels (``fair_calib_hf._C``), registered on top of the reference ops when built.
 
-The fused quantize op applies the input transform with the same torch code as the reference (floating
-point, so the codes are identical given the same transformed input) and quantizes/packs in C++. The GEMM
-runs the AVX2 int4 kernel (scalar fallback without AVX2) with the reference's fp32 epilogue order.
-``FAIR_CALIB_BACKEND=reference`` in the environment keeps the reference ops.
+The quantize op applies the input transform with the same torch code as the reference and quantizes and
+packs in C++. The transform stays in torch on purpose: it is two small batched fp32 matmuls that MKL runs
+near peak, and because it is the very same computation as the reference's, the codes stay bit-identical to
+the reference (a hand-written C++ transform would sum in another order and could flip a code on a rounding
+tie, for no speed gain). The GEMM runs the best int4 kernel this CPU supports (AVX-512 VNNI ``vpdpbusd``,
+AVX2 ``vpmaddubsw``, or scalar), chosen at run time, with the reference's fp32 epilogue order.
+
+Environment: ``FAIR_CALIB_BACKEND=reference`` keeps the reference ops; ``FAIR_CALIB_CPU_ISA=avx512vnni|avx2|
+scalar`` forces the GEMM's instruction set (one the CPU lacks is refused with a warning, and the best
+supported one is used). :func:`set_isa` does the same at run time (the tests use it to check every variant).
 """
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -23,8 +30,38 @@ ENABLED = _C is not None and not FORCED_REFERENCE
 
 
 def backend_name() -> str:
-    """``"avx2"`` / ``"scalar"`` when the compiled kernels are registered, else ``"reference"``."""
+    """``"avx512vnni"`` / ``"avx2"`` / ``"scalar"`` (the compiled GEMM's instruction set) when the compiled
+    kernels are registered, else ``"reference"``."""
     return _C.gemm_isa() if ENABLED else "reference"
+
+
+def supported_isas() -> list[str]:
+    """Instruction sets the compiled CPU GEMM can use on this CPU, best last (empty without the extension)."""
+    return list(_C.supported_isas()) if _C is not None else []
+
+
+def set_isa(name: str) -> str:
+    """Force the CPU GEMM's instruction set (``"auto"`` for the best supported); returns the previous one.
+    Raises ``ValueError`` for an unknown name or one this CPU cannot run."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    previous = _C.gemm_isa()
+    _C.set_isa(name)
+    return previous
+
+
+def _apply_env_isa() -> None:
+    name = os.environ.get("FAIR_CALIB_CPU_ISA", "").strip().lower()
+    if not name or _C is None:
+        return
+    try:
+        _C.set_isa(name)
+    except ValueError as err:
+        warnings.warn(f"fair_calib_hf: FAIR_CALIB_CPU_ISA={name!r} ignored ({err}); using {_C.gemm_isa()}",
+                      stacklevel=2)
+
+
+_apply_env_isa()
 
 
 def register(quantize_op, gemm_op) -> None:

@@ -1,4 +1,5 @@
-// CPU W4A4 kernels: an AVX2 int4 GEMM (runtime-dispatched), a scalar fallback, and per-row quantization.
+// CPU W4A4 kernels: int4 GEMMs for AVX-512 VNNI (w4a4_avx512.cpp), AVX2 and scalar, chosen at run time
+// (best the CPU supports, or the one forced with set_gemm_isa), and per-row quantization.
 //
 // Exactness. vpmaddubsw multiplies an unsigned byte by a signed byte and adds adjacent pairs into int16
 // (saturating). The weights are the unsigned operand, offset by 8 (nibble ^ 0x08 = w + 8 in [0, 15]); the
@@ -19,7 +20,11 @@
 #include <omp.h>
 #endif
 
+#include <atomic>
+#include <cstring>
+
 #include "../w4a4_common.h"
+#include "w4a4_cpu_internal.h"
 
 namespace fair_calib {
 namespace {
@@ -126,6 +131,28 @@ bool has_avx2() {
   return ok;
 }
 
+bool has_avx512vnni() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vnni");
+  return ok;
+}
+
+enum Isa { kScalar = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+const char* const kIsaNames[] = {"scalar", "avx2", "avx512vnni"};
+
+bool isa_supported(int isa) {
+  return isa == kScalar || (isa == kAvx2 && has_avx2()) || (isa == kAvx512Vnni && has_avx512vnni());
+}
+
+int best_isa() { return has_avx512vnni() ? kAvx512Vnni : (has_avx2() ? kAvx2 : kScalar); }
+
+std::atomic<int> g_isa{-1};  // -1: not chosen yet (the best supported)
+
+int current_isa() {
+  const int isa = g_isa.load(std::memory_order_relaxed);
+  return isa < 0 ? best_isa() : isa;
+}
+
 int default_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -136,15 +163,46 @@ int default_threads() {
 
 }  // namespace
 
-const char* gemm_isa() { return has_avx2() ? "avx2" : "scalar"; }
+const char* gemm_isa() { return kIsaNames[current_isa()]; }
+
+int supported_gemm_isas(const char** names, int capacity) {
+  int count = 0;
+  for (int isa = kScalar; isa <= kAvx512Vnni; ++isa) {
+    if (isa_supported(isa)) {
+      if (count < capacity) names[count] = kIsaNames[isa];
+      ++count;
+    }
+  }
+  return count;
+}
+
+int set_gemm_isa(const char* name) {
+  if (name == nullptr || name[0] == '\0' || std::strcmp(name, "auto") == 0) {
+    g_isa.store(-1);
+    return 0;
+  }
+  for (int isa = kScalar; isa <= kAvx512Vnni; ++isa) {
+    if (std::strcmp(name, kIsaNames[isa]) == 0) {
+      if (!isa_supported(isa)) return -2;
+      g_isa.store(isa);
+      return 0;
+    }
+  }
+  return -1;
+}
 
 void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
                    int threads) {
   if (threads <= 0) threads = default_threads();
-  if (has_avx2()) {
-    gemm_avx2(xq, wq, acc, m, n, kb, threads);
-  } else {
-    gemm_scalar(xq, wq, acc, m, n, kb, threads);
+  switch (current_isa()) {
+    case kAvx512Vnni:
+      gemm_avx512vnni(xq, wq, acc, m, n, kb, threads);
+      break;
+    case kAvx2:
+      gemm_avx2(xq, wq, acc, m, n, kb, threads);
+      break;
+    default:
+      gemm_scalar(xq, wq, acc, m, n, kb, threads);
   }
 }
 

@@ -17,7 +17,15 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
 void quantize_pack_rows(const float* x, float clip, uint8_t* packed, float* scale, int64_t m, int64_t k,
                         int threads);
 
-// Name of the instruction set the GEMM uses on this CPU ("avx2" or "scalar").
+// Name of the instruction set the GEMM uses ("avx512vnni", "avx2" or "scalar"): the best this CPU
+// supports unless another one was forced with set_gemm_isa.
 const char* gemm_isa();
+
+// The instruction sets this CPU can run, best last; writes up to `capacity` names, returns how many exist.
+int supported_gemm_isas(const char** names, int capacity);
+
+// Force the GEMM's instruction set by name, or "auto" (or empty) for the best supported. Returns 0, -1 for
+// an unknown name, -2 for one this CPU lacks (the choice is then unchanged).
+int set_gemm_isa(const char* name);
 
 }  // namespace fair_calib

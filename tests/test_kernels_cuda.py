@@ -1,0 +1,275 @@
+"""CUDA W4A4 kernels.
+
+(a) Build checks that need no GPU: the ``.cu`` sources compile with nvcc, called directly (no torch), for
+    sm_80, sm_86, sm_89 and sm_90; the generated PTX uses int4 ``mma`` on sm_80 and only int8 ``mma`` on
+    sm_90; the ``.cu`` files include no torch headers; the C ABI header is valid C; the toolkit lookup
+    resolves an ``nvcc`` wrapper script to the real toolkit root. Skipped, with the reason, when no nvcc is
+    found.
+(b) Exactness against the reference ops on a GPU: skipped when ``torch.cuda.is_available()`` is false.
+    With a GPU and FAIR_CALIB_REQUIRE_EXT=1, an extension built without its CUDA kernels is an error.
+"""
+import importlib.util
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+
+from fair_calib_hf import W4A4Linear, ops
+from fair_calib_hf.ops import cuda, reference
+from fair_calib_hf.packing import pack_int4, unpack_int4
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_DIR = os.path.join(ROOT, "kernels", "cuda")
+CU_FILES = sorted(f for f in os.listdir(CUDA_DIR) if f.endswith(".cu"))
+
+_spec = importlib.util.spec_from_file_location("_fair_calib_toolkit", os.path.join(ROOT, "kernels", "toolkit.py"))
+toolkit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toolkit)
+
+NVCC = toolkit.nvcc_path()
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="no CUDA toolkit found (nvcc not on PATH, CUDA_HOME unset)")
+
+
+def _nvcc(args, timeout=600):
+    out = subprocess.run([NVCC, "-std=c++17", "-O3", *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"nvcc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- (a)
+def test_sources_exist():
+    assert CU_FILES == ["w4a4_gemm.cu", "w4a4_quant.cu"]
+
+
+@pytest.mark.parametrize("name", CU_FILES)
+def test_cu_sources_include_no_torch_headers(name):
+    with open(os.path.join(CUDA_DIR, name)) as f:
+        includes = re.findall(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', f.read(), re.M)
+    assert includes and not [h for h in includes if h.startswith(("torch", "ATen", "c10"))], includes
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", toolkit.ARCHS)
+@pytest.mark.parametrize("name", CU_FILES)
+def test_cu_compiles_with_nvcc(name, arch, tmp_path):
+    obj = tmp_path / f"{name}.sm{arch}.o"
+    _nvcc(["--threads", "2", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-c", os.path.join(CUDA_DIR, name),
+           "-o", str(obj)])
+    assert obj.stat().st_size > 0
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch,present,absent", [("80", "m16n8k64.row.col.s32.s4.s4.s32", "s8.s8"),
+                                                 ("90", "m16n8k32.row.col.s32.s8.s8.s32", ".s4.s4")])
+def test_gemm_uses_int4_mma_before_hopper_and_int8_mma_on_hopper(arch, present, absent, tmp_path):
+    ptx = tmp_path / f"gemm{arch}.ptx"
+    _nvcc([f"-gencode=arch=compute_{arch},code=compute_{arch}", "-ptx", os.path.join(CUDA_DIR, "w4a4_gemm.cu"),
+           "-o", str(ptx)])
+    text = ptx.read_text()
+    assert f"mma.sync.aligned.{present}" in text
+    assert not re.search(r"mma\.sync\S*" + re.escape(absent), text)
+
+
+def test_c_abi_header_is_plain_c(tmp_path):
+    src = tmp_path / "abi.c"
+    src.write_text('#include "cuda/w4a4_cuda.h"\nint main(void) { return FC_OUT_I32 + FC_IN_F16; }\n')
+    out = subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", "-fsyntax-only", "-I", os.path.join(ROOT, "kernels"),
+                          str(src)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_toolkit_resolves_an_nvcc_wrapper_script(tmp_path, monkeypatch):
+    real = tmp_path / "opt" / "cuda-99.1"
+    (real / "bin").mkdir(parents=True)
+    (real / "include").mkdir()
+    (real / "bin" / "nvcc").write_text("#!/bin/sh\nexit 0\n")
+    (real / "bin" / "nvcc").chmod(0o755)
+    (real / "include" / "cuda_runtime.h").write_text("")
+    wrapper_dir = tmp_path / "usr" / "bin"
+    wrapper_dir.mkdir(parents=True)
+    (wrapper_dir / "nvcc").write_text(f'#!/bin/sh\nexec {real}/bin/nvcc "$@"\n')
+    (wrapper_dir / "nvcc").chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(wrapper_dir))
+    assert toolkit.find_cuda_home() == str(real)
+    # CUDA_HOME pointing at the wrapper's parent (what torch would infer) is corrected too
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "usr"))
+    assert toolkit.find_cuda_home() == str(real)
+    # a symlinked nvcc
+    (wrapper_dir / "nvcc").unlink()
+    (wrapper_dir / "nvcc").symlink_to(real / "bin" / "nvcc")
+    monkeypatch.delenv("CUDA_HOME")
+    assert toolkit.find_cuda_home() == str(real)
+
+
+@needs_nvcc
+def test_toolkit_root_is_the_real_one():
+    home = toolkit.find_cuda_home()
+    assert os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))
+    assert os.path.isdir(os.path.join(home, "lib64")) or os.path.isdir(os.path.join(home, "lib"))
+
+
+# ------------------------------------------------------------------------------------------------- (b)
+HAS_GPU = torch.cuda.is_available()
+if HAS_GPU and not cuda.BUILT and os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
+    raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1, a GPU is visible, but fair_calib_hf._C has no CUDA kernels")
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="torch.cuda.is_available() is false (no GPU)")
+needs_kernels = pytest.mark.skipif(not (HAS_GPU and cuda.device_supported()),
+                                   reason="no GPU with compute capability >= 8.0 or no CUDA kernels built")
+
+# (M, N, K): small-M kernel (M <= 16), tiled 64-row and 128-row kernels, with and without split-K, ragged M
+# and N, K with tails (odd, not a multiple of 32 so the binding pads) and the real widths.
+GEMM_SHAPES = [(1, 1, 1), (1, 7, 64), (3, 5, 7), (16, 130, 200), (8, 4096, 4096), (1, 3584, 18944),
+               (17, 9, 64), (33, 130, 257), (64, 256, 4096), (65, 300, 1000), (129, 77, 4096), (257, 1030, 4096),
+               (300, 4096, 14336), (2048, 512, 3584), (5, 33, 257), (12, 18, 4226)]
+
+
+def _codes(shape, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-8, 8, shape, generator=g, dtype=torch.int8).to(device)
+
+
+@needs_kernels
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_cuda_int32_accumulators_identical(m, n, k):
+    xp, wp = pack_int4(_codes((m, k), k)), pack_int4(_codes((n, k), k + 1))
+    got = cuda.int4_matmul_int32(xp.cuda(), wp.cuda()).cpu()
+    assert torch.equal(got, reference.int4_matmul_int32(xp, wp, k))
+
+
+@needs_kernels
+@pytest.mark.parametrize("m", [1, 16, 64, 200])
+@pytest.mark.parametrize("value", [-8, 7])
+def test_cuda_extreme_tiles(m, value):
+    k = 18944
+    x = torch.full((m, k), value, dtype=torch.int8)
+    w = torch.full((40, k), -8, dtype=torch.int8)
+    w[1::2] = 7
+    got = cuda.int4_matmul_int32(pack_int4(x).cuda(), pack_int4(w).cuda()).cpu()
+    assert torch.equal(got, reference.int4_matmul_int32(pack_int4(x), pack_int4(w), k))
+    assert int(got[0, 0]) == value * -8 * k
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("m,n,k", [(1, 7, 64), (16, 4096, 4096), (33, 130, 200), (100, 1000, 4096),
+                                   (300, 257, 512)])
+def test_cuda_gemm_output_identical(dtype, with_bias, m, n, k):
+    g = torch.Generator().manual_seed(m + n + k)
+    xp, wp = pack_int4(_codes((m, k), 1)), pack_int4(_codes((n, k), 2))
+    sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
+    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    ref = reference.w4a4_gemm_reference(xp, sx, wp, sw, bias, k, dtype)
+    dev = [t.cuda() if t is not None else None for t in (xp, sx, wp, sw, bias)]
+    got = ops.w4a4_gemm(*dev, k, dtype)
+    assert got.is_cuda and got.dtype == dtype
+    assert torch.equal(got.cpu(), ref)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (64, 96), (7, 4097), (300, 4096), (3, 18944)])
+def test_cuda_quantize_identity_identical(dtype, m, k):
+    g = torch.Generator().manual_seed(m * k)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
+    x[0] = 0.0  # zero row: scale 1
+    diag = torch.rand(k, generator=g) + 0.5
+    clip = torch.tensor(0.93)
+    for d in (None, diag):
+        ref = reference.quantize_act_reference(x, None, None, d, clip)
+        got = ops.quantize_act_int4(x.cuda(), None, None, None if d is None else d.cuda(), clip.cuda())
+        assert torch.equal(got[0].cpu(), ref[0]) and torch.equal(got[1].cpu(), ref[1])
+    got = ops.quantize_act_int4(x.cuda(), None, None, None, None)
+    ref = reference.quantize_act_reference(x, None, None, None, None)
+    assert torch.equal(got[0].cpu(), ref[0]) and torch.equal(got[1].cpu(), ref[1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("a,b,m", [(8, 8, 5), (64, 64, 33), (96, 128, 17), (128, 148, 9), (112, 128, 4), (2, 300, 6)])
+def test_cuda_quantize_with_transform(a, b, m):
+    """The fused transform sums in another order than torch's matmul: the scales agree to fp32 rounding and
+    a code differs by at most one, rarely (rounding ties). Factors above 256 use the reference's torch
+    transform on the same device, so that path is bit-identical."""
+    k = a * b
+    g = torch.Generator().manual_seed(k + m)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).cuda()
+    left, right = torch.randn(a, a, generator=g).cuda() / a ** 0.5, torch.randn(b, b, generator=g).cuda() / b ** 0.5
+    diag = (torch.rand(k, generator=g) + 0.5).cuda()
+    clip = torch.tensor(0.9).cuda()
+    got_p, got_s = ops.quantize_act_int4(x, left, right, diag, clip)
+    ref_p, ref_s = reference.quantize_act_reference(x, left, right, diag, clip)
+    if max(a, b) > 256:
+        assert torch.equal(got_p, ref_p) and torch.equal(got_s, ref_s)
+        return
+    torch.testing.assert_close(got_s, ref_s, rtol=1e-5, atol=0)
+    diff = (unpack_int4(got_p, k).int() - unpack_int4(ref_p, k).int()).abs()
+    assert int(diff.max()) <= 1
+    assert int((diff > 0).sum()) <= max(1, int(1e-3 * diff.numel()))
+    # the transform itself, against float64
+    xt = ((x.double() * diag.double()) @ torch.kron(left.double(), right.double()))
+    scale64 = xt.abs().amax(1) * 0.9 / 7
+    torch.testing.assert_close(got_s.double(), scale64, rtol=1e-5, atol=0)
+
+
+@needs_kernels
+def test_cuda_packed_linear_matches_reference():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4096, 512, bias=True)
+    q = W4A4Linear.from_linear(lin, input_clip=0.9)
+    x = torch.randn(3, 11, 4096)
+    xp, sx = reference.quantize_act_reference(x.reshape(-1, 4096), None, None, None, q.input_clip)
+    ref = reference.w4a4_gemm_reference(xp, sx, q.weight_packed, q.weight_scale, q.bias, 4096, x.dtype)
+    qc = q.cuda()
+    assert torch.equal(qc(x.cuda()).reshape(-1, 512).cpu(), ref)
+    assert ops.active_backend("cuda") in ("cuda-int4-mma", "cuda-int8-mma")
+
+
+@needs_kernels
+@pytest.mark.parametrize("m", [1, 16])
+def test_cuda_graph_capture_small_m(m):
+    """The benchmark captures quant + GEMM in a CUDA graph for M <= 16: no host syncs or allocations that
+    break capture, and the replay gives the eager result."""
+    k, n = 4096, 4096
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    wp, ws = pack_int4(_codes((n, k), 3)).cuda(), (torch.rand(n, 1) + 0.01).cuda()
+
+    def layer():
+        p, s = ops.quantize_act_int4(x, None, None, None, None)
+        return ops.w4a4_gemm(p, s, wp, ws, None, k, torch.bfloat16)
+
+    eager = layer()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer()  # warm-up on the side stream (allocator pools, function attributes)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = layer()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+
+
+@needs_gpu
+def test_cuda_backend_is_named():
+    name = ops.active_backend("cuda")
+    if cuda.device_supported():
+        major = torch.cuda.get_device_capability()[0]
+        assert name == ("cuda-int8-mma" if major >= 9 else "cuda-int4-mma")
+    else:
+        assert name == "reference"
+
+
+def test_cuda_module_without_gpu_is_reference():
+    if not HAS_GPU:
+        assert ops.active_backend("cuda") == "reference"
+        assert not cuda.device_supported()
+    assert cuda.BUILT == bool(getattr(cuda._C, "with_cuda", False))
+    if cuda.BUILT:  # CUDA kernels can only have been built against a CUDA build of torch
+        assert torch.version.cuda is not None
+
