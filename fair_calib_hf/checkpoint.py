@@ -210,3 +210,230 @@ def safetensors_metadata(config, version: str, prior_json: str | None = None) ->
         "method": config.method,
         "quantization_config": json.dumps(config.to_dict(), sort_keys=True),
     }
+
+
+# -- robustness: corrupted files, foreign quantization, atomic saves, inspection -----------------------------
+
+class CorruptCheckpointError(ValueError):
+    """A safetensors file that cannot be read (truncated, corrupted, not safetensors)."""
+
+
+def check_safetensors_files(files) -> None:
+    """Open every safetensors file's header and check that its data section is complete; raise
+    :class:`CorruptCheckpointError` naming the file otherwise."""
+    import struct
+
+    for path in files or ():
+        path = str(path)
+        if not path.endswith(".safetensors"):
+            continue
+        if not os.path.isfile(path):
+            raise CorruptCheckpointError(f"checkpoint file {path} is missing")
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ValueError(f"{size} bytes, shorter than a safetensors header")
+                n = struct.unpack("<Q", head)[0]
+                if n > size - 8:
+                    raise ValueError(f"header of {n} bytes does not fit in a {size}-byte file")
+                header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end > size:
+                raise ValueError(f"tensor data needs {8 + n + end} bytes but the file has {size} (truncated)")
+            with safe_open(path, framework="pt"):
+                pass
+        except CorruptCheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any parse failure means an unreadable file
+            raise CorruptCheckpointError(
+                f"corrupted or truncated safetensors file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from err
+
+
+def read_config_json(name_or_path: str | None) -> dict | None:
+    """``config.json`` of a local checkpoint folder or of a hub checkpoint in the local cache (no network), or
+    ``None``."""
+    if not name_or_path:
+        return None
+    path = os.path.join(name_or_path, "config.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(name_or_path, "config.json")
+        except Exception:  # noqa: BLE001 - not a valid repo id
+            return None
+        if not isinstance(path, str):
+            return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def foreign_quantization(name_or_path: str | None) -> str | None:
+    """The ``quant_method`` of a checkpoint already quantized by another method (``None`` if the checkpoint is
+    full precision, fair_calib's own, or cannot be read)."""
+    cfg = read_config_json(name_or_path) or {}
+    qc = cfg.get("quantization_config")
+    if not qc:
+        return None
+    method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
+    return None if method == "fair_calib" else str(method)
+
+
+def refuse_existing_output(path: str, overwrite: bool) -> None:
+    """``FileExistsError`` if ``path`` exists (a file, or a non-empty folder) and ``overwrite`` is false."""
+    if os.path.isfile(path):
+        raise FileExistsError(f"output path {path} is an existing file")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"output directory {path} already exists and is not empty; "
+                              "pass overwrite=True (CLI: --overwrite) to replace it")
+
+
+class atomic_directory:
+    """Context manager that yields a fresh temporary folder next to ``path`` and, when the block succeeds,
+    moves it into place as ``path`` (replacing an existing folder only with ``overwrite``). On any error the
+    temporary folder is removed and ``path`` is left exactly as it was::
+
+        with atomic_directory("out/llada-w4a4", overwrite=False) as tmp:
+            model.save_pretrained(tmp)
+    """
+
+    def __init__(self, path: str, overwrite: bool = False):
+        self.path = os.path.abspath(os.path.expanduser(str(path)))
+        self.overwrite = overwrite
+        self.tmp = None
+
+    def __enter__(self) -> str:
+        import tempfile
+
+        refuse_existing_output(self.path, self.overwrite)
+        parent = os.path.dirname(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.tmp-", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        import shutil
+        import tempfile
+
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            if os.path.isdir(self.path):
+                refuse_existing_output(self.path, self.overwrite)  # appeared meanwhile?
+                old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.old-", dir=os.path.dirname(self.path))
+                os.rmdir(old)
+                os.replace(self.path, old)
+                os.replace(self.tmp, self.path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, self.path)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return False
+
+
+def _dtype_bytes(name: str | None) -> int:
+    return {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}.get(str(name).replace("torch.", ""), 4)
+
+
+def describe_checkpoint(path: str, check_layout: bool = True) -> dict:
+    """What a fair_calib checkpoint folder contains (for ``fair-calib inspect``): method and bits, packed and
+    float-kept linears, transforms, the stored prior, sizes on disk vs the float model, and (``check_layout``)
+    whether the tensors match what the ``quantization_config`` describes. Raises ``ValueError`` for a folder
+    that is not a readable fair_calib checkpoint."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    cfg = read_config_json(path)
+    if cfg is None:
+        raise ValueError(f"{path} has no readable config.json: not a transformers checkpoint")
+    qc = cfg.get("quantization_config")
+    if not qc:
+        raise ValueError(f"{path} is not quantized (config.json has no quantization_config)")
+    if qc.get("quant_method") != "fair_calib":
+        raise ValueError(f"{path} is quantized with {qc.get('quant_method')!r}, not fair_calib")
+    files = locate_checkpoint_files(path)
+    if not files:
+        raise ValueError(f"{path} has no safetensors weights (model.safetensors or an index)")
+    check_safetensors_files(files)
+    header = read_checkpoint_header(files)
+    meta = read_header_metadata(files)
+    packed = sorted(k[: -len(".weight_packed")] for k in header if k.endswith(".weight_packed"))
+    packed_set = set(packed)
+    float_2d = sorted(k[: -len(".weight")] for k, (shape, _) in header.items()
+                      if k.endswith(".weight") and len(shape) == 2 and k[: -len(".weight")] not in packed_set)
+    transforms = {}
+    for m in packed:
+        left, right = header.get(f"{m}.input_transform.left"), header.get(f"{m}.input_transform.right")
+        if left is not None:
+            key = f"kronecker {left[0][0]}x{right[0][0] if right else 1}" + (
+                " + online diag" if f"{m}.input_transform.diag" in header else "")
+            transforms[key] = transforms.get(key, 0) + 1
+    dtype_name = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
+    elem = _dtype_bytes(dtype_name)
+    disk = sum(os.path.getsize(f) for f in files)
+    float_bytes = 0
+    for key, (shape, dtype) in header.items():
+        module, _, leaf = key.rpartition(".")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if module in packed_set:
+            if leaf == "weight_packed":
+                out_f = shape[0]
+                left = header.get(f"{module}.input_transform.left")
+                right = header.get(f"{module}.input_transform.right")
+                in_f = left[0][0] * right[0][0] if left and right else shape[1] * 2  # odd widths pad one nibble
+                float_bytes += out_f * in_f * elem
+            elif leaf == "bias":
+                float_bytes += numel * elem
+        else:
+            float_bytes += numel * (torch.empty(0, dtype=dtype).element_size() if dtype is not None else elem)
+    prior = None
+    if PRIOR_METADATA_KEY in meta:
+        d = json.loads(meta[PRIOR_METADATA_KEY])
+        prior = {"positions": len(d["weights"]), "window": len(d["frontier"]), "metadata": d.get("metadata", {}),
+                 "weights": d["weights"]}
+    layout = {"checked": False}
+    if check_layout:
+        layout = _check_layout(path, cfg, qc, header)
+    return {"path": os.path.abspath(path), "model_type": cfg.get("model_type"), "dtype": dtype_name,
+            "method": qc.get("method"), "w_bits": qc.get("w_bits"), "a_bits": qc.get("a_bits"),
+            "format_version": qc.get("format_version"), "pack_format": qc.get("pack_format"),
+            "quantization_config": qc, "files": [os.path.basename(f) for f in files],
+            "packed": packed, "kept_float": float_2d, "transforms": transforms, "prior": prior,
+            "disk_bytes": disk, "float_bytes": float_bytes, "layout": layout,
+            "writer_version": meta.get("fair_calib_version")}
+
+
+def _check_layout(path: str, cfg: dict, qc: dict, header: dict) -> dict:
+    """Build the packed skeleton on the meta device from the checkpoint's own config and compare it with the
+    tensors in the files."""
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModel
+
+        from .config import FairCalibConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+        with init_empty_weights():
+            model = AutoModel.from_config(config, trust_remote_code=True)
+        build_packed_skeleton(model, FairCalibConfig(**qc))
+    except Exception as err:  # noqa: BLE001 - report, do not fail the inspection
+        return {"checked": False, "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+    problems = _check(header, expected_packed_tensors(model))
+    modules = dict(model.named_modules())
+    for key in header:
+        module_name, _, leaf = key.rpartition(".")
+        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
+            problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
+    return {"checked": True, "ok": not problems, "problems": problems}

@@ -29,6 +29,8 @@ from .checkpoint import (
     PRIOR_METADATA_KEY,
     CheckpointMismatchError,
     build_packed_skeleton,
+    check_safetensors_files,
+    foreign_quantization,
     locate_checkpoint_files,
     missing_packed_keys,
     read_header_metadata,
@@ -45,6 +47,8 @@ from .version import __version__
 logger = logging.getLogger(__name__)
 
 MODEL_TAGS = ["fair_calib", "w4a4", "4-bit", "dllm"]
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""Load dtypes of the float parts (embeddings, norms, head, biases); packed buffers have their own dtypes."""
 
 
 class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
@@ -62,9 +66,6 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
 
     # -- before loading -------------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
-        device_map = kwargs.get("device_map")
-        if isinstance(device_map, dict) and ({"disk"} & set(map(str, device_map.values()))):
-            raise ValueError("fair_calib: disk offload (device_map with 'disk') is not supported yet")
         if not self.pre_quantized:
             check_method_implemented(self.quantization_config.method)
             if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
@@ -76,14 +77,24 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                                    "(exact, slow): no compiled %s kernels in this build", device_type, device_type)
 
     def update_dtype(self, dtype):
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"fair_calib: unsupported dtype {dtype}; load the model in one of "
+                             f"{', '.join(str(d).replace('torch.', '') for d in SUPPORTED_DTYPES)}")
         self.dtype = dtype
         return dtype
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         get_adapter(model)  # unsupported architecture → clear error before any weight is read
         self.checkpoint_files = self.hook_checkpoint_files(kwargs)
+        source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
         if self.pre_quantized:
+            check_safetensors_files(self.checkpoint_files or locate_checkpoint_files(source))
             build_packed_skeleton(model, self.quantization_config)
+        else:
+            foreign = foreign_quantization(source)
+            if foreign is not None:
+                raise ValueError(f"fair_calib: {source} is already quantized with quant_method={foreign!r}; "
+                                 "fair_calib calibrates full-precision checkpoints only")
         return model
 
     # -- while loading (4.57 only, via VersionCompatHooks) ---------------------------------------------

@@ -1,0 +1,488 @@
+"""The work behind each ``fair-calib`` subcommand (argument parsing lives in :mod:`fair_calib_hf.cli`).
+
+The functions here are also the library entry points that :mod:`fair_calib_hf.optimum_quantizer` uses:
+:func:`resolve_model`, :func:`preflight`, :func:`quantize_to_folder`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- models ----------------------------------------------------------------------------------------------------
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.count("/") != 1 or os.sep + os.sep in spec
+
+
+def resolve_model(spec: str) -> tuple[str, bool, bool]:
+    """``(path or hub id, is_local, is_zoo)`` for a MODEL argument; ``FileNotFoundError`` for a local path
+    that does not exist, ``ValueError`` for an unknown zoo name."""
+    from .. import zoo
+
+    if spec.startswith(zoo.PREFIX):
+        return zoo.resolve(spec), True, True
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{spec} is a folder without config.json: not a transformers checkpoint")
+        return path, True, False
+    if os.path.exists(path):
+        raise FileNotFoundError(f"{spec} is a file; pass the checkpoint folder")
+    if _looks_local(spec):
+        raise FileNotFoundError(f"model path {spec} does not exist (and it is not a hub id 'owner/name' or zoo:NAME)")
+    return spec, False, False
+
+
+def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> None:
+    """Refuse, before loading any weight: an unsupported architecture (listing the supported families), a
+    checkpoint already quantized (by another method, or by fair_calib when ``want_float``), and corrupted or
+    truncated safetensors files."""
+    from transformers import AutoConfig
+
+    from ..architectures import get_adapter
+    from ..checkpoint import check_safetensors_files, locate_checkpoint_files, read_config_json
+
+    raw = read_config_json(path) or {}
+    qc = raw.get("quantization_config")
+    if qc:
+        method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
+        if method != "fair_calib":
+            raise ValueError(f"{path} is already quantized with quant_method={method!r}; fair_calib calibrates "
+                             "full-precision checkpoints only")
+        if want_float:
+            raise ValueError(f"{path} is already a fair_calib checkpoint (method={qc.get('method')!r}); "
+                             "quantize its full-precision original instead")
+    if raw.get("model_type") is not None:
+        get_adapter(type("C", (), {"model_type": raw["model_type"]})())
+    else:
+        get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+    if os.path.isdir(path):
+        check_safetensors_files(locate_checkpoint_files(path))
+
+
+def _dtype(name: str):
+    return "auto" if name in (None, "auto") else getattr(torch, name)
+
+
+def _device_map(value):
+    if value is None:
+        return None
+    value = value.strip()
+    if value.startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--device-map is not valid JSON: {err}") from err
+    return value
+
+
+def load_kwargs(args, is_local: bool) -> dict:
+    kwargs = {"trust_remote_code": bool(is_local or getattr(args, "trust_remote_code", False)),
+              "dtype": _dtype(getattr(args, "dtype", "auto"))}
+    device_map = _device_map(getattr(args, "device_map", None))
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if isinstance(device_map, dict) and "disk" in device_map.values() and not getattr(args, "offload_folder", None):
+            raise ValueError("--device-map puts modules on 'disk': pass --offload-folder")
+    if getattr(args, "offload_folder", None):
+        kwargs["offload_folder"] = args.offload_folder
+    return kwargs
+
+
+def _from_pretrained(path: str, **kwargs):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, **kwargs)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = True):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - a checkpoint without tokenizer files
+        return None
+
+
+# -- configuration ---------------------------------------------------------------------------------------------
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
+    """The ``FairCalibConfig`` for ``quantize`` / ``probe`` from the parsed arguments. A zoo model without
+    ``--dataset`` calibrates on its task's calibration split (``seq_len = prompt_width + gen_length``,
+    ``prior_window = gen_length``)."""
+    from ..config import FairCalibConfig
+
+    kw = {"method": method, "seed": args.seed}
+    for arg, field in (("num_samples", "num_samples"), ("seq_len", "seq_len"), ("prior_window", "prior_window"),
+                       ("n_probe", "n_probe"), ("probe_steps", "probe_steps"),
+                       ("calibration_device", "calibration_device")):
+        if getattr(args, arg, None) is not None:
+            kw[field] = getattr(args, arg)
+    if getattr(args, "prior", None):
+        if not os.path.isfile(args.prior):
+            raise FileNotFoundError(f"--prior {args.prior} does not exist")
+        kw["prior_path"] = args.prior
+    source = None
+    if args.dataset:
+        kw.update(calibration_dataset=args.dataset, dataset_config=args.dataset_config, dataset_split=args.split,
+                  dataset_text_column=args.text_column, apply_chat_template=args.chat_template)
+        source = args.dataset
+    elif is_zoo:
+        from .. import zoo
+
+        task = zoo.task_of(path)
+        if tokenizer is None:
+            raise ValueError(f"zoo model {path} has no tokenizer")
+        count = kw.get("num_samples", 128)
+        kw["calibration_dataset"] = task.calibration_sequences(tokenizer, count, seed=args.seed)
+        kw.setdefault("seq_len", task.prompt_width + task.gen_length)
+        kw.setdefault("prior_window", task.gen_length)
+        kw["num_samples"] = count
+        source = f"zoo task {task.name!r}, calibration split ({count} sequences)"
+    kw.update(_parse_set(getattr(args, "set", [])))
+    if tokenizer is not None:
+        kw["tokenizer"] = tokenizer
+    cfg = FairCalibConfig(**kw)
+    if cfg.calibration_dataset is None and cfg.requires_calibration_data:
+        raise ValueError(f"--method {method} needs calibration data: pass --dataset (a hub id, a local file or "
+                         "folder), or use a zoo: model")
+    return cfg, source
+
+
+# -- evaluation prompts (report) -------------------------------------------------------------------------------
+
+def _eval_set(args, path: str, is_zoo: bool, tokenizer, family: str):
+    """``(input_ids, attention_mask, DecodeConfig, description, task)`` for the report's frontier diagnostics,
+    or ``None`` when no evaluation set is available."""
+    from ..decoding import DecodeConfig
+
+    if getattr(args, "eval_prompts", None):
+        if tokenizer is None:
+            raise ValueError("--eval-prompts needs the model's tokenizer")
+        prompts = _read_prompts(args.eval_prompts)[: args.eval_count]
+        rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        bos = tokenizer.bos_token_id
+        rows = [([bos] if bos is not None else []) + r for r in rows]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        g = args.gen_length
+        block = 8 if (family == "llada" and g % 8 == 0) else g
+        policy = "low_confidence" if family == "llada" else "maskgit_plus"
+        cfg = DecodeConfig(gen_length=g, steps=g, block_length=block if family == "llada" else None, policy=policy)
+        return ids, mask, cfg, f"{len(rows)} prompts from {args.eval_prompts}", None
+    if is_zoo:
+        from .. import zoo
+        from ..zoo.evaluate import default_decode_config
+
+        task = zoo.task_of(path)
+        examples = task.examples("test", args.eval_count, seed=0)
+        prompts, _ = task.encode(examples, tokenizer)
+        return prompts, None, default_decode_config(task, family, record=True), \
+            f"{len(examples)} test-split examples of zoo task {task.name!r}", task
+    return None
+
+
+def _read_prompts(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--eval-prompts {path} does not exist")
+    with open(path) as f:
+        if path.endswith(".jsonl"):
+            prompts = [json.loads(line)["prompt"] for line in f if line.strip()]
+        else:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"--eval-prompts {path} holds no prompt")
+    return prompts
+
+
+# -- quantize --------------------------------------------------------------------------------------------------
+
+def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, overwrite: bool = False,
+                       report: bool = True, load_options: dict | None = None) -> dict:
+    """Load ``model_spec`` with calibration, save it atomically into ``out`` (weights, tokenizer, the Stage I
+    prior, the report) and return a summary dict. With ``args`` (the CLI namespace) the config is built from
+    them; otherwise ``config`` is a ``FairCalibConfig``."""
+    from ..checkpoint import atomic_directory, describe_checkpoint, refuse_existing_output
+    from ..report import calibration_summary, write_report
+
+    path, is_local, is_zoo = resolve_model(model_spec)
+    trust = bool(is_local or (args is not None and args.trust_remote_code)
+                 or (load_options or {}).get("trust_remote_code"))
+    preflight(path, trust_remote_code=trust)
+    out = os.path.abspath(os.path.expanduser(out))
+    refuse_existing_output(out, overwrite)
+    tokenizer = load_tokenizer(path, trust)
+    if args is not None:
+        config, source = build_config(args, path, is_zoo, args.method, tokenizer)
+        kwargs = load_kwargs(args, is_local)
+    else:
+        if getattr(config, "tokenizer", None) is None and tokenizer is not None:
+            config.tokenizer = tokenizer
+        source = config.calibration_dataset if isinstance(config.calibration_dataset, str) else None
+        kwargs = {"trust_remote_code": trust, "dtype": "auto", **(load_options or {})}
+    _say(f"[1/3] calibrating {model_spec} with method={config.method}"
+         + (f" on {source}" if source else "") + " ...")
+    started = time.perf_counter()
+    model = _from_pretrained(path, quantization_config=config, **kwargs)
+    cal = model.hf_quantizer.calibration_report
+    summary = calibration_summary(cal)
+    frontier = accuracy = eval_source = None
+    if report and args is not None:
+        family = _family(model)
+        eval_set = _eval_set(args, path, is_zoo, tokenizer, family)
+        if eval_set is not None:
+            _say("[2/3] frontier diagnostics against the full-precision model ...")
+            frontier, accuracy, eval_source = _frontier(path, kwargs, model, tokenizer, eval_set, args)
+    _say(f"[3/3] saving to {out} ...")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if cal.prior is not None:
+            cal.prior.save(os.path.join(tmp, "fair_calib_prior.safetensors"))
+        info = describe_checkpoint(tmp, check_layout=False)
+        sizes = {"disk_bytes": info["disk_bytes"], "float_bytes": info["float_bytes"]}
+        if report:
+            load_settings = {k: (str(v) if not isinstance(v, (str, int, float, bool)) else v)
+                             for k, v in kwargs.items() if k != "trust_remote_code"}
+            write_report(tmp, model=model_spec, config=config.to_dict(), calibration=summary,
+                         load_settings=load_settings, sizes=sizes, frontier=frontier, accuracy=accuracy,
+                         eval_source=eval_source)
+    result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
+              time.perf_counter() - started, **sizes}
+    return result
+
+
+def _family(model) -> str:
+    from ..architectures import get_adapter
+
+    return get_adapter(model).family
+
+
+def _frontier(path, kwargs, student, tokenizer, eval_set, args):
+    from ..diagnostics import compare_models
+
+    ids, mask, decode_cfg, description, task = eval_set
+    teacher = _from_pretrained(path, **kwargs)
+    teacher.eval()
+    student.eval()
+    report = compare_models(teacher, student, ids, mask, decode_cfg)
+    accuracy = None
+    if task is not None:
+        from ..zoo.evaluate import evaluate
+
+        accuracy = {name: _strip(evaluate(m, tokenizer, task, "test", args.eval_count, seed=0))
+                    for name, m in (("teacher", teacher), ("student", student))}
+    del teacher
+    return report.to_dict(), accuracy, description
+
+
+def _strip(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "samples"}
+
+
+def run_quantize(args) -> None:
+    res = quantize_to_folder(args.model, args.out, args=args, overwrite=args.overwrite, report=not args.no_report)
+    print(f"wrote {res['out']}: method={res['method']}, {res['packed']} packed linears, "
+          f"{res['disk_bytes'] / 2**20:.2f} MiB on disk vs {res['float_bytes'] / 2**20:.2f} MiB float, "
+          f"{res['seconds']:.1f} s")
+    if args.push_to_hub:
+        url = push_folder(res["out"], args.push_to_hub, private=args.private)
+        print(f"uploaded to {url}")
+
+
+def push_folder(folder: str, repo_id: str, private: bool = False) -> str:
+    """Create (if needed) the hub model repo and upload the checkpoint folder in one commit."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                      commit_message="Upload FAIR-Calib W4A4 checkpoint")
+    return f"https://huggingface.co/{repo_id}"
+
+
+# -- probe -----------------------------------------------------------------------------------------------------
+
+def run_probe(args) -> None:
+    from ..calibration.data import load_calibration_samples
+    from ..calibration.stage1_prior import probe_position_prior
+
+    path, is_local, is_zoo = resolve_model(args.model)
+    trust = bool(is_local or args.trust_remote_code)
+    preflight(path, trust_remote_code=trust)
+    out = os.path.abspath(os.path.expanduser(args.out))
+    if os.path.isdir(out):
+        raise IsADirectoryError(f"--out {out} is a folder; pass a file name such as prior.safetensors")
+    if os.path.exists(out) and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    tokenizer = load_tokenizer(path, trust)
+    args.prior = None
+    config, source = build_config(args, path, is_zoo, "fair_calib", tokenizer)
+    _say(f"[1/2] loading {args.model} ...")
+    model = _from_pretrained(path, **load_kwargs(args, is_local))
+    model.eval()
+    samples = load_calibration_samples(config, model, fixed_length=True)
+    _say(f"[2/2] Stage I: {config.n_probe} rollouts on {len(samples)} sequences of {config.seq_len} tokens ...")
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        prior = probe_position_prior(model, torch.stack(samples), config)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        prior.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if args.plot:
+        from ..report import plot_prior
+
+        plot_prior(prior.weights.tolist(), int(prior.frontier.numel()), os.path.abspath(args.plot))
+    print(f"wrote {out}: prior over {prior.weights.numel()} positions, window {prior.frontier.numel()}, "
+          f"{config.n_probe} rollouts in {time.perf_counter() - started:.1f} s; reuse with --prior {args.out}")
+
+
+# -- eval ------------------------------------------------------------------------------------------------------
+
+def run_eval(args) -> None:
+    from .. import zoo
+    from ..zoo.evaluate import default_decode_config, evaluate
+    from ..zoo.tasks import get_task
+
+    path, is_local, _ = resolve_model(args.model)
+    teacher_path = None
+    if args.teacher:
+        teacher_path, t_local, _ = resolve_model(args.teacher)
+    if args.task:
+        task = get_task(args.task)
+    else:
+        task = (zoo.task_of(path) if is_local else None) or (
+            zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None)
+        if task is None:
+            raise ValueError("no task for this model: pass --task arith|code")
+    if args.out:
+        from ..checkpoint import refuse_existing_output
+
+        refuse_existing_output(os.path.abspath(args.out), args.overwrite)
+    kwargs = load_kwargs(args, is_local)
+    preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    model = _from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path, kwargs["trust_remote_code"]) or (
+        load_tokenizer(teacher_path) if teacher_path else None)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer files")
+    _say(f"[1/2] accuracy of {args.model} on {task.name}/{args.split} (n={args.count}) ...")
+    results = {"model": args.model, "task": task.name,
+               "student": _strip(evaluate(model, tokenizer, task, args.split, args.count, seed=args.seed,
+                                          batch_size=args.batch_size))}
+    print(f"{args.model}: accuracy {results['student']['accuracy']:.4f} on {task.name}/{args.split} "
+          f"(n={results['student']['n']})")
+    if teacher_path:
+        tkw = load_kwargs(args, t_local)
+        preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
+        teacher = _from_pretrained(teacher_path, **tkw)
+        teacher.eval()
+        results["teacher"] = _strip(evaluate(teacher, tokenizer, task, args.split, args.count, seed=args.seed,
+                                             batch_size=args.batch_size))
+        print(f"{args.teacher}: accuracy {results['teacher']['accuracy']:.4f} (teacher)")
+        _say(f"[2/2] frontier diagnostics on {args.frontier_count} prompts ...")
+        from ..diagnostics import compare_models
+
+        examples = task.examples(args.split, args.frontier_count, seed=args.seed)
+        prompts, _ = task.encode(examples, tokenizer)
+        frontier = compare_models(teacher, model, prompts, None,
+                                  default_decode_config(task, _family(model), record=True)).to_dict()
+        results["frontier"] = frontier
+        print(f"frontier: flip rate {frontier['flip_rate']:.4f}, prob-MSE {frontier['prob_mse_mean']:.3e}, "
+              f"token agreement {frontier['token_agreement']:.4f}, lag p90 teacher "
+              f"{frontier['lag_p90']['teacher']} / quantized {frontier['lag_p90']['student']}")
+    if args.out:
+        from ..checkpoint import atomic_directory
+
+        with atomic_directory(os.path.abspath(args.out), overwrite=args.overwrite) as tmp:
+            if "frontier" in results:
+                from ..diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+
+                f = results["frontier"]
+                plot_flip_rate({"quantized": f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
+                plot_amplification({"quantized": f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
+                plot_lag_ccdf(f["lags"], os.path.join(tmp, "lag_ccdf.png"))
+            with open(os.path.join(tmp, "results.json"), "w") as handle:
+                json.dump(results, handle, indent=1, default=str)
+        print(f"wrote {os.path.abspath(args.out)}")
+
+
+# -- inspect ---------------------------------------------------------------------------------------------------
+
+def run_inspect(args) -> None:
+    from ..checkpoint import CheckpointMismatchError, describe_checkpoint
+
+    info = describe_checkpoint(os.path.expanduser(args.path), check_layout=not args.no_layout_check)
+    if args.json:
+        shown = dict(info)
+        if shown.get("prior"):
+            shown["prior"] = {k: v for k, v in shown["prior"].items() if k != "weights"}
+        print(json.dumps(shown, indent=1, default=str))
+    else:
+        _print_info(info)
+    layout = info["layout"]
+    if layout.get("checked") and not layout.get("ok"):
+        raise CheckpointMismatchError(f"the tensors do not match the quantization_config: "
+                                      f"{'; '.join(layout['problems'][:4])}")
+
+
+def _print_info(info: dict) -> None:
+    mib = 2**20
+    print(f"checkpoint     {info['path']}")
+    print(f"model_type     {info['model_type']} (float parts {info['dtype']})")
+    print(f"method         {info['method']}  W{info['w_bits']}A{info['a_bits']}  format v{info['format_version']} "
+          f"({info['pack_format']})" + (f"  written by fair_calib_hf {info['writer_version']}"
+                                        if info.get("writer_version") else ""))
+    print(f"files          {', '.join(info['files'])}")
+    print(f"packed         {len(info['packed'])} linears" + (f": {info['packed'][0]} ... {info['packed'][-1]}"
+                                                              if info["packed"] else ""))
+    print(f"kept float     {len(info['kept_float'])}: {', '.join(info['kept_float'][:6])}"
+          + (" ..." if len(info["kept_float"]) > 6 else ""))
+    transforms = ", ".join(f"{k} x{v}" for k, v in sorted(info["transforms"].items())) or "none"
+    print(f"transforms     {transforms}")
+    prior = info.get("prior")
+    print("prior          " + (f"present: {prior['positions']} positions, window {prior['window']}" if prior
+                               else "none"))
+    ratio = info["float_bytes"] / info["disk_bytes"] if info["disk_bytes"] else float("nan")
+    print(f"size           {info['disk_bytes'] / mib:.2f} MiB on disk vs {info['float_bytes'] / mib:.2f} MiB "
+          f"float ({ratio:.2f}x smaller)")
+    layout = info["layout"]
+    if layout.get("checked"):
+        print("layout         " + ("matches the quantization_config" if layout["ok"]
+                                   else f"MISMATCH: {'; '.join(layout['problems'][:4])}"))
+    else:
+        print("layout         not checked" + (f" ({layout['reason']})" if layout.get("reason") else ""))

@@ -1,0 +1,197 @@
+"""The calibration report written next to a quantized checkpoint: ``fair_calib_report.md`` (Markdown),
+``fair_calib_report.json`` (the same numbers, machine-readable) and PNG plots under ``report/``.
+
+Contents: the settings (the serialized ``FairCalibConfig`` plus load options), the calibration cost (wall time,
+Stage I time, samples, compute device, peak memory), the reconstruction error per block and per quantized
+linear (what :func:`fair_calib_hf.calibration.calibrate` recorded), the Stage I position prior (shape and
+plot, ``fair_calib`` only), and, when an evaluation set was available, the frontier diagnostics of the
+quantized model against its full-precision teacher (:func:`fair_calib_hf.diagnostics.compare_models`) and
+task accuracy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+REPORT_MD = "fair_calib_report.md"
+REPORT_JSON = "fair_calib_report.json"
+PLOTS_DIR = "report"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_block_errors(blocks: list[dict], path: str) -> str:
+    """Bar chart of the relative reconstruction error of every block (log scale)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(blocks) + 2), 3.2))
+    ax.bar(range(len(blocks)), [b["rel_mse"] for b in blocks], color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xlabel("block")
+    ax.set_ylabel("relative output MSE")
+    ax.set_title("Block reconstruction error")
+    return _save(fig, path)
+
+
+def plot_layer_errors(blocks: list[dict], path: str) -> str:
+    """One line per linear name (q/k/v/o/gate/up/down ...) across blocks (log scale)."""
+    plt = _pyplot()
+    names = sorted({n for b in blocks for n in b["layers"]})
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(blocks) + 3), 3.4))
+    for name in names:
+        ax.plot(range(len(blocks)), [b["layers"].get(name, float("nan")) for b in blocks], marker="o", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("block")
+    ax.set_ylabel("relative output MSE")
+    ax.set_title("Per-linear reconstruction error")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_prior(weights: list[float], window: int, path: str) -> str:
+    """The Stage I position prior over the calibration sequence, the probe window shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    ax.plot(range(len(weights)), weights, color="tab:red")
+    if window:
+        ax.axvspan(len(weights) - window, len(weights) - 1, color="tab:red", alpha=0.08, label="probe window")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("position in the calibration sequence")
+    ax.set_ylabel("weight (mean 1)")
+    ax.set_title("Stage I position prior")
+    return _save(fig, path)
+
+
+def _mb(n: float | None) -> str:
+    return "n/a" if not n else f"{n / 2**20:,.1f} MiB"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def calibration_summary(report) -> dict:
+    """The JSON-clean numbers of a :class:`~fair_calib_hf.calibration.CalibrationReport`."""
+    blocks = [{"name": b.name, "rel_mse": b.rel_mse, "layers": dict(b.layers), "rescaled": list(b.rescaled),
+               **({"epoch_losses": b.extra["epoch_losses"]} if "epoch_losses" in b.extra else {})}
+              for b in report.blocks]
+    prior = None
+    if report.prior is not None:
+        prior = {"positions": int(report.prior.weights.numel()), "window": int(report.prior.frontier.numel()),
+                 "weights": [float(x) for x in report.prior.weights], "metadata": report.prior.metadata}
+    return {"method": report.method, "num_samples": report.num_samples,
+            "converted_linears": len(report.converted_modules), "seconds": report.seconds,
+            "stage1_seconds": report.stage1_seconds, "device": getattr(report, "device", "cpu"),
+            "peak_memory": dict(getattr(report, "peak_memory", {})), "blocks": blocks, "prior": prior}
+
+
+def write_report(folder: str, *, model: str, config: dict, calibration: dict, load_settings: dict | None = None,
+                 sizes: dict | None = None, frontier: dict | None = None, accuracy: dict | None = None,
+                 eval_source: str | None = None) -> str:
+    """Write the Markdown + JSON report and the plots into ``folder``; returns the Markdown path.
+
+    ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
+    ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
+    from .diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+
+    plots = os.path.join(folder, PLOTS_DIR)
+    lines = [f"# FAIR-Calib quantization report: `{model}`", ""]
+    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    for key in sorted(config):
+        if key in ("quant_method",):
+            continue
+        lines.append(f"| `{key}` | `{json.dumps(config[key])}` |")
+    for key, value in sorted((load_settings or {}).items()):
+        lines.append(f"| load `{key}` | `{value}` |")
+    c = calibration
+    lines += ["", "## Calibration cost", "",
+              f"- method `{c['method']}`, {c['num_samples']} calibration sequences, {c['converted_linears']} linears "
+              f"packed, compute device `{c['device']}`",
+              f"- wall time {c['seconds']:.2f} s" + (f" (Stage I probing {c['stage1_seconds']:.2f} s)"
+                                                     if c.get("prior") else ""),
+              f"- peak memory: process RSS {_mb(c['peak_memory'].get('cpu_rss_bytes'))}"
+              + (f", CUDA allocated {_mb(c['peak_memory']['cuda_allocated_bytes'])}"
+                 if "cuda_allocated_bytes" in c["peak_memory"] else "")]
+    if sizes:
+        lines.append(f"- checkpoint size on disk {_mb(sizes.get('disk_bytes'))} vs float "
+                     f"{_mb(sizes.get('float_bytes'))}")
+    lines += ["", "## Reconstruction error", ""]
+    if c["blocks"]:
+        plot_block_errors(c["blocks"], os.path.join(plots, "block_error.png"))
+        names = sorted({n for b in c["blocks"] for n in b["layers"]})
+        lines += ["Relative output MSE `Σ‖h_q − h_fp‖² / Σ‖h_fp‖²` of every block on the calibration inputs, "
+                  "and of every quantized linear inside it (against a float copy of the block on the same "
+                  "inputs; errors of earlier linears of the block propagate to later ones"
+                  + ("; `*`: compared after undoing a folded per-channel output scale" if any(
+                      b["rescaled"] for b in c["blocks"]) else "") + ").", "",
+                  "![block error](report/block_error.png)", ""]
+        if names:
+            plot_layer_errors(c["blocks"], os.path.join(plots, "layer_error.png"))
+            lines += ["![per-linear error](report/layer_error.png)", ""]
+        lines += ["| block | block error | " + " | ".join(f"`{n}`" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for b in c["blocks"]:
+            cells = [_fmt(b["layers"].get(n, float("nan"))) + ("*" if n in b["rescaled"] else "") for n in names]
+            lines.append(f"| `{b['name']}` | {_fmt(b['rel_mse'])} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("Data-free calibration: no calibration inputs, so no reconstruction error was measured.")
+    lines += ["", "## Stage I position prior", ""]
+    if c.get("prior"):
+        p = c["prior"]
+        plot_prior(p["weights"], p["window"], os.path.join(plots, "prior.png"))
+        meta = p.get("metadata", {})
+        lines += [f"- {p['positions']} positions, probe window {p['window']} "
+                  f"({', '.join(f'{k}={meta[k]}' for k in sorted(meta))})",
+                  "- stored in the checkpoint's safetensors header and as `fair_calib_prior.safetensors` "
+                  "(reuse with `--prior` / `FairCalibConfig(prior_path=...)`)", "", "![prior](report/prior.png)"]
+    else:
+        lines.append(f"None (method `{c['method']}` does not probe).")
+    lines += ["", "## Frontier diagnostics vs full precision", ""]
+    if frontier:
+        plot_flip_rate({"quantized": frontier["flip_rate_per_step"]}, os.path.join(plots, "flip_rate.png"))
+        plot_amplification({"quantized": frontier["prob_mse_curve"]}, os.path.join(plots, "prob_mse.png"))
+        plot_lag_ccdf(frontier["lags"], os.path.join(plots, "lag_ccdf.png"))
+        mm = frontier["mismatch"]
+        lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}.", "",
+                  "| metric | teacher (fp) | quantized |", "|---|---|---|",
+                  f"| frontier flip rate (teacher-forced) | 0 | {_fmt(frontier['flip_rate'])} |",
+                  f"| mean probability MSE along the teacher's trajectory | 0 | {_fmt(frontier['prob_mse_mean'])} |",
+                  f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "
+                  f"{_fmt(mm['student']['mean_disagree'])} |",
+                  f"| stability lag p90 | {_fmt(frontier['lag_p90']['teacher'])} | "
+                  f"{_fmt(frontier['lag_p90']['student'])} |",
+                  f"| token agreement with the teacher's output | 1 | {_fmt(frontier['token_agreement'])} |",
+                  f"| sequence agreement | 1 | {_fmt(frontier['sequence_agreement'])} |"]
+        if accuracy:
+            lines.append(f"| task accuracy ({accuracy['student']['task']}, {accuracy['student']['split']}, "
+                         f"n={accuracy['student']['n']}) | {_fmt(accuracy['teacher']['accuracy'])} | "
+                         f"{_fmt(accuracy['student']['accuracy'])} |")
+        lines += ["", "![flip rate](report/flip_rate.png) ![probability MSE](report/prob_mse.png) "
+                  "![lag CCDF](report/lag_ccdf.png)"]
+    else:
+        lines.append("Not measured: no evaluation set (a zoo model's task, or `--eval-prompts FILE`).")
+    md = os.path.join(folder, REPORT_MD)
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(folder, REPORT_JSON), "w") as f:
+        json.dump({"model": model, "config": config, "load_settings": load_settings or {}, "calibration": c,
+                   "sizes": sizes or {}, "frontier": frontier, "accuracy": accuracy, "eval_source": eval_source},
+                  f, indent=1, sort_keys=True, default=str)
+    return md
