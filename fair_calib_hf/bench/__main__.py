@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("decode", "calibrate", "kernels", "quality")
+BENCHMARKS = ("decode", "calibrate", "kernels", "quality", "gpu")
 
 
 def main() -> None:

@@ -1,0 +1,311 @@
+"""GPU check of the CUDA W4A4 kernels, one command on a machine with an NVIDIA GPU:
+
+    python -m fair_calib_hf.bench gpu [--out gpu_check]
+
+1. **Build** the extension in the source checkout on that machine (``python setup.py build_ext --inplace``,
+   ``MAX_JOBS`` = CPU count; log in ``OUT/build.log``). An extension built elsewhere does not load against
+   another torch. ``--no-build`` skips this.
+2. **Exactness** against the reference ops (random inputs, never zeros, plus all-extreme tiles): identical
+   int32 accumulators over ragged M (1…257), ragged N and K ∈ {64, 4096, 14336, 18944} plus odd K; identical
+   outputs in fp32/bf16/fp16 with and without bias; identical quantization codes and scales without a
+   transform; with a Kronecker transform, scales within 1e-5 and codes within one step (rounding ties).
+3. **Timing**, W4A4 against torch bf16 ``F.linear`` in the same process, interleaved per shape: CUDA
+   events, warm-up, median; weight copies rotated so their total exceeds twice the L2 cache (every call
+   reads its weight from HBM); for M ≤ 16 the rotated calls are captured in a CUDA graph and the graph is
+   replayed (launch overhead would otherwise dominate). Columns: bf16, activation quantization alone,
+   GEMM alone, quant+GEMM, quant (with a Kronecker transform) + GEMM, the ratios bf16 / W4A4, and the
+   achieved int4 TOPS. Prints a Markdown table and writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``.
+
+Exit status: 0 when every exactness check passed (the timing never fails the run), 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {  # name: (N, K) of y[M, N] = x[M, K] · W[N, K]ᵀ
+    "4096x4096": (4096, 4096),
+    "14336x4096": (14336, 4096),
+    "4096x14336": (4096, 14336),
+    "llada-12288x4096": (12288, 4096),
+    "llada-4096x12288": (4096, 12288),
+    "dream-18944x3584": (18944, 3584),
+    "dream-3584x18944": (3584, 18944),
+}
+MS = (1, 16, 64, 256, 1024, 2048)
+
+
+def _source_root() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isfile(os.path.join(root, "setup.py")) or not os.path.isdir(os.path.join(root, "kernels")):
+        raise SystemExit("fair_calib_hf.bench gpu builds the extension from a source checkout; run it from one "
+                         "(pip install -e . or PYTHONPATH=<checkout>)")
+    return root
+
+
+def build(out_dir: str) -> None:
+    root = _source_root()
+    log_path = os.path.join(out_dir, "build.log")
+    env = dict(os.environ, MAX_JOBS=os.environ.get("MAX_JOBS", str(os.cpu_count() or 4)), PYTHONUNBUFFERED="1")
+    print(f"[build] {sys.executable} setup.py build_ext --inplace  (in {root}, log {log_path})", flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("fair_calib_hf:") or "error" in line.lower():
+                print("  " + line.rstrip(), flush=True)
+        rc = proc.wait()
+    print(f"[build] exit {rc} after {time.time() - start:.0f} s", flush=True)
+    if rc != 0:
+        raise SystemExit(f"build failed, see {log_path}")
+
+
+# --------------------------------------------------------------------------------------------- exactness
+def check_exactness(torch, ops, cuda, reference, pack_int4, unpack_int4) -> list[dict]:
+    dev = "cuda"
+    g = torch.Generator().manual_seed(0)
+    results = []
+
+    def record(name, ok, detail=""):
+        results.append({"check": name, "ok": bool(ok), "detail": detail})
+        print(f"  [{'ok' if ok else 'FAIL'}] {name} {detail}", flush=True)
+
+    def codes(shape):
+        return torch.randint(-8, 8, shape, generator=g, dtype=torch.int8)
+
+    for k in (64, 257, 4096, 14336, 18944):
+        for m, n in ((1, 4096), (7, 130), (16, 1000), (17, 77), (64, 4096), (100, 300), (257, 1030)):
+            xp, wp = pack_int4(codes((m, k))).to(dev), pack_int4(codes((n, k))).to(dev)
+            ref = reference.int4_matmul_int32(xp, wp, k)  # fp32 GEMMs over exact chunks (no TF32)
+            got = cuda.int4_matmul_int32(xp, wp)
+            record(f"int32 acc M={m} N={n} K={k}", torch.equal(got, ref))
+    for value in (-8, 7):
+        k = 18944
+        x = torch.full((33, k), value, dtype=torch.int8)
+        w = torch.full((24, k), -8, dtype=torch.int8)
+        w[1::2] = 7
+        xp, wp = pack_int4(x).to(dev), pack_int4(w).to(dev)
+        got = cuda.int4_matmul_int32(xp, wp)
+        record(f"extreme tile {value}x(-8|7) K={k}",
+               torch.equal(got, reference.int4_matmul_int32(xp, wp, k)) and int(got[0, 0]) == -8 * value * k)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for m, n, k in ((1, 4096, 4096), (16, 3584, 18944), (64, 1000, 4096), (300, 4096, 14336)):
+            xp, wp = pack_int4(codes((m, k))).to(dev), pack_int4(codes((n, k))).to(dev)
+            sx, sw = (torch.rand(m, generator=g) + 1e-3).to(dev), (torch.rand(n, 1, generator=g) + 1e-3).to(dev)
+            bias = torch.randn(n, generator=g).to(dtype).to(dev)
+            for b in (None, bias):
+                got = ops.w4a4_gemm(xp, sx, wp, sw, b, k, dtype)
+                ref = reference.w4a4_gemm_reference(xp.cpu(), sx.cpu(), wp.cpu(), sw.cpu(),
+                                                    None if b is None else b.cpu(), k, dtype)
+                record(f"gemm {str(dtype)[6:]} bias={b is not None} M={m} N={n} K={k}", torch.equal(got.cpu(), ref))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for m, k in ((1, 4096), (33, 4097), (256, 18944)):
+            x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
+            diag, clip = torch.rand(k, generator=g) + 0.5, torch.tensor(0.93)
+            got = ops.quantize_act_int4(x.to(dev), None, None, diag.to(dev), clip.to(dev))
+            ref = reference.quantize_act_reference(x, None, None, diag, clip)
+            record(f"quant identity {str(dtype)[6:]} M={m} K={k}",
+                   torch.equal(got[0].cpu(), ref[0]) and torch.equal(got[1].cpu(), ref[1]))
+    for a, b in ((64, 64), (128, 148), (96, 128), (64, 224)):
+        m, k = 64, a * b
+        x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).to(dev, torch.bfloat16)
+        left = (torch.randn(a, a, generator=g) / a ** 0.5).to(dev)
+        right = (torch.randn(b, b, generator=g) / b ** 0.5).to(dev)
+        diag, clip = (torch.rand(k, generator=g) + 0.5).to(dev), torch.tensor(0.9).to(dev)
+        gp, gs = ops.quantize_act_int4(x, left, right, diag, clip)
+        rp, rs = reference.quantize_act_reference(x, left, right, diag, clip)
+        diff = (unpack_int4(gp, k).int() - unpack_int4(rp, k).int()).abs()
+        rel = float(((gs - rs).abs() / rs).max())
+        ok = rel <= 1e-5 and int(diff.max()) <= 1 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000)
+        record(f"quant kron {a}x{b} M={m}", ok, f"(scale rel err {rel:.1e}, codes off by one: {int((diff > 0).sum())})")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def _median_ms(torch, fn, reps, iters, graph):
+    """Median milliseconds of one call, from ``iters`` timed runs of ``reps`` rotated calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    if graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        run = g.replay
+    else:
+        run = fn
+    for _ in range(10):
+        run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def _copies(nbytes, l2):
+    return max(2, -(-2 * l2 // nbytes) + 1)
+
+
+def time_shapes(torch, ops, pack_int4, shapes, ms, iters) -> list[dict]:
+    import torch.nn.functional as F
+
+    dev = "cuda"
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    for name in shapes:
+        n, k = SHAPES[name]
+        g = torch.Generator(device=dev).manual_seed(0)
+        r16 = _copies(2 * n * k, l2)
+        r4 = _copies(n * k // 2 + 4 * n, l2)
+        w16 = [torch.randn(n, k, device=dev, generator=g, dtype=torch.bfloat16) for _ in range(r16)]
+        w4 = [pack_int4(torch.randint(-8, 8, (n, k), device=dev, generator=g, dtype=torch.int8)) for _ in range(r4)]
+        s4 = [torch.rand(n, 1, device=dev, generator=g) + 1e-3 for _ in range(r4)]
+        a = 1 << (max(k.bit_length() - 1, 0) // 2)
+        while k % a:
+            a //= 2
+        left = torch.randn(a, a, device=dev, generator=g) / a ** 0.5
+        right = torch.randn(k // a, k // a, device=dev, generator=g) / (k // a) ** 0.5
+        diag = torch.rand(k, device=dev, generator=g) + 0.5
+        for m in ms:
+            x = torch.randn(m, k, device=dev, generator=g, dtype=torch.bfloat16)
+            graph = m <= 16
+            xp, xs = ops.quantize_act_int4(x, None, None, None, None)
+
+            def bf16():
+                for w in w16:
+                    F.linear(x, w)
+
+            def quant():
+                for _ in range(r4):
+                    ops.quantize_act_int4(x, None, None, None, None)
+
+            def gemm():
+                for w, s in zip(w4, s4):
+                    ops.w4a4_gemm(xp, xs, w, s, None, k, torch.bfloat16)
+
+            def total():
+                for w, s in zip(w4, s4):
+                    p, sc = ops.quantize_act_int4(x, None, None, None, None)
+                    ops.w4a4_gemm(p, sc, w, s, None, k, torch.bfloat16)
+
+            def total_kron():
+                for w, s in zip(w4, s4):
+                    p, sc = ops.quantize_act_int4(x, left, right, diag, None)
+                    ops.w4a4_gemm(p, sc, w, s, None, k, torch.bfloat16)
+
+            t = {"bf16": _median_ms(torch, bf16, r16, iters, graph),
+                 "quant": _median_ms(torch, quant, r4, iters, graph),
+                 "gemm": _median_ms(torch, gemm, r4, iters, graph),
+                 "total": _median_ms(torch, total, r4, iters, graph),
+                 "total_kron": _median_ms(torch, total_kron, r4, iters, graph)}
+            row = {"shape": name, "N": n, "K": k, "M": m, "graph": graph, "weight_copies_bf16": r16,
+                   "weight_copies_w4": r4, "kron": f"{a}x{k // a}",
+                   **{f"{key}_us": round(v * 1e3, 2) for key, v in t.items()},
+                   "ratio_gemm": round(t["bf16"] / t["gemm"], 2), "ratio_total": round(t["bf16"] / t["total"], 2),
+                   "ratio_total_kron": round(t["bf16"] / t["total_kron"], 2),
+                   "w4_gemm_tops": round(2 * m * n * k / (t["gemm"] * 1e-3) / 1e12, 1),
+                   "bf16_tflops": round(2 * m * n * k / (t["bf16"] * 1e-3) / 1e12, 1)}
+            rows.append(row)
+            print(f"  {name:>18} M={m:<5} bf16 {row['bf16_us']:>9} us | quant {row['quant_us']:>8} | gemm "
+                  f"{row['gemm_us']:>9} | total {row['total_us']:>9} | ratio {row['ratio_total']}", flush=True)
+        del w16, w4, s4
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _versions(torch) -> dict:
+    info = {"gpu": torch.cuda.get_device_name(0), "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "python": platform.python_version()}
+    for cmd, key in ((["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], "driver"),
+                     (["nvcc", "--version"], "nvcc")):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            info[key] = out.splitlines()[-1] if out else "?"
+        except (OSError, subprocess.SubprocessError):
+            info[key] = "?"
+    return info
+
+
+def run_checks(args) -> int:
+    import torch
+
+    from fair_calib_hf import ops
+    from fair_calib_hf.ops import cuda, reference
+    from fair_calib_hf.packing import pack_int4, unpack_int4
+
+    if not torch.cuda.is_available():
+        raise SystemExit("no GPU visible (torch.cuda.is_available() is false)")
+    if not cuda.BUILT:
+        raise SystemExit("fair_calib_hf._C has no CUDA kernels (see the build log)")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference's exact fp32 chunks must stay fp32
+    info = _versions(torch)
+    info["backend"] = ops.active_backend("cuda")
+    print("[env] " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    print("[exactness]", flush=True)
+    checks = check_exactness(torch, ops, cuda, reference, pack_int4, unpack_int4)
+    failed = [c for c in checks if not c["ok"]]
+    print(f"[exactness] {len(checks) - len(failed)}/{len(checks)} passed", flush=True)
+    rows = []
+    if not args.skip_timing:
+        print("[timing]", flush=True)
+        rows = time_shapes(torch, ops, pack_int4, args.shapes, args.m, args.iters)
+    from .common import report
+
+    title = (f"W4A4 (CUDA kernels, backend {info['backend']}) vs torch bf16 F.linear on {info['gpu']} "
+             f"(sm {info['capability']}), torch {info['torch']}, driver {info.get('driver')}; median of "
+             f"{args.iters} CUDA-event timings, weights rotated beyond 2x L2, CUDA graphs for M <= 16")
+    md_path = os.path.join(args.out, "gpu_check.md")
+    json_path = os.path.join(args.out, "gpu_check.json")
+    cols = {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "bf16 µs": lambda r: r["bf16_us"],
+            "quant µs": lambda r: r["quant_us"], "GEMM µs": lambda r: r["gemm_us"],
+            "quant+GEMM µs": lambda r: r["total_us"], "kron quant+GEMM µs": lambda r: r["total_kron_us"],
+            "bf16/GEMM": lambda r: r["ratio_gemm"], "bf16/total": lambda r: r["ratio_total"],
+            "bf16/kron total": lambda r: r["ratio_total_kron"], "W4 TOPS": lambda r: r["w4_gemm_tops"],
+            "bf16 TFLOPS": lambda r: r["bf16_tflops"]}
+    report(title, cols, rows)
+    with open(json_path, "w") as f:
+        json.dump({"env": info, "checks": checks, "rows": rows}, f, indent=2)
+    with open(md_path, "w") as f:
+        f.write(title + "\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
+        for r in rows:
+            f.write("| " + " | ".join(str(c(r)) for c in cols.values()) + " |\n")
+    print(f"[done] {json_path}, {md_path}; exactness {'PASSED' if not failed else 'FAILED'}", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.bench gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu_check", help="output folder (build log, JSON, Markdown)")
+    parser.add_argument("--no-build", action="store_true", help="use the extension as it is")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--m", type=int, nargs="+", default=list(MS))
+    parser.add_argument("--iters", type=int, default=50)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if not args.no_build:
+        build(args.out)
+        # a fresh interpreter, so the freshly built extension is the one imported
+        cmd = [sys.executable, "-m", "fair_calib_hf.bench", "gpu", "--no-build", *(argv if argv is not None else sys.argv[2:])]
+        raise SystemExit(subprocess.call(cmd, cwd=os.getcwd(), env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [_source_root(), os.environ.get("PYTHONPATH", "")]))))
+    raise SystemExit(run_checks(args))
