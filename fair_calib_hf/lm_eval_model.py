@@ -1,0 +1,194 @@
+"""lm-evaluation-harness model for diffusion LMs, float or fair_calib-quantized: ``fair_calib_dllm``.
+
+Importing this module registers the model name with ``lm_eval`` (it also imports ``fair_calib_hf``, so
+quantized checkpoints load)::
+
+    import fair_calib_hf.lm_eval_model  # registers "fair_calib_dllm"
+    import lm_eval
+    lm_eval.simple_evaluate(model="fair_calib_dllm",
+                            model_args="pretrained=llada-w4a4,gen_length=256,steps=256,block_length=32",
+                            tasks=["gsm8k"])
+
+or from the shell, the way the dLLM papers run the harness::
+
+    python -m fair_calib_hf.lm_eval_model --model fair_calib_dllm \\
+        --model_args pretrained=llada-w4a4,mc_num=128 --tasks gsm8k,arc_challenge
+
+* ``generate_until``: :func:`fair_calib_hf.decoding.diffusion_generate` with the given policy
+  (``low_confidence`` semi-autoregressive blocks by default for LLaDA-style models, ``maskgit_plus`` for
+  Dream-style), ``gen_length`` tokens (``max_gen_toks`` of the request when it is smaller), the text cut at the
+  first stop token and at the first ``until`` string.
+* ``loglikelihood``: LLaDA's Monte-Carlo masked estimator (:func:`fair_calib_hf.decoding.mc_log_likelihood`,
+  ``mc_num`` draws, seeded per request); ``is_greedy`` is whether the answer is the argmax at every answer
+  position when all of them are masked (one forward).
+* ``loglikelihood_rolling``: the same estimator for the whole text given the BOS token.
+
+Model arguments: ``pretrained`` (folder, hub id or ``zoo:NAME``), ``dtype`` (auto), ``device`` (cpu / cuda),
+``trust_remote_code`` (true), ``gen_length`` (64), ``steps`` (= gen_length), ``block_length`` (8 for
+LLaDA-style when it divides gen_length, else gen_length), ``policy``, ``temperature`` (0), ``mc_num`` (32),
+``mc_batch_size`` (mc_num), ``seed`` (0), ``add_bos`` (true), ``batch_size``.
+"""
+from __future__ import annotations
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+import fair_calib_hf  # noqa: F401  (registers the quantizer: quantized checkpoints must load)
+
+from .architectures import get_adapter
+from .decoding import DecodeConfig, diffusion_generate, mc_log_likelihood
+
+MODEL_NAME = "fair_calib_dllm"
+
+
+def _bool(v) -> bool:
+    return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
+
+
+@register_model(MODEL_NAME)
+class FairCalibDLLM(LM):
+    """A diffusion LM (LLaDA- or Dream-style, float or W4A4) behind the harness's ``LM`` interface."""
+
+    def __init__(self, pretrained=None, model=None, tokenizer=None, dtype="auto", device=None,
+                 trust_remote_code=True, gen_length=64, steps=None, block_length=None, policy=None,
+                 temperature=0.0, mc_num=32, mc_batch_size=None, seed=0, add_bos=True, batch_size=1,
+                 max_batch_size=None, **kwargs):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        if model is None:
+            if pretrained is None:
+                raise ValueError(f"{MODEL_NAME}: pass model_args pretrained=PATH (a folder, hub id or zoo:NAME)")
+            from .zoo import resolve
+
+            path = resolve(str(pretrained))
+            kw = {"trust_remote_code": _bool(trust_remote_code)}
+            if dtype not in (None, "auto"):
+                kw["dtype"] = getattr(torch, str(dtype))
+            model = AutoModel.from_pretrained(path, **kw)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=_bool(trust_remote_code))
+        if tokenizer is None:
+            raise ValueError(f"{MODEL_NAME}: a model object needs its tokenizer too")
+        if device:
+            model.to(device)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.adapter = get_adapter(model)
+        self.gen_length = int(gen_length)
+        self.steps = int(steps) if steps is not None else None
+        self.block_length = int(block_length) if block_length not in (None, "None") else None
+        self.policy = policy or ("low_confidence" if self.adapter.family == "llada" else "maskgit_plus")
+        self.temperature = float(temperature)
+        self.mc_num = int(mc_num)
+        self.mc_batch_size = int(mc_batch_size) if mc_batch_size else self.mc_num
+        self.seed = int(seed)
+        self.add_bos = _bool(add_bos)
+        self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
+        self.stop_ids = self.adapter.stop_token_ids(model.config, tokenizer)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", "tokenizer").replace("/", "__")
+
+    def _encode(self, text: str, bos: bool) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id] + ids
+        return ids
+
+    def _decode_config(self, gen_length: int) -> DecodeConfig:
+        steps = min(self.steps or gen_length, gen_length)
+        block = self.block_length
+        if self.policy in ("low_confidence", "random", "threshold"):
+            if block is None or gen_length % block:
+                block = 8 if gen_length % 8 == 0 and self.adapter.family == "llada" else gen_length
+            blocks = gen_length // block
+            if steps % blocks:
+                steps = max(blocks, steps - steps % blocks)
+        else:
+            block = None
+        return DecodeConfig(gen_length=gen_length, steps=steps, block_length=block, policy=self.policy,
+                            temperature=self.temperature, seed=self.seed, record=False,
+                            confidence_eos_eot_inf=True)
+
+    # -- harness API -----------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm import tqdm
+
+        out = []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        for start in tqdm(range(0, len(requests), self.batch_size), disable=disable_tqdm, desc=f"{MODEL_NAME} generate"):
+            chunk = requests[start:start + self.batch_size]
+            contexts = [r.args[0] for r in chunk]
+            kwargs = [dict(r.args[1]) if len(r.args) > 1 and r.args[1] else {} for r in chunk]
+            gen_length = min([self.gen_length] + [int(k["max_gen_toks"]) for k in kwargs if "max_gen_toks" in k])
+            rows = [self._encode(c, self.add_bos) for c in contexts]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r):] = 1
+            result = diffusion_generate(self.model, ids, mask, self._decode_config(gen_length), adapter=self.adapter)
+            for row, kw in zip(result.sequences[:, width:].tolist(), kwargs):
+                cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
+                text = self.tokenizer.decode(row[:cut], skip_special_tokens=True)
+                until = kw.get("until") or []
+                for stop in [until] if isinstance(until, str) else until:
+                    if stop and stop in text:
+                        text = text.split(stop, 1)[0]
+                out.append(text)
+        return out
+
+    @torch.no_grad()
+    def _is_greedy(self, prompt: torch.Tensor, answer: torch.Tensor) -> bool:
+        mask_id = self.adapter.mask_token_id(self.model.config)
+        device = self.model.get_input_embeddings().weight.device
+        x = torch.cat([prompt, torch.full_like(answer, mask_id)])[None].to(device)
+        lo = prompt.numel() - self.adapter.logits_shift
+        logits = self.model(input_ids=x).logits[0, lo:lo + answer.numel()]
+        return bool((logits.argmax(-1).cpu() == answer).all())
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        from tqdm import tqdm
+
+        out = []
+        for index, req in enumerate(tqdm(requests, disable=disable_tqdm, desc=f"{MODEL_NAME} loglikelihood")):
+            context, continuation = req.args[0], req.args[1]
+            # keep a leading space with the continuation, as the harness's own models do
+            stripped = len(context) - len(context.rstrip())
+            if stripped:
+                context, continuation = context[:-stripped], context[-stripped:] + continuation
+            prompt = torch.tensor(self._encode(context, self.add_bos), dtype=torch.long)
+            answer = torch.tensor(self._encode(continuation, False), dtype=torch.long)
+            if prompt.numel() == 0:
+                prompt = torch.tensor([self.tokenizer.bos_token_id or self.tokenizer.eos_token_id])
+            if answer.numel() == 0:
+                out.append((0.0, True))
+                continue
+            ll = mc_log_likelihood(self.model, prompt, answer, mc_num=self.mc_num, batch_size=self.mc_batch_size,
+                                   seed=self.seed + index, adapter=self.adapter)
+            out.append((ll, self._is_greedy(prompt, answer)))
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for index, req in enumerate(requests):
+            bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+            answer = torch.tensor(self._encode(req.args[0], False), dtype=torch.long)
+            out.append(mc_log_likelihood(self.model, torch.tensor([bos]), answer, mc_num=self.mc_num,
+                                         batch_size=self.mc_batch_size, seed=self.seed + index,
+                                         adapter=self.adapter) if answer.numel() else 0.0)
+        return out
+
+
+def main() -> None:
+    """``python -m fair_calib_hf.lm_eval_model ...``: the harness CLI with ``fair_calib_dllm`` registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
