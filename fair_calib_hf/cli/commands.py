@@ -320,11 +320,17 @@ def run_quantize(args) -> None:
 
 def push_folder(folder: str, repo_id: str, private: bool = False) -> str:
     """Create (if needed) the hub model repo and upload the checkpoint folder in one commit."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+    operations = []
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            operations.append(CommitOperationAdd(path_in_repo=os.path.relpath(full, folder).replace(os.sep, "/"),
+                                                 path_or_fileobj=full))
+    api.create_commit(repo_id=repo_id, operations=operations, repo_type="model",
                       commit_message="Upload FAIR-Calib W4A4 checkpoint")
     return f"https://huggingface.co/{repo_id}"
 

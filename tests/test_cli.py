@@ -1,0 +1,237 @@
+"""The fair-calib CLI end to end on tiny checkpoints: quantize (with report), probe + --prior, eval, inspect,
+determinism through the CLI, push to the hub (upload intercepted), the zoo default dataset, optimum-cli and
+FairCalibQuantizer."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig, W4A4Linear
+from fair_calib_hf.calibration.stage1_prior import PositionPrior
+from fair_calib_hf.cli import main
+
+from conftest import CALIB_TEXTS
+
+FAST = ["--no-progress", "--n-probe", "4", "--probe-steps", "8", "--set", "epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def calib_txt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    path.write_text("\n".join(t.replace("\n", " ") for t in CALIB_TEXTS * 3))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory, tiny_dirs):
+    """A fake zoo: a tiny LLaDA checkpoint registered as zoo:llada-arith (task arith)."""
+    root = tmp_path_factory.mktemp("zoo")
+    shutil.copytree(tiny_dirs["llada"], root / "llada-arith")
+    (root / "llada-arith" / "training.json").write_text(json.dumps({"recipe": {"task": "arith"}}))
+    return str(root)
+
+
+@pytest.fixture
+def fake_zoo(monkeypatch, zoo_dir):
+    import fair_calib_hf.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", zoo_dir)
+    return zoo
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _parts(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+@pytest.mark.parametrize("sub", [[], ["quantize"], ["probe"], ["eval"], ["inspect"]])
+def test_help_on_every_subcommand(sub, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(sub + ["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: fair-calib" in out
+    if sub == ["quantize"]:
+        assert "--push-to-hub" in out and "--dataset" in out and "--prior" in out and "--overwrite" in out
+
+
+def test_console_script_is_installed_and_fails_in_one_line(tmp_path):
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts.get("fair-calib") == "fair_calib_hf.cli:entry_point"
+    proc = subprocess.run([sys.executable, "-m", "fair_calib_hf.cli", "inspect", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("fair-calib inspect: error: ") and "does not exist" in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_quantize_writes_checkpoint_report_and_inspects(tiny_dirs, calib_txt, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("12+35=\nhello there\n")
+    out = str(tmp_path / "q")
+    code, stdout, err = _run(capsys, "quantize", tiny_dirs["dream"], "--out", out, "--method", "fair_calib",
+                             "--dataset", calib_txt, "--seq-len", "48", "--num-samples", "4", "--prior-window", "16",
+                             "--eval-prompts", str(prompts), "--gen-length", "8", *FAST)
+    assert code == 0, err
+    assert f"wrote {out}" in stdout
+    files = set(os.listdir(out))
+    assert {"config.json", "model.safetensors", "fair_calib_report.md", "fair_calib_report.json",
+            "fair_calib_prior.safetensors", "tokenizer.json"} <= files
+    plots = set(os.listdir(os.path.join(out, "report")))
+    assert {"block_error.png", "layer_error.png", "prior.png", "flip_rate.png", "prob_mse.png", "lag_ccdf.png"} <= plots
+    report = json.load(open(os.path.join(out, "fair_calib_report.json")))
+    blocks = report["calibration"]["blocks"]
+    assert len(blocks) == 2 and all(len(b["layers"]) == 7 for b in blocks)
+    assert all(0 < v < 1 for b in blocks for v in b["layers"].values())
+    assert report["calibration"]["prior"]["positions"] == 48 and report["calibration"]["prior"]["window"] == 16
+    assert report["calibration"]["peak_memory"]["cpu_rss_bytes"] > 0 and report["calibration"]["seconds"] > 0
+    assert 0 <= report["frontier"]["flip_rate"] <= 1 and len(report["frontier"]["prob_mse_curve"]) > 0
+    md = open(os.path.join(out, "fair_calib_report.md")).read()
+    for section in ("## Settings", "## Calibration cost", "## Reconstruction error", "## Stage I position prior",
+                    "## Frontier diagnostics vs full precision", "report/prior.png"):
+        assert section in md
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert sum(isinstance(m, W4A4Linear) for m in model.modules()) == 14
+    assert torch.equal(PositionPrior.load(os.path.join(out, "fair_calib_prior.safetensors")).weights,
+                       PositionPrior.from_checkpoint(out).weights)
+
+    code, stdout, err = _run(capsys, "inspect", out)
+    assert code == 0, err
+    assert "fair_calib  W4A4" in stdout and "packed         14 linears" in stdout
+    assert "prior          present: 48 positions, window 16" in stdout
+    assert "layout         matches the quantization_config" in stdout and "lm_head" in stdout
+    code, stdout, _ = _run(capsys, "inspect", out, "--json")
+    info = json.loads(stdout)
+    assert info["method"] == "fair_calib" and len(info["packed"]) == 14 and info["kept_float"] == [
+        "lm_head", "model.embed_tokens"]
+    assert info["disk_bytes"] < info["float_bytes"] and info["layout"]["ok"]
+    assert sum(info["transforms"].values()) == 14
+
+
+def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tmp_path, capsys):
+    prior_file = str(tmp_path / "prior.safetensors")
+    code, stdout, err = _run(capsys, "probe", "zoo:llada-arith", "--out", prior_file, "--num-samples", "4",
+                             "--plot", str(tmp_path / "prior.png"), *FAST[:5])
+    assert code == 0, err
+    prior = PositionPrior.load(prior_file)
+    assert prior.weights.numel() == 14 + 40 and prior.frontier.numel() == 40  # prompt_width + gen_length; window
+    assert os.path.isfile(tmp_path / "prior.png")
+    out = str(tmp_path / "q")
+    code, stdout, err = _run(capsys, "quantize", "zoo:llada-arith", "--out", out, "--num-samples", "4",
+                             "--prior", prior_file, "--eval-count", "4", *FAST)
+    assert code == 0, err
+    assert "zoo task 'arith'" in err
+    report = json.load(open(os.path.join(out, "fair_calib_report.json")))
+    assert report["config"]["seq_len"] == 54 and report["config"]["prior_window"] == 40
+    assert report["config"]["prior_path"] == prior_file
+    assert torch.equal(PositionPrior.from_checkpoint(out).weights, prior.weights)
+    assert report["accuracy"]["student"]["task"] == "arith" and report["accuracy"]["student"]["n"] == 4
+    assert "test-split examples of zoo task 'arith'" in report["eval_source"]
+
+    code, stdout, err = _run(capsys, "eval", out, "--teacher", "zoo:llada-arith", "--count", "4",
+                             "--frontier-count", "4", "--out", str(tmp_path / "ev"), "--no-progress")
+    assert code == 0, err
+    results = json.load(open(tmp_path / "ev" / "results.json"))
+    assert results["task"] == "arith" and 0 <= results["student"]["accuracy"] <= 1
+    assert 0 <= results["frontier"]["flip_rate"] <= 1 and "accuracy" in results["teacher"]
+    assert {"flip_rate.png", "prob_mse.png", "lag_ccdf.png"} <= set(os.listdir(tmp_path / "ev"))
+
+
+def test_quantize_is_bit_identical_across_runs(tiny_dirs, calib_txt, tmp_path, capsys):
+    """Same model, data, config and seed through the CLI: identical tensors, parsed headers and config.json
+    (safetensors writes the header's metadata map in arbitrary key order, so headers are compared parsed)."""
+    outs = []
+    for run in range(2):
+        out = str(tmp_path / f"run{run}")
+        code, _, err = _run(capsys, "quantize", tiny_dirs["llada"], "--out", out, "--method", "fair_calib",
+                            "--dataset", calib_txt, "--seq-len", "48", "--num-samples", "4", "--prior-window", "16",
+                            "--seed", "3", "--no-report", *FAST)
+        assert code == 0, err
+        outs.append(out)
+    (head_a, data_a), (head_b, data_b) = (_parts(os.path.join(o, "model.safetensors")) for o in outs)
+    assert head_a == head_b and data_a == data_b
+    a, b = (load_file(os.path.join(o, "model.safetensors")) for o in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.load(open(os.path.join(outs[0], "config.json"))) == json.load(open(os.path.join(outs[1], "config.json")))
+    other = str(tmp_path / "seed4")
+    assert main(["quantize", tiny_dirs["llada"], "--out", other, "--method", "fair_calib", "--dataset", calib_txt,
+                 "--seq-len", "48", "--num-samples", "4", "--prior-window", "16", "--seed", "4", "--no-report",
+                 *FAST]) == 0
+    c = load_file(os.path.join(other, "model.safetensors"))
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed matters: the comparison can fail
+
+
+def test_push_to_hub_uploads_the_folder(tiny_dirs, tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    uploaded = {}
+
+    def create_commit(self, repo_id, operations=(), **kwargs):
+        uploaded["repo"] = repo_id
+        uploaded["files"] = {op.path_in_repo for op in operations}
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(huggingface_hub.HfApi, "preupload_lfs_files", lambda self, *a, **k: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, repo_id, **k: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    out = str(tmp_path / "q")
+    code, stdout, err = _run(capsys, "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn",
+                             "--push-to-hub", "someone/tiny-w4a4", "--no-progress")
+    assert code == 0, err
+    assert uploaded["repo"] == "someone/tiny-w4a4" and "uploaded to https://huggingface.co/someone/tiny-w4a4" in stdout
+    assert {"config.json", "model.safetensors", "modeling_llada.py", "fair_calib_report.md"} <= uploaded["files"]
+
+
+def test_fair_calib_quantizer_follows_optimum_interface(tiny_dirs, tmp_path):
+    from optimum.quantization_base import OptimumQuantizer
+
+    from fair_calib_hf.optimum_quantizer import FairCalibQuantizer
+
+    quantizer = FairCalibQuantizer.from_pretrained(tiny_dirs["llada"])
+    assert isinstance(quantizer, OptimumQuantizer)
+    out = quantizer.quantize(tmp_path / "q", quantization_config=FairCalibConfig(
+        method="rtn", calibration_dataset=CALIB_TEXTS, seq_len=64))
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert sum(isinstance(m, W4A4Linear) for m in model.modules()) == 14
+    assert os.path.isfile(os.path.join(out, "fair_calib_report.md"))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        quantizer.quantize(tmp_path / "q", quantization_config=FairCalibConfig(method="rtn"))
+    # an in-memory float model goes through a temporary folder (remote code kept)
+    fp = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True)
+    out2 = FairCalibQuantizer.from_pretrained(fp).quantize(tmp_path / "q2", report=False)
+    assert AutoModel.from_pretrained(out2, trust_remote_code=True).config.quantization_config.method == "rtn"
+
+
+def test_optimum_cli_registers_fair_calib(tiny_dirs, tmp_path):
+    cli = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
+    assert os.path.isfile(cli), "optimum is part of the test extra"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    proc = subprocess.run([cli, "fair-calib", "--help"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "quantize" in proc.stdout and "inspect" in proc.stdout, proc.stderr
+    out = str(tmp_path / "q")
+    proc = subprocess.run([cli, "fair-calib", "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn",
+                           "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([cli, "fair-calib", "inspect", out], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and "packed         14 linears" in proc.stdout
+    proc = subprocess.run([cli, "fair-calib", "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("fair-calib quantize: error:")
