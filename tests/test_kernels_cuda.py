@@ -11,6 +11,7 @@
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -72,6 +73,7 @@ def test_gemm_uses_int4_mma_before_hopper_and_int8_mma_on_hopper(arch, present, 
     assert not re.search(r"mma\.sync\S*" + re.escape(absent), text)
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
 def test_c_abi_header_is_plain_c(tmp_path):
     src = tmp_path / "abi.c"
     src.write_text('#include "cuda/w4a4_cuda.h"\nint main(void) { return FC_OUT_I32 + FC_IN_F16; }\n')
