@@ -1,0 +1,178 @@
+"""Bad input gets a clear one-line error and leaves nothing half-written. (Missing / mis-shaped / wrong-dtype
+packed tensors and a config that keeps a packed module in float are covered through the Python API in
+test_end_to_end.py; here: the CLI and the cases not covered there.)"""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig
+from fair_calib_hf.checkpoint import CorruptCheckpointError, atomic_directory
+from fair_calib_hf.cli import main
+
+
+def _fail(capsys, *argv, command="quantize"):
+    code = main(list(argv) + ["--no-progress"])
+    err = capsys.readouterr().err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert code == 1
+    assert last.startswith(f"fair-calib {command}: error: ") and "Traceback" not in err
+    return last
+
+
+@pytest.fixture(scope="module")
+def rtn_dir(tiny_dirs, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("rtn") / "q")
+    assert main(["quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn", "--no-progress", "--no-report"]) == 0
+    return out
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_unknown_architecture_lists_supported(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    line = _fail(capsys, "quantize", str(tmp_path / "llama"), "--out", str(tmp_path / "o"), "--method", "rtn")
+    assert "model_type 'llama'" in line and "llada" in line and "dream" in line
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_model_quantized_by_another_method(tiny_dirs, tmp_path, capsys):
+    src = _copy(tiny_dirs["llada"], tmp_path / "m")
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["quantization_config"] = {"quant_method": "foo_quant", "bits": 4}
+    json.dump(cfg, open(os.path.join(src, "config.json"), "w"))
+    line = _fail(capsys, "quantize", src, "--out", str(tmp_path / "o"), "--method", "rtn")
+    assert "already quantized with quant_method='foo_quant'" in line
+    # the Python API refuses too (transformers itself only logs "unknown quantization type" and would
+    # calibrate randomly initialised weights)
+    with pytest.raises(ValueError, match="already quantized with quant_method='foo_quant'"):
+        AutoModel.from_pretrained(src, trust_remote_code=True, quantization_config=FairCalibConfig(method="rtn"))
+
+
+def test_already_fair_calib_checkpoint_is_not_requantized(rtn_dir, tmp_path, capsys):
+    line = _fail(capsys, "quantize", rtn_dir, "--out", str(tmp_path / "o"), "--method", "rtn")
+    assert "already a fair_calib checkpoint" in line
+
+
+def test_unsupported_dtype(tiny_dirs, capsys, tmp_path):
+    with pytest.raises(ValueError, match="unsupported dtype torch.float64"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, dtype=torch.float64,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    with pytest.raises(SystemExit) as exc:  # the CLI only offers the supported ones
+        main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--dtype", "float64"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'float64'" in capsys.readouterr().err
+
+
+def test_nonexistent_paths(tmp_path, capsys):
+    line = _fail(capsys, "quantize", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert "does not exist" in line and "missing" in line
+    line = _fail(capsys, "quantize", "zoo:no-such-model", "--out", str(tmp_path / "o"))
+    assert "unknown zoo model 'zoo:no-such-model'" in line
+    line = _fail(capsys, "inspect", str(tmp_path / "missing"), command="inspect")
+    assert "does not exist" in line
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 100])
+
+
+def test_truncated_or_corrupted_safetensors(tiny_dirs, rtn_dir, tmp_path, capsys):
+    fp = _copy(tiny_dirs["dream"], tmp_path / "fp")
+    _truncate(os.path.join(fp, "model.safetensors"))
+    line = _fail(capsys, "quantize", fp, "--out", str(tmp_path / "o"), "--method", "rtn")
+    assert "truncated" in line and "model.safetensors" in line
+    q = _copy(rtn_dir, tmp_path / "q")
+    _truncate(os.path.join(q, "model.safetensors"))
+    line = _fail(capsys, "inspect", q, command="inspect")
+    assert "corrupted or truncated safetensors file" in line
+    with pytest.raises(Exception, match="truncated|incomplete"):
+        AutoModel.from_pretrained(q, trust_remote_code=True)
+    open(os.path.join(q, "model.safetensors"), "wb").write(b"\x07" * 64)
+    line = _fail(capsys, "inspect", q, command="inspect")
+    assert "corrupted or truncated safetensors file" in line
+    with pytest.raises(CorruptCheckpointError):
+        from fair_calib_hf.checkpoint import check_safetensors_files
+
+        check_safetensors_files([os.path.join(q, "model.safetensors")])
+
+
+def test_inspect_detects_config_tensor_mismatch(rtn_dir, tmp_path, capsys):
+    q = _copy(rtn_dir, tmp_path / "q")
+    cfg = json.load(open(os.path.join(q, "config.json")))
+    cfg["quantization_config"]["modules_to_not_convert"] = ["model.transformer.blocks.0.ff_out"]
+    json.dump(cfg, open(os.path.join(q, "config.json"), "w"))
+    line = _fail(capsys, "inspect", q, command="inspect")
+    assert "do not match the quantization_config" in line and "blocks.0.ff_out" in line
+    q2 = _copy(rtn_dir, tmp_path / "q2")
+    cfg = json.load(open(os.path.join(q2, "config.json")))
+    cfg["quantization_config"]["method"] = "quarot"  # says transforms, the tensors have none
+    json.dump(cfg, open(os.path.join(q2, "config.json"), "w"))
+    line = _fail(capsys, "inspect", q2, command="inspect")
+    assert "missing" in line and "input_transform" in line
+
+
+def test_existing_output_is_refused_unless_overwrite(tiny_dirs, rtn_dir, tmp_path, capsys):
+    out = _copy(rtn_dir, tmp_path / "out")
+    (tmp_path / "out" / "marker.txt").write_text("keep me")
+    line = _fail(capsys, "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn")
+    assert "already exists" in line and "--overwrite" in line
+    assert (tmp_path / "out" / "marker.txt").read_text() == "keep me"
+    assert main(["quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn", "--overwrite", "--no-progress"]) == 0
+    assert not (tmp_path / "out" / "marker.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()
+    line = _fail(capsys, "probe", tiny_dirs["llada"], "--out", os.path.join(out, "config.json"), "--dataset",
+                 "x.txt", command="probe")
+    assert "already exists" in line
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_save_leaves_the_destination_untouched(tiny_dirs, rtn_dir, tmp_path, capsys, monkeypatch,
+                                                           existing):
+    from transformers import PreTrainedModel
+
+    out = tmp_path / "out"
+    if existing:
+        _copy(rtn_dir, out)
+        (out / "marker.txt").write_text("old")
+    before = sorted(os.listdir(out)) if existing else None
+    real_save = PreTrainedModel.save_pretrained
+
+    def failing_save(self, save_directory, *args, **kwargs):
+        real_save(self, save_directory, *args, **kwargs)  # files written ...
+        with open(os.path.join(save_directory, "model.safetensors"), "r+b") as f:
+            f.truncate(100)  # ... then the "disk" fails midway
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", failing_save)
+    args = ["quantize", tiny_dirs["llada"], "--out", str(out), "--method", "rtn"] + (["--overwrite"] if existing else [])
+    line = _fail(capsys, *args)
+    assert "No space left on device" in line
+    if existing:
+        assert sorted(os.listdir(out)) == before and (out / "marker.txt").read_text() == "old"
+        assert AutoModel.from_pretrained(str(out), trust_remote_code=True) is not None  # still loadable
+    else:
+        assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == (["out"] if existing else [])  # no temporary folder left behind
+
+
+def test_atomic_directory_on_success_and_error(tmp_path):
+    target = tmp_path / "d"
+    with atomic_directory(str(target)) as tmp:
+        open(os.path.join(tmp, "a"), "w").write("1")
+        assert not target.exists()
+    assert (target / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(str(target), overwrite=True) as tmp:
+            open(os.path.join(tmp, "a"), "w").write("2")
+            raise RuntimeError("boom")
+    assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["d"]
