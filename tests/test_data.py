@@ -89,7 +89,7 @@ def test_errors_empty_short_missing(model_tok, tmp_path):
     with pytest.raises(ValueError, match="at least one sample"):
         FairCalibConfig(calibration_dataset=datasets.Dataset.from_dict({"text": []}))
     (tmp_path / "header_only.csv").write_text("text\n")
-    with pytest.raises(ValueError, match=r"header_only.csv.*is empty \(0 rows\)"):
+    with pytest.raises(ValueError, match=r"header_only.csv.*(is empty|no data)"):
         _samples(model, tok, calibration_dataset=str(tmp_path / "header_only.csv"))
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match="empty.jsonl"):
