@@ -1,0 +1,106 @@
+"""The lm-evaluation-harness model fair_calib_dllm, run through lm_eval's real evaluator with a local task
+definition (YAML) over a local JSON file, on tiny float and quantized models."""
+import json
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval", reason="lm_eval is part of the [test] extra")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from fair_calib_hf.decoding import mc_log_likelihood  # noqa: E402
+from fair_calib_hf.lm_eval_model import MODEL_NAME, FairCalibDLLM  # noqa: E402
+
+DOCS = [{"question": "2+3=", "answer": "5", "choices": ["5", "7"], "label": 0},
+        {"question": "4+4=", "answer": "8", "choices": ["9", "8"], "label": 1},
+        {"question": "1+6=", "answer": "7", "choices": ["7", "2"], "label": 0}]
+
+GEN_YAML = """task: tiny_arith_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+MC_YAML = """task: tiny_arith_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    data = root / "docs.json"
+    data.write_text(json.dumps(DOCS))
+    (root / "gen.yaml").write_text(GEN_YAML.format(data=data))
+    (root / "mc.yaml").write_text(MC_YAML.format(data=data))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(tiny_dirs, tmp_path_factory):
+    from fair_calib_hf.cli import main
+
+    out = str(tmp_path_factory.mktemp("q") / "llada-w4a4")
+    assert main(["quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn", "--no-progress", "--no-report"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("which", ["float", "quantized"])
+def test_simple_evaluate_runs_generation_and_likelihood_tasks(tiny_dirs, quantized_dir, task_dir, which):
+    path = tiny_dirs["llada"] if which == "float" else quantized_dir
+    results = lm_eval.simple_evaluate(
+        model=MODEL_NAME, model_args=f"pretrained={path},gen_length=8,mc_num=4",
+        tasks=["tiny_arith_gen", "tiny_arith_mc"], task_manager=TaskManager(include_path=task_dir),
+        batch_size=2, log_samples=True)
+    r = results["results"]
+    assert 0.0 <= r["tiny_arith_gen"]["exact_match,none"] <= 1.0
+    assert 0.0 <= r["tiny_arith_mc"]["acc,none"] <= 1.0
+    samples = results["samples"]["tiny_arith_mc"]
+    assert len(samples) == 3 and all(len(s["resps"]) == 2 for s in samples)  # one loglikelihood per choice
+    assert len(results["samples"]["tiny_arith_gen"]) == 3
+
+
+def test_loglikelihood_is_the_monte_carlo_estimate_and_generation_respects_until(tiny_dirs):
+    lm = FairCalibDLLM(pretrained=tiny_dirs["dream"], gen_length=8, mc_num=6, seed=5)
+    req = Instance(request_type="loglikelihood", doc={}, arguments=("2+3=", "5"), idx=0)
+    (ll, greedy), = lm.loglikelihood([req])
+    tok = lm.tokenizer
+    prompt = torch.tensor([tok.bos_token_id] + tok("2+3=", add_special_tokens=False)["input_ids"])
+    answer = torch.tensor(tok("5", add_special_tokens=False)["input_ids"])
+    assert ll == mc_log_likelihood(lm.model, prompt, answer, mc_num=6, batch_size=6, seed=5) and ll < 0
+    assert isinstance(greedy, bool)
+    gen = Instance(request_type="generate_until", doc={}, arguments=("12+", {"until": ["+"], "max_gen_toks": 8}), idx=0)
+    text, = lm.generate_until([gen])
+    assert "+" not in text
+    with pytest.raises(ValueError, match="pretrained"):
+        FairCalibDLLM()
