@@ -60,6 +60,9 @@ def _extension():
     if os.environ.get("FAIR_CALIB_NO_EXT") == "1":
         _log("FAIR_CALIB_NO_EXT=1, skipping the native extension")
         return [], {}
+    if not os.path.isfile(os.path.join(ROOT, "kernels", "toolkit.py")):
+        _log("kernels/ sources not found (not a source checkout?); installing without the native extension")
+        return [], {}
     try:
         import torch
     except ImportError:

@@ -119,8 +119,10 @@ HAS_GPU = torch.cuda.is_available()
 if HAS_GPU and not cuda.BUILT and os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
     raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1, a GPU is visible, but fair_calib_hf._C has no CUDA kernels")
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="torch.cuda.is_available() is false (no GPU)")
-needs_kernels = pytest.mark.skipif(not (HAS_GPU and cuda.device_supported()),
-                                   reason="no GPU with compute capability >= 8.0 or no CUDA kernels built")
+_NO_KERNELS_REASON = ("torch.cuda.is_available() is false (no GPU)" if not HAS_GPU else
+                      "fair_calib_hf._C was built without CUDA kernels" if not cuda.BUILT else
+                      "FAIR_CALIB_BACKEND=reference" if not cuda.ENABLED else "GPU below compute capability 8.0")
+needs_kernels = pytest.mark.skipif(not (HAS_GPU and cuda.device_supported()), reason=_NO_KERNELS_REASON)
 
 # (M, N, K): small-M kernel (M <= 16), tiled 64-row and 128-row kernels, with and without split-K, ragged M
 # and N, K with tails (odd, not a multiple of 32 so the binding pads) and the real widths.
