@@ -77,7 +77,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                                    "(exact, slow): no compiled %s kernels in this build", device_type, device_type)
 
     def update_dtype(self, dtype):
-        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+        if isinstance(dtype, torch.dtype) and dtype not in SUPPORTED_DTYPES:  # ("auto" resolves later)
             raise ValueError(f"fair_calib: unsupported dtype {dtype}; load the model in one of "
                              f"{', '.join(str(d).replace('torch.', '') for d in SUPPORTED_DTYPES)}")
         self.dtype = dtype
