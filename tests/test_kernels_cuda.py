@@ -73,6 +73,26 @@ def test_gemm_uses_int4_mma_before_hopper_and_int8_mma_on_hopper(arch, present, 
     assert not re.search(r"mma\.sync\S*" + re.escape(absent), text)
 
 
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("cuobjdump") is None or shutil.which("nvdisasm") is None,
+                    reason="cuobjdump/nvdisasm not on PATH (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+@pytest.mark.parametrize("arch", toolkit.ARCHS)
+def test_gemm_sass(arch, tmp_path):
+    """Native IMMA.16864.S4 on sm_80/86/89; on sm_90 only IMMA.16832.S8 and no call into an s4 emulation
+    routine (what `mma ... s4` compiles to on Hopper) inside the GEMM kernels."""
+    obj = tmp_path / f"gemm{arch}.o"
+    _nvcc([f"-gencode=arch=compute_{arch},code=sm_{arch}", "-c", os.path.join(CUDA_DIR, "w4a4_gemm.cu"), "-o", str(obj)])
+    sass = subprocess.run(["cuobjdump", "-sass", str(obj)], capture_output=True, text=True, check=True).stdout
+    functions = re.split(r"\n\s*Function : ", sass)[1:]
+    gemm = [f for f in functions if "gemm_tiled" in f.split("\n", 1)[0] or "gemm_small_m" in f.split("\n", 1)[0]]
+    assert len(gemm) == 3 * 4  # (tiled 2x2, tiled 4x2, small-M) x 4 output types
+    for body in gemm:
+        if arch == "90":
+            assert "IMMA.16832.S8.S8" in body and "IMMA.16864" not in body and "CALL.REL" not in body
+        else:
+            assert "IMMA.16864.S4.S4" in body
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
 def test_c_abi_header_is_plain_c(tmp_path):
     src = tmp_path / "abi.c"
