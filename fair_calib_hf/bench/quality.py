@@ -46,8 +46,9 @@ CONFIGS = {
 }
 MAIN_CONFIGS = ("rtn", "quarot", "flatquant", "fair_calib")
 CALIBRATION = dict(num_samples=64, epochs=10, n_probe=64, probe_batch_size=16, batch_size=4)
-FULL = dict(seeds=(0, 1, 2), n_eval=256, n_diag=64)
-QUICK = dict(seeds=(0,), n_eval=32, n_diag=16)
+FULL = dict(seeds=(0, 1, 2), n_eval=256, n_diag=64, calibration=CALIBRATION)
+QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
+             calibration=dict(num_samples=16, epochs=2, n_probe=16, probe_batch_size=16, batch_size=4))
 
 
 def _rss_mb() -> float:
@@ -89,7 +90,7 @@ def _task_inputs(task, tokenizer, n_eval):
     return examples, prompts
 
 
-def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int) -> list[dict]:
+def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, calibration: dict) -> list[dict]:
     """Calibrate ``name`` for each seed and score it (FP when ``name == "fp"``); rows as in the module doc."""
     import resource
 
@@ -112,7 +113,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int) -> l
     seq_len = task.prompt_width + task.gen_length
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
-        calib = torch.tensor(task.calibration_sequences(tokenizer, CALIBRATION["num_samples"], seed=0))
+        calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
         return [{"config": "fp", "seed": None, "accuracy": sum(map(task.score, texts, examples)) / len(examples),
                  "outlier_ratio": outlier_ratio(teacher, calib), "decoding": decode_settings(plain),
                  "parameters": sum(p.numel() for p in teacher.parameters())}]
@@ -120,9 +121,9 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int) -> l
     teacher_result = None
     rows = []
     for seed in seeds:
-        data = task.calibration_sequences(tokenizer, CALIBRATION["num_samples"], seed=seed)
+        data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
         cfg = FairCalibConfig(method=method, calibration_dataset=data, seq_len=seq_len, prior_window=task.gen_length,
-                              probe_steps=task.gen_length, seed=seed, **CALIBRATION, **overrides)
+                              probe_steps=task.gen_length, seed=seed, **calibration, **overrides)
         before = _rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
@@ -231,12 +232,15 @@ def main(argv=None) -> None:
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="subset of configurations")
     parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 3; 1 with --quick)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds:
         settings["seeds"] = tuple(range(args.seeds))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         if args.settings:
             settings = json.loads(args.settings)
@@ -257,8 +261,9 @@ def main(argv=None) -> None:
         model_rows = []
         for name in configs:
             started = time.time()
-            proc = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
-                                   "--settings", json.dumps(settings)], capture_output=True, text=True)
+            command = [sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
+                       "--settings", json.dumps(settings)] + (["--threads", str(args.threads)] if args.threads else [])
+            proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{label} / {name} failed:\n{proc.stderr[-3000:]}")
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
@@ -278,7 +283,7 @@ def main(argv=None) -> None:
         closed = gap_closed(summary, model)
         if closed is not None:
             meta[model] += f"; fair_calib closes {100 * closed:.0f} % of flatquant's accuracy gap to FP"
-    meta["settings"] = (f"calibration {CALIBRATION} on the calibration split; seeds {list(settings['seeds'])}; "
+    meta["settings"] = (f"calibration {settings['calibration']} on the calibration split; seeds {list(settings['seeds'])}; "
                         f"accuracy on {settings['n_eval']} test problems, diagnostics on {settings['n_diag']}; "
                         f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     table = markdown(summary, meta)
@@ -286,7 +291,7 @@ def main(argv=None) -> None:
     with open(os.path.join(args.out, "quality.md"), "w") as f:
         f.write(table)
     record = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-              "calibration": CALIBRATION, "summary": summary, "rows": rows, "meta": meta}
+              "summary": summary, "rows": rows, "meta": meta}
     for path in [os.path.join(args.out, "quality.json")] + ([args.json] if args.json else []):
         with open(path, "w") as f:
             json.dump(record, f, indent=1)

@@ -1,0 +1,54 @@
+"""The quality benchmark: aggregation and table on hand-built rows, and one end-to-end run on a tiny model
+saved the way zoo models are (random weights: only the pipeline is checked, not the scores)."""
+import json
+import math
+import os
+
+import pytest
+
+from fair_calib_hf.bench import quality
+from fair_calib_hf.reference_models import build_tiny
+from fair_calib_hf.zoo import save_reference_model
+from fair_calib_hf.zoo.train import TrainConfig
+
+
+def _row(config, seed, acc, flip=0.1):
+    return {"config": config, "seed": seed, "accuracy": acc, "flip_rate": flip, "mean_disagree": 0.2,
+            "never_agree": 0.1, "lag_p90": 3.0, "prob_mse": 0.001, "calib_seconds": 5.0, "peak_mb": 10.0}
+
+
+def test_summary_table_and_gap():
+    rows = [{"config": "fp", "seed": None, "accuracy": 0.9}, _row("rtn", 0, 0.2),
+            _row("flatquant", 0, 0.6), _row("flatquant", 1, 0.7),
+            _row("fair_calib", 0, 0.75), _row("fair_calib", 1, 0.85)]
+    summary = quality.summarize("m", rows)
+    by = {s["config"]: s for s in summary}
+    assert by["flatquant"]["accuracy"][0] == pytest.approx(0.65)
+    assert by["flatquant"]["accuracy"][1] == pytest.approx(math.sqrt(0.005))  # sample std over seeds
+    assert by["rtn"]["seeds"] == 1 and by["rtn"]["accuracy"][1] == 0.0
+    assert quality.gap_closed(summary, "m") == pytest.approx((0.8 - 0.65) / (0.9 - 0.65))
+    table = quality.markdown(summary, {"m": "note"})
+    assert "| m | fair_calib | 2 | 80.0 ± 7.1 |" in table and "| m | FP | – | 90.0 ± 0.0 |" in table
+    assert table.splitlines()[1].count("---") == table.splitlines()[0].count("|") - 1
+
+
+def test_quality_benchmark_end_to_end(tmp_path):
+    cfg = TrainConfig(kind="llada", task="arith", steps=1,
+                      model=dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=192))
+    model = build_tiny("llada", seed=0)
+    path = save_reference_model("tiny-arith", model, cfg, [{"step": 1, "loss": 1.0, "seconds": 0.1}],
+                                str(tmp_path / "tiny-arith"))
+    out = tmp_path / "results"
+    quality.main(["--quick", "--threads", "1", "--models", path, "--configs", "rtn", "fair_calib", "--out", str(out),
+                  "--json", str(tmp_path / "q.json")])
+    record = json.load(open(tmp_path / "q.json"))
+    configs = [r["config"] for r in record["rows"]]
+    assert configs == ["fp", "rtn", "fair_calib"]
+    fc = record["rows"][2]
+    assert 0.0 <= fc["accuracy"] <= 1.0 and 0.0 <= fc["flip_rate"] <= 1.0 and fc["calib_seconds"] > 0
+    assert len(fc["flip_rate_per_step"]) > 0 and fc["stage1_seconds"] > 0
+    assert record["rows"][0]["outlier_ratio"] >= 1.0
+    for name in ("quality.md", "quality.json", "tiny-arith-flip_rate.png", "tiny-arith-amplification.png",
+                 "tiny-arith-lag_ccdf.png"):
+        assert os.path.getsize(out / name) > 0
+    assert "| tiny-arith | fair_calib | 1 |" in (out / "quality.md").read_text()
