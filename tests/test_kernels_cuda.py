@@ -79,7 +79,7 @@ def test_gemm_uses_int4_mma_before_hopper_and_int8_mma_on_hopper(arch, present, 
 @pytest.mark.parametrize("arch", toolkit.ARCHS)
 def test_gemm_sass(arch, tmp_path):
     """Native IMMA.16864.S4 on sm_80/86/89; on sm_90 only IMMA.16832.S8 and no call into an s4 emulation
-    routine (what `mma ... s4` compiles to on Hopper) inside the GEMM kernels."""
+    routine (what `mma ... s4` compiles to on Hopper) inside the GEMM kernels; no spills anywhere."""
     obj = tmp_path / f"gemm{arch}.o"
     _nvcc([f"-gencode=arch=compute_{arch},code=sm_{arch}", "-c", os.path.join(CUDA_DIR, "w4a4_gemm.cu"), "-o", str(obj)])
     sass = subprocess.run(["cuobjdump", "-sass", str(obj)], capture_output=True, text=True, check=True).stdout
@@ -87,6 +87,7 @@ def test_gemm_sass(arch, tmp_path):
     gemm = [f for f in functions if "gemm_tiled" in f.split("\n", 1)[0] or "gemm_small_m" in f.split("\n", 1)[0]]
     assert len(gemm) == 3 * 4  # (tiled 2x2, tiled 4x2, small-M) x 4 output types
     for body in gemm:
+        assert not re.search(r"\b(STL|LDL)\b", body)  # no register spills to local memory
         if arch == "90":
             assert "IMMA.16832.S8.S8" in body and "IMMA.16864" not in body and "CALL.REL" not in body
         else:
