@@ -18,11 +18,10 @@ from .evaluate import evaluate
 from .tasks import get_task
 
 _DATA = {
-    "arith": ("Multi-step addition/subtraction (a GSM8K analogue): a two-digit number then 1–3 single-digit "
+    "arith": ("Multi-step addition/subtraction (a GSM8K analogue): a two-digit number then three single-digit "
               "additions or subtractions (every intermediate result in [10, 99]), answered by a worked solution "
-              "ending in `#<answer>`, e.g. `47+8-6=` → `47+8=55;55-6=49;#49`. Generated on the fly; scored by "
-              "exact match of the final answer. Curriculum: the operand count rises from 2 to 4 over the first "
-              "30 % of the steps."),
+              "ending in `#<answer>`, e.g. `47+8-6+3=` → `47+8=55;55-6=49;49+3=52;#52`. Generated on the fly; "
+              "scored by exact match of the final answer."),
     "code": ("Completion of the last 10 characters of Python source lines (16–72 ASCII characters, comment lines "
              "excluded) of the interpreter's own standard library (top-level `*.py` modules), with up to 47 "
              "preceding characters as the prompt. Scored by exact match of the completed span and by Monte-Carlo "

@@ -14,8 +14,8 @@ splits can never overlap.
 
 Families:
 
-* ``arith`` — a GSM8K analogue: ``"47+8-6="``, a two-digit number then 1–3 single-digit additions or
-  subtractions, answered by a worked solution and a final answer, ``"47+8=55;55-6=49;#49"``. Scored by exact
+* ``arith`` — a GSM8K analogue: ``"47+8-6+3="``, a two-digit number then three single-digit additions or
+  subtractions, answered by a worked solution and a final answer, ``"47+8=55;55-6=49;49+3=52;#52"``. Scored by exact
   match of the final answer (the text after ``#``). A flipped digit anywhere in the chain changes it.
 * ``code`` — completion of Python source lines taken from the running interpreter's standard library (present
   offline on every machine): the prompt is up to ``prompt_width − 1`` characters before the cut, the answer the
@@ -129,23 +129,21 @@ def end_of_turn_id(tokenizer) -> int:
 class ArithmeticTask(Task):
     """Multi-step addition/subtraction with a worked solution (see the module docstring).
 
-    A problem starts from a two-digit number and applies 1–3 single-digit additions or subtractions; the
-    operation is chosen so that every intermediate result stays in [10, 99] (so each step of the worked solution
-    has the fixed shape ``dd±d=dd;``). ``level`` ∈ [0, 1] is the curriculum knob used in training: the number of
-    operands is drawn from 2 up to ``2 + round(2·level)``; evaluation uses ``level = 1`` (2–4 operands,
-    uniformly)."""
+    A problem starts from a two-digit number and applies ``operands − 1`` single-digit additions or
+    subtractions; the operation is chosen so that every intermediate result stays in [10, 99]. Every problem
+    therefore has the same shape (prompt ``dd±d±d±d=``, answer ``dd±d=dd;dd±d=dd;dd±d=dd;#dd``): each answer
+    position has a fixed role, which a small masked-diffusion model learns within the CPU budget (with a
+    variable number of operands it did not: 3 % exact match after 1,000 steps). ``level`` is not used."""
 
     name = "arith"
     prompt_width = 12
     gen_length = 32
-    max_operands = 4
+    operands = 4
 
     def sample(self, rng: random.Random, level: float = 1.0) -> Example:
-        top = 2 + round((self.max_operands - 2) * min(max(level, 0.0), 1.0))
-        n = rng.randint(2, top)
         value = rng.randint(10, 99)
         prompt, steps = str(value), []
-        for _ in range(n - 1):
+        for _ in range(self.operands - 1):
             operand = rng.randint(1, 9)
             ops = [op for op, ok in (("+", value + operand <= 99), ("-", value - operand >= 10)) if ok]
             op = rng.choice(ops)
