@@ -16,6 +16,7 @@ from transformers import AutoModel
 from fair_calib_hf import FairCalibConfig, W4A4Linear
 from fair_calib_hf.calibration.stage1_prior import PositionPrior
 from fair_calib_hf.cli import main
+from fair_calib_hf.zoo.tasks import get_task
 
 from conftest import CALIB_TEXTS
 
@@ -131,7 +132,9 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
                              "--plot", str(tmp_path / "prior.png"), *FAST[:5])
     assert code == 0, err
     prior = PositionPrior.load(prior_file)
-    assert prior.weights.numel() == 14 + 40 and prior.frontier.numel() == 40  # prompt_width + gen_length; window
+    task = get_task("arith")
+    assert prior.weights.numel() == task.prompt_width + task.gen_length  # the zoo task's layout
+    assert prior.frontier.numel() == task.gen_length  # the window is the answer
     assert os.path.isfile(tmp_path / "prior.png")
     out = str(tmp_path / "q")
     code, stdout, err = _run(capsys, "quantize", "zoo:llada-arith", "--out", out, "--num-samples", "4",
