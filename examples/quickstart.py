@@ -1,29 +1,27 @@
-"""Quantize the bundled tiny LLaDA-style model to W4A4 with RTN, save it, reload it, and report.
+"""The main job: quantize the bundled LLaDA-style arithmetic model to W4A4 with FAIR-Calib, save, reload, score.
 
-    python examples/quickstart.py [--kind llada|dream] [--out DIR]
+    python examples/quickstart.py [--model zoo:llada-arith] [--method fair_calib] [--count 128] [--out DIR]
 
-Everything runs offline on the CPU: the model is a tiny randomly initialised checkpoint written by
-``fair_calib_hf.reference_models.save_tiny`` and loaded exactly as users load the real LLaDA/Dream
-checkpoints (``AutoModel.from_pretrained(..., trust_remote_code=True)``).
+Everything runs offline on the CPU in a few minutes. The model is ``zoo:llada-arith``, a small LLaDA-style
+masked-diffusion LM trained by this project on multi-step arithmetic (see its card in
+``fair_calib_hf/zoo/models/llada-arith/README.md``); it loads exactly as users load the real LLaDA checkpoints
+(``AutoModel.from_pretrained(..., trust_remote_code=True)``). Calibration uses the task's calibration split;
+the scores use held-out test problems.
 """
 import argparse
 import json
 import os
 import tempfile
+import time
 
-import torch
 from transformers import AutoModel, AutoTokenizer
 
-import fair_calib_hf  # registers the "fair_calib" quantization method
+import fair_calib_hf  # registers the "fair_calib" quantization method with transformers
 from fair_calib_hf import FairCalibConfig, W4A4Linear
-from fair_calib_hf.reference_models import save_tiny
-
-CALIBRATION_TEXTS = [
-    "Question: 17 + 25 = ? Answer: 42.",
-    "def square(x):\n    return x * x\n",
-    "Masked diffusion models fill an answer over many denoising steps.",
-    "The write frontier is where a token is committed and never changed again.",
-]
+from fair_calib_hf.architectures import get_adapter
+from fair_calib_hf.diagnostics import compare_models
+from fair_calib_hf.zoo import resolve, task_of
+from fair_calib_hf.zoo.evaluate import default_decode_config, generate_answers
 
 
 def _size_mb(path: str) -> float:
@@ -32,38 +30,52 @@ def _size_mb(path: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=["llada", "dream"], default="llada")
-    parser.add_argument("--out", default=None, help="where to write the checkpoints (default: a temp dir)")
+    parser.add_argument("--model", default="zoo:llada-arith", help="a zoo: name or a checkpoint folder")
+    parser.add_argument("--method", default="fair_calib", choices=["rtn", "quarot", "flatquant", "fair_calib"])
+    parser.add_argument("--count", type=int, default=128, help="test problems to score")
+    parser.add_argument("--out", default=None, help="where to write the quantized checkpoint (default: a temp dir)")
     args = parser.parse_args()
-    root = args.out or tempfile.mkdtemp(prefix="fair_calib_quickstart_")
+    path = resolve(args.model)
+    task = task_of(path)
+    if task is None:
+        raise SystemExit(f"{args.model}: not a zoo model (no training.json); the demo needs a zoo task to score")
 
-    fp_dir = save_tiny(args.kind, os.path.join(root, f"tiny-{args.kind}"), seed=0)
-    print(f"[1/4] wrote a tiny {args.kind} checkpoint to {fp_dir} ({_size_mb(fp_dir):.2f} MB of safetensors)")
+    fp = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    print(f"[1/4] loaded {args.model}: {sum(p.numel() for p in fp.parameters()):,} parameters, "
+          f"{_size_mb(path):.2f} MB of fp32 safetensors, task {task.name!r}")
 
-    fp = AutoModel.from_pretrained(fp_dir, trust_remote_code=True)
-    cfg = FairCalibConfig(method="rtn", w_bits=4, a_bits=4, calibration_dataset=CALIBRATION_TEXTS, seq_len=128)
-    model = AutoModel.from_pretrained(fp_dir, trust_remote_code=True, quantization_config=cfg)
-    report = model.hf_quantizer.calibration_report
-    print(f"[2/4] calibrated on load: {report.summary()}")
+    cfg = FairCalibConfig(method=args.method, calibration_dataset=task.calibration_sequences(tok, 64, seed=0),
+                          seq_len=task.prompt_width + task.gen_length, num_samples=64, prior_window=task.gen_length,
+                          probe_steps=task.gen_length, n_probe=64, probe_batch_size=16, epochs=10)
+    started = time.perf_counter()
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
+    print(f"[2/4] calibrated on load in {time.perf_counter() - started:.0f} s: "
+          f"{model.hf_quantizer.calibration_report.summary()}")
 
-    q_dir = os.path.join(root, f"tiny-{args.kind}-w4a4-rtn")
-    model.save_pretrained(q_dir)
-    AutoTokenizer.from_pretrained(fp_dir, trust_remote_code=True).save_pretrained(q_dir)
-    qc = json.load(open(os.path.join(q_dir, "config.json")))["quantization_config"]
-    print(f"[3/4] saved to {q_dir} ({_size_mb(q_dir):.2f} MB): quantization_config method={qc['method']} "
-          f"w_bits={qc['w_bits']} a_bits={qc['a_bits']} format_version={qc['format_version']}")
+    out = args.out or os.path.join(tempfile.mkdtemp(prefix="fair_calib_quickstart_"), "w4a4")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    qc = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    print(f"[3/4] saved to {out} ({_size_mb(out):.2f} MB): method={qc['method']} w_bits={qc['w_bits']} "
+          f"a_bits={qc['a_bits']} format_version={qc['format_version']}")
 
-    again = AutoModel.from_pretrained(q_dir, trust_remote_code=True)
-    tok = AutoTokenizer.from_pretrained(q_dir, trust_remote_code=True)
-    ids = tok("Question: 3 + 4 = ? Answer:", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        ref, before, after = fp(input_ids=ids).logits, model(input_ids=ids).logits, again(input_ids=ids).logits
+    again = AutoModel.from_pretrained(out, trust_remote_code=True).eval()
     packed = sum(isinstance(m, W4A4Linear) for m in again.modules())
-    rel = ((before - ref).norm() / ref.norm()).item()
-    agree = (before.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    print(f"[4/4] reloaded pre-quantized: {packed} packed linears; logits identical to before saving: "
-          f"{torch.equal(before, after)}; vs float: relative error {rel:.3f}, argmax agreement {agree:.0%}; "
-          f"kernel backend: {fair_calib_hf.ops.active_backend('cpu')}")
+    examples = task.examples("test", args.count, seed=0)
+    prompts, _ = task.encode(examples, tok)
+    family = get_adapter(fp).family
+    decode = default_decode_config(task, family, record=False)
+    acc = {}
+    for name, m in (("FP", fp), ("W4A4", again)):
+        texts, _ = generate_answers(m, tok, task, examples, decode)
+        acc[name] = sum(map(task.score, texts, examples)) / len(examples)
+    rep = compare_models(fp, again, prompts[:32], config=default_decode_config(task, family))
+    print(f"[4/4] reloaded ({packed} packed W4A4 linears, kernel backend {fair_calib_hf.ops.active_backend('cpu')}); "
+          f"{args.count} test problems, decoding {decode.policy} gen {decode.gen_length} steps {decode.steps} "
+          f"block {decode.block_length}:\n"
+          f"      accuracy FP {100 * acc['FP']:.1f} %  vs  W4A4 {args.method} {100 * acc['W4A4']:.1f} %; "
+          f"frontier flip rate {100 * rep.flip_rate:.2f} % (32 prompts)")
 
 
 if __name__ == "__main__":
