@@ -142,7 +142,8 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     assert code == 0, err
     assert "zoo task 'arith'" in err
     report = json.load(open(os.path.join(out, "fair_calib_report.json")))
-    assert report["config"]["seq_len"] == 54 and report["config"]["prior_window"] == 40
+    assert report["config"]["seq_len"] == task.prompt_width + task.gen_length
+    assert report["config"]["prior_window"] == task.gen_length
     assert report["config"]["prior_path"] == prior_file
     assert torch.equal(PositionPrior.from_checkpoint(out).weights, prior.weights)
     assert report["accuracy"]["student"]["task"] == "arith" and report["accuracy"]["student"]["n"] == 4
