@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from .common import report
+from .common import report, rss_mb
 
 METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
 SETTINGS = dict(num_samples=16, seq_len=128, pack_samples=True, n_probe=32, prior_window=64, probe_steps=32)
@@ -27,11 +27,6 @@ def _texts() -> list[str]:
     """Calibration text that exists offline on every machine: torch's own module sources."""
     root = os.path.join(os.path.dirname(torch.__file__), "nn", "modules")
     return [open(os.path.join(root, f)).read() for f in sorted(os.listdir(root)) if f.endswith(".py")][:12]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_one(family: str, method: str) -> dict:
@@ -49,7 +44,7 @@ def run_one(family: str, method: str) -> dict:
         path = save_tiny(family, os.path.join(root, family))
         AutoModel.from_pretrained(path, trust_remote_code=True)
         cfg = FairCalibConfig(method=method, calibration_dataset=_texts(), **SETTINGS)
-        before = _rss_mb()
+        before = rss_mb()
         model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r = model.hf_quantizer.calibration_report

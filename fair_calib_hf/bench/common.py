@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 
@@ -14,6 +15,12 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MiB), from ``/proc/self/statm``."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def report(title: str, columns: dict, rows: list[dict], json_path: str | None = None) -> None:

@@ -33,6 +33,8 @@ import time
 
 import torch
 
+from .common import rss_mb
+
 # name -> (method, FairCalibConfig overrides)
 CONFIGS = {
     "rtn": ("rtn", {}),
@@ -48,11 +50,6 @@ CALIBRATION = dict(num_samples=64, epochs=10, n_probe=64, probe_batch_size=16, b
 FULL = dict(seeds=(0, 1, 2), n_eval=256, n_diag=64, calibration=CALIBRATION)
 QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
              calibration=dict(num_samples=16, epochs=2, n_probe=16, probe_batch_size=16, batch_size=4))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _load(path):
@@ -123,7 +120,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
         cfg = FairCalibConfig(method=method, calibration_dataset=data, seq_len=seq_len, prior_window=task.gen_length,
                               probe_steps=task.gen_length, seed=seed, **calibration, **overrides)
-        before = _rss_mb()
+        before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
         seconds = time.perf_counter() - started
