@@ -69,7 +69,7 @@ def main() -> None:
     acc = {}
     for name, m in (("FP", fp), ("W4A4", again)):
         texts, _ = generate_answers(m, tok, task, examples, decode)
-        acc[name] = sum(map(task.score, texts, examples)) / len(examples)
+        acc[name] = task.accuracy(texts, examples)
     rep = compare_models(fp, again, prompts[:32], config=default_decode_config(task, family))
     print(f"[4/4] reloaded ({packed} packed W4A4 linears, kernel backend {fair_calib_hf.ops.active_backend('cpu')}); "
           f"{args.count} test problems, decoding {decode.policy} gen {decode.gen_length} steps {decode.steps} "

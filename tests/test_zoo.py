@@ -60,6 +60,7 @@ def test_arithmetic_scoring():
     assert task.score("12+30=41;#42", ex)  # only the final answer counts, as in GSM8K
     assert not task.score("12+30=42;#43", ex)
     assert not task.score("42", ex)  # no final-answer marker
+    assert task.accuracy(["12+30=42;#42", "#43"], [ex, ex]) == 0.5
 
 
 def test_code_examples_come_from_the_standard_library():

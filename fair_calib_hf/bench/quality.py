@@ -110,7 +110,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
         calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
-        return [{"config": "fp", "seed": None, "accuracy": sum(map(task.score, texts, examples)) / len(examples),
+        return [{"config": "fp", "seed": None, "accuracy": task.accuracy(texts, examples),
                  "outlier_ratio": outlier_ratio(teacher, calib), "decoding": decode_settings(plain),
                  "parameters": sum(p.numel() for p in teacher.parameters())}]
     method, overrides = CONFIGS[name]
@@ -133,7 +133,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         rep = compare_models(teacher, student, prompts[:n_diag], config=recorded, teacher_result=teacher_result)
         report = student.hf_quantizer.calibration_report
         rows.append({
-            "config": name, "seed": seed, "accuracy": sum(map(task.score, texts, examples)) / len(examples),
+            "config": name, "seed": seed, "accuracy": task.accuracy(texts, examples),
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
             "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),

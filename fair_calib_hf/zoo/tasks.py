@@ -76,6 +76,10 @@ class Task:
         """Whether the decoded answer text (cut at the first stop token) is correct."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def accuracy(self, predictions: list[str], examples: list[Example]) -> float:
+        """Fraction of ``predictions`` (decoded answer texts) that :meth:`score` counts correct."""
+        return sum(map(self.score, predictions, examples)) / len(examples)
+
     def examples(self, split: str, count: int, seed: int = 0, level: float = 1.0) -> list[Example]:
         """``count`` distinct examples of ``split``, drawn with ``seed`` (deterministic)."""
         _check_split(split)
