@@ -151,6 +151,49 @@ def test_diffusion_loss_masks_only_answers_and_uses_the_shift():
     assert float(diffusion_loss(Oracle(0), inputs, targets, masked, t, shift=1)) > 1.0
 
 
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_pretraining_objective_noises_every_position_but_the_first(kind):
+    """``mask_prompt``: the region is the whole sequence after position 0, the oracle with the family's shift
+    still scores zero, and the unmasked tokens are the true ones."""
+    from dataclasses import replace
+
+    cfg = replace(_tiny_recipe(kind, 4), mask_prompt=True, batch_size=64)
+    task, tok = get_task("arith"), build_tokenizer(kind)
+    inputs, targets, masked, t = make_batch(task, tok, cfg, step=1, mask_id=2)
+    width = task.prompt_width + task.gen_length
+    assert inputs.shape == (64, width) and targets.shape == masked.shape == (64, width - 1)
+    assert (inputs[:, 0] != 2).all() and torch.equal(inputs[:, 1:] == 2, masked)
+    assert torch.equal(inputs[:, 1:][~masked], targets[~masked])
+    assert masked[:, : task.prompt_width - 1].any()  # prompt positions are noised too
+    shift = 1 if kind == "dream" else 0
+
+    class Oracle(torch.nn.Module):
+        def forward(self, input_ids):
+            full = torch.cat([input_ids[:, :1], targets], 1)
+            logits = torch.full((*input_ids.shape, 200), -1e4)
+            idx = torch.arange(input_ids.shape[1] - shift)
+            logits[:, idx] = torch.nn.functional.one_hot(full[:, idx + shift], 200).float() * 2e4 - 1e4
+            return type("Out", (), {"logits": logits})()
+
+    assert float(diffusion_loss(Oracle(), inputs, targets, masked, t, shift=shift)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_answer_likelihood_scores_the_whole_trained_window(tiny_dirs, monkeypatch):
+    """The answer window keeps its EOS padding (the layout the model was trained on), and the total is divided
+    by the text + end-of-turn tokens only."""
+    import fair_calib_hf.zoo.evaluate as ev
+
+    task, tok = get_task("arith"), build_tokenizer("llada")
+    examples = task.examples("calibration", 3, seed=1)
+    seen = []
+    monkeypatch.setattr(ev, "mc_log_likelihood", lambda model, p, a, **kw: seen.append(a.clone()) or -1.0)
+    model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    got = ev.answer_log_likelihood(model, tok, task, examples, mc_num=2)
+    _, answers = task.encode(examples, tok)
+    assert [a.numel() for a in seen] == [task.gen_length] * 3
+    assert got == pytest.approx(-3.0 / int((answers != tok.eos_token_id).sum()))
+
+
 def test_resolve_names():
     assert resolve("some/hub-id") == "some/hub-id"
     assert resolve("/a/local/path") == "/a/local/path"
@@ -182,7 +225,9 @@ def test_shipped_model_loads_and_solves_its_task(name):
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
     assert size < 12 * 2**20
     with open(os.path.join(path, "training.json")) as handle:
-        card = json.load(handle)["scores"]
+        record = json.load(handle)
+    card = record["scores"]
+    assert TrainConfig(**record["recipe"]) == RECIPES[name], "the shipped model was not trained by its recipe"
     assert card["split"] == "test" and card["n"] >= 256
     result = evaluate(model, build_tokenizer(RECIPES[name].kind), task, split="test", count=16)
     assert result["n"] == 16 and result["decoding"] == card["decoding"]

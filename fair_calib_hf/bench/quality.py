@@ -9,6 +9,8 @@ sequences and drives the method's own randomness), and scored on the **test spli
 * frontier diagnostics on the first ``n_diag`` test prompts (:func:`fair_calib_hf.diagnostics.compare_models`):
   flip rate (teacher-forced replay), post-commit mismatch (mean-disagree, never-agree) of the student's own
   trajectory, p90 of the student's stability lag, and the probability MSE along the teacher's trajectory;
+* ``log_lik``: Monte-Carlo masked log-likelihood of the reference answers of the same ``n_diag`` test problems,
+  nats per answer token (:func:`fair_calib_hf.zoo.evaluate.answer_log_likelihood`, ``MC_NUM`` draws each);
 * calibration wall time (s) and peak resident memory over the loaded float model (MB).
 
 ``rtn`` has no randomness and no data: it runs once (std 0). The ``uniform``-prior ablation of ``fair_calib`` *is*
@@ -47,6 +49,7 @@ CONFIGS = {
 }
 MAIN_CONFIGS = ("rtn", "quarot", "flatquant", "fair_calib")
 CALIBRATION = dict(num_samples=64, epochs=10, n_probe=64, probe_batch_size=16, batch_size=4)
+MC_NUM = 16
 FULL = dict(seeds=(0, 1, 2), n_eval=256, n_diag=64, calibration=CALIBRATION)
 QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
              calibration=dict(num_samples=16, epochs=2, n_probe=16, probe_batch_size=16, batch_size=4))
@@ -97,7 +100,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     from fair_calib_hf.architectures import get_adapter
     from fair_calib_hf.diagnostics import compare_models
     from fair_calib_hf.zoo import task_of
-    from fair_calib_hf.zoo.evaluate import decode_settings, default_decode_config, generate_answers
+    from fair_calib_hf.zoo.evaluate import (answer_log_likelihood, decode_settings, default_decode_config,
+                                            generate_answers)
 
     hf_logging.disable_progress_bar()
     teacher, tokenizer = _load(model_path)
@@ -111,6 +115,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
         calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
         return [{"config": "fp", "seed": None, "accuracy": task.accuracy(texts, examples),
+                 "log_lik": answer_log_likelihood(teacher, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
                  "outlier_ratio": outlier_ratio(teacher, calib), "decoding": decode_settings(plain),
                  "parameters": sum(p.numel() for p in teacher.parameters())}]
     method, overrides = CONFIGS[name]
@@ -134,6 +139,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         report = student.hf_quantizer.calibration_report
         rows.append({
             "config": name, "seed": seed, "accuracy": task.accuracy(texts, examples),
+            "log_lik": answer_log_likelihood(student, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
             "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),
@@ -149,7 +155,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
 
 
 def _mean_std(values):
-    values = [v for v in values if v is not None]
+    values = [v for v in values if v is not None and v == v]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -159,15 +165,16 @@ def summarize(model: str, rows: list[dict]) -> list[dict]:
     """One line per configuration: mean ± std over seeds of every metric."""
     out = []
     fp = next(r for r in rows if r["config"] == "fp")
-    out.append({"model": model, "config": "fp", "seeds": 0, "accuracy": (fp["accuracy"], 0.0)})
+    out.append({"model": model, "config": "fp", "seeds": 0, "accuracy": (fp["accuracy"], 0.0),
+                "log_lik": (fp.get("log_lik", float("nan")), 0.0)})
     for name in CONFIGS:
         group = [r for r in rows if r["config"] == name]
         if not group:
             continue
         line = {"model": model, "config": name, "seeds": len(group)}
-        for key in ("accuracy", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "prob_mse",
+        for key in ("accuracy", "log_lik", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "prob_mse",
                     "calib_seconds", "peak_mb"):
-            line[key] = _mean_std([r[key] for r in group])
+            line[key] = _mean_std([r.get(key) for r in group])
         out.append(line)
     return out
 
@@ -181,15 +188,17 @@ def _fmt(pair, scale=1.0, digits=1):
 
 def markdown(summary: list[dict], meta: dict) -> str:
     """The results table (accuracy and rates in %)."""
-    head = ("| model | config | seeds | accuracy % | flip rate % | mean-disagree % | never-agree % | lag p90 | "
+    head = ("| model | config | seeds | accuracy % | log-lik nats/tok | flip rate % | mean-disagree % | never-agree % | lag p90 | "
             "prob. MSE ×1e3 | calib. s | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
         if s["config"] == "fp":
-            lines.append(f"| {s['model']} | FP | – | {_fmt(s['accuracy'], 100)} | – | – | – | – | – | – | – |")
+            lines.append(f"| {s['model']} | FP | – | {_fmt(s['accuracy'], 100)} | {_fmt(s['log_lik'], 1, 3)} "
+                         "| – | – | – | – | – | – | – |")
             continue
         lines.append(" | ".join([
-            f"| {s['model']}", s["config"], str(s["seeds"]), _fmt(s["accuracy"], 100), _fmt(s["flip_rate"], 100, 2),
+            f"| {s['model']}", s["config"], str(s["seeds"]), _fmt(s["accuracy"], 100), _fmt(s["log_lik"], 1, 3),
+            _fmt(s["flip_rate"], 100, 2),
             _fmt(s["mean_disagree"], 100, 2), _fmt(s["never_agree"], 100, 2), _fmt(s["lag_p90"], 1, 1),
             _fmt(s["prob_mse"], 1e3, 2), _fmt(s["calib_seconds"], 1, 0), _fmt(s["peak_mb"], 1, 0)]) + " |")
     notes = [f"- **{m}**: {d}" for m, d in meta.items()]
@@ -254,7 +263,6 @@ def main(argv=None) -> None:
     for model in models:
         path = resolve(model)
         label = model.split(":", 1)[-1] if model.startswith("zoo:") else os.path.basename(os.path.normpath(model))
-        model_rows = []
         for name in configs:
             started = time.time()
             command = [sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
@@ -265,29 +273,40 @@ def main(argv=None) -> None:
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             for r in got:
                 r["model"] = label
-            model_rows.extend(got)
+            rows.extend(got)
+            if name == "fp":
+                fp = got[0]
+                meta[label] = (f"decoding {fp['decoding']}; {fp['parameters']:,} parameters; down-proj input "
+                               f"outlier ratio (max/median |x|) {fp['outlier_ratio']:.1f}")
             print(f"[quality] {label} {name}: " + ", ".join(f"{r['accuracy']:.3f}" for r in got)
                   + f" ({time.time() - started:.0f} s)", flush=True)
-        fp = next(r for r in model_rows if r["config"] == "fp")
-        meta[label] = (f"decoding {fp['decoding']}; {fp['parameters']:,} parameters; down-proj input outlier ratio "
-                       f"(max/median |x|) {fp['outlier_ratio']:.1f}")
-        _plots(label, model_rows, args.out)
-        rows.extend(model_rows)
+            table = write_results(args.out, args.json, settings, rows, meta)  # after each: a killed run keeps its rows
+        _plots(label, [r for r in rows if r["model"] == label], args.out)
+    print(table)
+
+
+def write_results(out: str, json_path: str | None, settings: dict, rows: list[dict], meta: dict) -> str:
+    """Write ``out/quality.md`` and ``out/quality.json`` (and ``json_path``) for the rows so far; return the
+    Markdown table."""
+    meta = dict(meta)
     summary = [line for model in dict.fromkeys(r["model"] for r in rows)
                for line in summarize(model, [r for r in rows if r["model"] == model])]
     for model in dict.fromkeys(r["model"] for r in rows):
         closed = gap_closed(summary, model)
-        if closed is not None:
+        if closed is not None and model in meta:
             meta[model] += f"; fair_calib closes {100 * closed:.0f} % of flatquant's accuracy gap to FP"
     meta["settings"] = (f"calibration {settings['calibration']} on the calibration split; seeds {list(settings['seeds'])}; "
-                        f"accuracy on {settings['n_eval']} test problems, diagnostics on {settings['n_diag']}; "
-                        f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+                        f"accuracy on {settings['n_eval']} test problems, diagnostics and log-likelihood on "
+                        f"{settings['n_diag']}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     table = markdown(summary, meta)
-    print(table)
-    with open(os.path.join(args.out, "quality.md"), "w") as f:
-        f.write(table)
     record = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
               "summary": summary, "rows": rows, "meta": meta}
-    for path in [os.path.join(args.out, "quality.json")] + ([args.json] if args.json else []):
-        with open(path, "w") as f:
-            json.dump(record, f, indent=1)
+    writes = [(os.path.join(out, "quality.md"), table)]
+    writes += [(path, json.dumps(record, indent=1)) for path in [os.path.join(out, "quality.json")]
+               + ([json_path] if json_path else [])]
+    for path, text in writes:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return table

@@ -22,24 +22,10 @@ import shutil
 
 from ..reference_models import remote_code_files, save_tokenizer
 from .tasks import get_task, python_version
-from .train import TrainConfig
+from .recipes import RECIPES, TrainConfig
 
 PREFIX = "zoo:"
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-
-RECIPES = {
-    "llada-arith": TrainConfig(
-        kind="llada", task="arith", steps=3000, lr=1.5e-3, curriculum_fraction=0.0,
-        model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
-    "dream-arith": TrainConfig(
-        kind="dream", task="arith", steps=3000, lr=1.5e-3, curriculum_fraction=0.0,
-        model=dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=352,
-                   num_hidden_layers=4, initializer_range=0.02)),
-    "llada-code": TrainConfig(
-        kind="llada", task="code", steps=2500, lr=2e-3,
-        model=dict(d_model=160, n_heads=5, n_kv_heads=5, n_layers=4, mlp_hidden_size=480, init_std=0.02)),
-}
-
 
 def available() -> list[str]:
     """Names of the zoo models present in this installation (trained and saved)."""

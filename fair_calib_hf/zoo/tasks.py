@@ -184,8 +184,8 @@ class CodeCompletionTask(Task):
 
     name = "code"
     prompt_width = 48
-    gen_length = 12
-    answer_chars = 10
+    gen_length = 8
+    answer_chars = 6
 
     def __init__(self):
         self._lines = None

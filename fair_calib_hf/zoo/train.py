@@ -1,8 +1,10 @@
-"""Masked-diffusion training of the reference models (LLaDA's SFT objective).
+"""Masked-diffusion training of the reference models (LLaDA's SFT or pre-training objective).
 
-For each example: draw ``t ~ U(ε, 1)``, replace every answer token by the mask token independently with
-probability ``t`` (at least one), and take the cross-entropy of the masked answer tokens weighted by ``1/t``,
-summed and divided by the number of answer tokens in the batch. The prompt is never masked. LLaDA-style models
+For each example: draw ``t ~ U(ε, 1)``, replace every token of the noised region by the mask token
+independently with probability ``t`` (at least one), and take the cross-entropy of the masked tokens weighted by
+``1/t``, summed and divided by the number of region tokens in the batch. The region is the answer (SFT: the
+prompt is never masked) or, with ``mask_prompt``, every position but the first (pre-training, which supervises
+the prompt's tokens too: five times the signal per example on the code task). LLaDA-style models
 predict token ``i`` at output ``i``; Dream-style models at output ``i − 1`` (the adapter's logit shift).
 
 Determinism and resumption: the batch of step ``s`` (examples, ``t`` and masks) is a function of ``(seed, s)``
@@ -20,36 +22,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
 from ..reference_models import build_tokenizer, tiny_config, _FAMILIES
+from .recipes import TrainConfig
 from .tasks import get_task
-
-
-@dataclass
-class TrainConfig:
-    """One reference model's recipe: architecture ``kind`` with ``model`` config overrides, ``task``, optimizer
-    (AdamW, linear warm-up then cosine decay to ``min_lr_ratio · lr``), curriculum (``level`` rises linearly
-    from 0 to 1 over the first ``curriculum_fraction`` of the steps) and bookkeeping."""
-
-    kind: str
-    task: str
-    model: dict = field(default_factory=dict)
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    t_eps: float = 1e-3
-    curriculum_fraction: float = 0.3
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 250
 
 
 def build_model(cfg: TrainConfig):
@@ -66,14 +46,18 @@ def build_model(cfg: TrainConfig):
 
 
 def make_batch(task, tokenizer, cfg: TrainConfig, step: int, mask_id: int):
-    """The step's ``(inputs [B, P+G], targets [B, G], masked [B, G] bool, t [B])`` (deterministic in
-    ``(cfg.seed, step)``)."""
+    """The step's ``(inputs [B, P+G], targets [B, R], masked [B, R] bool, t [B])``, where the noised region is
+    the last ``R`` positions: the answer (``R = G``) or, with ``cfg.mask_prompt``, all but the first position
+    (``R = P + G − 1``). Deterministic in ``(cfg.seed, step)``."""
     level = min(1.0, step / max(1.0, cfg.curriculum_fraction * cfg.steps))
     rng = random.Random(f"{cfg.seed}|{step}")
     examples = []
     while len(examples) < cfg.batch_size:
         examples.extend(task.examples("train", cfg.batch_size - len(examples), seed=rng.randrange(2**62), level=level))
     prompts, answers = task.encode(examples, tokenizer)
+    if cfg.mask_prompt:
+        full = torch.cat([prompts, answers], 1)
+        prompts, answers = full[:, :1], full[:, 1:]
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     b, g = answers.shape
     t = cfg.t_eps + (1 - cfg.t_eps) * torch.rand(b, generator=gen)
@@ -85,7 +69,7 @@ def make_batch(task, tokenizer, cfg: TrainConfig, step: int, mask_id: int):
 
 
 def diffusion_loss(model, inputs, targets, masked, t, shift: int) -> torch.Tensor:
-    """``Σ_masked CE / t`` divided by the number of answer tokens (see the module docstring)."""
+    """``Σ_masked CE / t`` divided by the number of noised-region tokens (see the module docstring)."""
     g = targets.shape[1]
     p = inputs.shape[1] - g
     logits = model(input_ids=inputs).logits[:, p - shift: p - shift + g]
@@ -161,7 +145,8 @@ def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=pri
 
 
 def main(argv=None) -> None:
-    from . import RECIPES, save_reference_model
+    from . import save_reference_model
+    from .recipes import RECIPES
 
     parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(RECIPES), help="reference model recipe")

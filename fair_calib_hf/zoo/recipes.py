@@ -1,0 +1,47 @@
+"""The training recipes of the zoo models: :class:`TrainConfig` and :data:`RECIPES` (name → recipe).
+
+Kept apart from :mod:`.train` so that importing the zoo does not import the trainer (and ``python -m
+fair_calib_hf.zoo.train`` runs without runpy's double-import warning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """One reference model's recipe: architecture ``kind`` with ``model`` config overrides, ``task``, optimizer
+    (AdamW, linear warm-up then cosine decay to ``min_lr_ratio · lr``), curriculum (``level`` rises linearly
+    from 0 to 1 over the first ``curriculum_fraction`` of the steps), the noised region (``mask_prompt``: the
+    answer only, as LLaDA's SFT, or every position but the first, as LLaDA's pre-training) and bookkeeping."""
+
+    kind: str
+    task: str
+    model: dict = field(default_factory=dict)
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    t_eps: float = 1e-3
+    curriculum_fraction: float = 0.3
+    mask_prompt: bool = False
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 250
+
+
+RECIPES = {
+    "llada-arith": TrainConfig(
+        kind="llada", task="arith", steps=6000, lr=1.5e-3, curriculum_fraction=0.0,
+        model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
+    "dream-arith": TrainConfig(
+        kind="dream", task="arith", steps=3000, lr=1.5e-3, curriculum_fraction=0.0,
+        model=dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=352,
+                   num_hidden_layers=4, initializer_range=0.02)),
+    "llada-code": TrainConfig(
+        kind="llada", task="code", steps=3000, lr=2e-3, curriculum_fraction=0.0, mask_prompt=True,
+        model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
+}
