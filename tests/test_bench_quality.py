@@ -52,3 +52,11 @@ def test_quality_benchmark_end_to_end(tmp_path):
                  "tiny-arith-lag_ccdf.png"):
         assert os.path.getsize(out / name) > 0
     assert "| tiny-arith | fair_calib | 1 |" in (out / "quality.md").read_text()
+    assert fc["log_lik"] < 0 and record["rows"][0]["log_lik"] < 0
+
+    # --resume keeps the saved rows and runs only what is missing; other settings are refused
+    before = (out / "quality.json").read_text()
+    quality.main(["--quick", "--threads", "1", "--models", path, "--configs", "rtn", "--out", str(out), "--resume"])
+    assert json.loads((out / "quality.json").read_text())["rows"] == json.loads(before)["rows"]
+    with pytest.raises(SystemExit, match="other settings"):
+        quality.main(["--quick", "--seeds", "2", "--models", path, "--configs", "rtn", "--out", str(out), "--resume"])

@@ -238,6 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 3; 1 with --quick)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of OUT/quality.json (same settings, same model weights) and run only "
+                             "the missing (model, configuration) pairs")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -258,12 +261,21 @@ def main(argv=None) -> None:
     if not models:
         raise SystemExit("no zoo models in this installation; pass --models PATH ...")
     configs = ["fp"] + (args.configs or list(CONFIGS))
-    rows, meta = [], {}
+    rows, meta = _previous_rows(args.out, settings) if args.resume else ([], {})
     os.makedirs(args.out, exist_ok=True)
+    table = None
     for model in models:
         path = resolve(model)
         label = model.split(":", 1)[-1] if model.startswith("zoo:") else os.path.basename(os.path.normpath(model))
+        fingerprint = weights_fingerprint(path)
+        if any(r["model"] == label and r.get("weights") != fingerprint for r in rows):
+            print(f"[quality] {label}: the weights changed since the saved rows; running it again", flush=True)
+            rows = [r for r in rows if r["model"] != label]
+            meta.pop(label, None)
         for name in configs:
+            if any(r["model"] == label and r["config"] == name for r in rows):
+                print(f"[quality] {label} {name}: kept from {args.out}/quality.json", flush=True)
+                continue
             started = time.time()
             command = [sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
                        "--settings", json.dumps(settings)] + (["--threads", str(args.threads)] if args.threads else [])
@@ -272,7 +284,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{label} / {name} failed:\n{proc.stderr[-3000:]}")
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             for r in got:
-                r["model"] = label
+                r["model"], r["weights"] = label, fingerprint
             rows.extend(got)
             if name == "fp":
                 fp = got[0]
@@ -282,7 +294,34 @@ def main(argv=None) -> None:
                   + f" ({time.time() - started:.0f} s)", flush=True)
             table = write_results(args.out, args.json, settings, rows, meta)  # after each: a killed run keeps its rows
         _plots(label, [r for r in rows if r["model"] == label], args.out)
-    print(table)
+    print(table or write_results(args.out, args.json, settings, rows, meta))
+
+
+def weights_fingerprint(path: str) -> str:
+    """First 16 hex digits of the SHA-256 of a checkpoint folder's ``*.safetensors`` files (sorted by name)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        with open(os.path.join(path, name), "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _previous_rows(out: str, settings: dict) -> tuple[list[dict], dict]:
+    """Rows and per-model notes of ``out/quality.json`` when it was run with ``settings`` (else an error)."""
+    path = os.path.join(out, "quality.json")
+    if not os.path.isfile(path):
+        return [], {}
+    with open(path) as handle:
+        record = json.load(handle)
+    wanted = json.loads(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}))
+    if record.get("settings") != wanted:
+        raise SystemExit(f"--resume: {path} was run with other settings ({record.get('settings')}); "
+                         "use another --out folder")
+    meta = {k: v.split("; fair_calib closes")[0] for k, v in record.get("meta", {}).items() if k != "settings"}
+    return record["rows"], meta
 
 
 def write_results(out: str, json_path: str | None, settings: dict, rows: list[dict], meta: dict) -> str:
