@@ -121,6 +121,18 @@ def _check(found: dict, expected: dict) -> list[str]:
     return problems
 
 
+def _header_problems(header: dict, model) -> list[str]:
+    """What is wrong between a checkpoint's tensor ``header`` (name → (shape, dtype)) and the packed skeleton
+    ``model``: missing, unexpected or mis-shaped packed tensors, and packed tensors of float-kept modules."""
+    problems = _check(header, expected_packed_tensors(model))
+    modules = dict(model.named_modules())
+    for key in header:
+        module_name, _, leaf = key.rpartition(".")
+        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
+            problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
+    return problems
+
+
 def _raise(problems: list[str], where: str) -> None:
     if problems:
         shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} problems)" if len(problems) > 8 else "")
@@ -138,12 +150,7 @@ def verify_checkpoint_files(model: nn.Module, files: list[str] | None) -> None:
     found = read_checkpoint_header(list(files))
     if not found:
         return
-    problems = _check(found, expected_packed_tensors(model))
-    modules = dict(model.named_modules())
-    for key in found:
-        module_name, _, leaf = key.rpartition(".")
-        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
-            problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
+    problems = _header_problems(found, model)
     _raise(problems, f"({', '.join(os.path.basename(str(f)) for f in files)})")
 
 
@@ -430,10 +437,5 @@ def _check_layout(path: str, cfg: dict, qc: dict, header: dict) -> dict:
         build_packed_skeleton(model, FairCalibConfig(**qc))
     except Exception as err:  # noqa: BLE001 - report, do not fail the inspection
         return {"checked": False, "reason": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
-    problems = _check(header, expected_packed_tensors(model))
-    modules = dict(model.named_modules())
-    for key in header:
-        module_name, _, leaf = key.rpartition(".")
-        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
-            problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
+    problems = _header_problems(header, model)
     return {"checked": True, "ok": not problems, "problems": problems}
