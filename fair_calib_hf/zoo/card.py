@@ -22,10 +22,10 @@ _DATA = {
               "additions or subtractions (every intermediate result in [10, 99]), answered by a worked solution "
               "ending in `#<answer>`, e.g. `47+8-6+3=` → `47+8=55;55-6=49;49+3=52;#52`. Generated on the fly; "
               "scored by exact match of the final answer."),
-    "code": ("Completion of the last 10 characters of Python source lines (16–72 ASCII characters, comment lines "
-             "excluded) of the interpreter's own standard library (top-level `*.py` modules), with up to 47 "
-             "preceding characters as the prompt. Scored by exact match of the completed span and by Monte-Carlo "
-             "masked log-likelihood."),
+    "code": ("Completion of the last {answer_chars} characters of Python source lines (16–72 ASCII characters, "
+             "comment lines excluded, deduplicated) of the interpreter's own standard library (top-level `*.py` "
+             "modules), with up to {context} preceding characters as the prompt. Scored by exact match of the "
+             "completed span and by Monte-Carlo masked log-likelihood of the answer."),
 }
 
 
@@ -59,12 +59,14 @@ def write_card(name: str, count: int = 512) -> dict:
         "```",
         "",
         "## Data",
-        _DATA[task.name],
+        _DATA[task.name].format(answer_chars=getattr(task, "answer_chars", 0), context=task.prompt_width - 1),
         "Splits (train / calibration / test = 80 / 10 / 10 % of all texts) are decided by a hash of the text, so "
         "they never overlap; training used only the train split.",
         "",
         "## Training",
-        f"- objective: masked diffusion (t ~ U(0.001, 1), answer tokens masked with probability t, CE / t), "
+        f"- objective: masked diffusion (t ~ U(0.001, 1), "
+        f"{'every token but the first' if recipe.get('mask_prompt') else 'answer tokens'} masked with "
+        f"probability t, CE / t), "
         f"{'output i predicts token i' if recipe['kind'] == 'llada' else 'output i − 1 predicts token i'}",
         f"- architecture: {json.dumps(recipe['model'])}; {record['parameters']:,} parameters; "
         f"{size / 2**20:.1f} MiB of fp32 safetensors",
