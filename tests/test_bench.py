@@ -12,11 +12,25 @@ def test_decode_bench_runs(tmp_path, capsys):
 
 
 def test_kernel_bench_runs(tmp_path):
-    kernels.main(["--shapes", "4096x4096", "--m", "1", "--repeats", "1", "--json", str(tmp_path / "k.json")])
-    (row,) = json.load(open(tmp_path / "k.json"))["rows"]
-    assert row["M"] == 1 and row["fp32_ms"] > 0 and row["w4a4_total_ms"] > 0
+    kernels.main(["--shapes", "4096x4096", "--m", "3", "--repeats", "1", "--models", "zoo:dream-arith",
+                  "--batches", "2", "--json", str(tmp_path / "k.json")])
+    record = json.load(open(tmp_path / "k.json"))
+    (row,) = record["layers"]
+    assert row["M"] == 3 and min(row["fp32_ms"], row["int8_ms"], row["w4a4_gemm_ms"], row["w4a4_layer_ms"]) > 0
+    (step,) = record["denoising_step"]
+    assert step["model"] == "zoo:dream-arith" and step["batch"] == 2 and step["tokens"] == 2 * 44
+    assert step["fp32_step_ms"] > 0 and step["w4a4_step_ms"] > 0
+    # the packed checkpoint is several times smaller than fp32 and smaller than bf16 (transforms included)
+    assert step["size_ratio_fp32"] > 3 and step["size_ratio_bf16"] > 1.5
 
 
-def test_calibrate_bench_one_configuration():
-    row = calibrate.run_one("llada", "rtn")
-    assert row["method"] == "rtn" and row["samples"] == 16 and len(row["block_rel_mse"]) == 2
+def test_transformed_layer_matches_its_float_weight():
+    """The benchmarked W4A4 layer holds the benchmarked weight: folding its transform back gives ``W`` up to
+    int4 weight rounding (a wrong fold gives an error near 1 or above)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 256, generator=g) / 16
+    layer = kernels.transformed_w4a4_linear(w, g)
+    assert layer.input_transform is not None and layer.input_transform.diag is not None
+    assert (layer.to_linear().weight - w).norm() / w.norm() < 0.2

@@ -1,14 +1,33 @@
-"""CPU W4A4 kernel speed against torch fp32 ``F.linear``, measured in one process.
+"""CPU W4A4 speed against torch, measured in one process: single layers, whole denoising steps, checkpoint size.
 
-For each weight shape ``N × K`` and token count ``M``: the fp32 baseline ``F.linear(x, W)``; the W4A4 GEMM
-alone (packed activations × packed weights, fp32 epilogue); and the whole W4A4 layer (per-token
-quantization + packing + GEMM). Best of ``--repeats`` after a warm-up; the same torch thread count for both.
-Ratios > 1 mean W4A4 is faster. Inputs are random (never zeros). ``--isa`` times several GEMM instruction
-sets (e.g. ``avx512vnni avx2``) in the same process, one row each.
+**Layers.** For each weight shape ``N × K`` and token count ``M``, with random inputs (never zeros):
+
+* ``fp32``: torch ``F.linear(x, W)``;
+* ``int8``: torch's own dynamically quantized linear (``torch.ao.quantization.quantize_dynamic``, int8 weights
+  and per-batch int8 activations, fbgemm/x86);
+* ``W4A4 GEMM``: the packed GEMM alone (packed int4 activations × packed int4 weights, fp32 epilogue);
+* ``W4A4 layer``: the whole :class:`~fair_calib_hf.modules.W4A4Linear` forward as Stage II leaves it: online
+  Kronecker transform with the diagonal, per-token int4 quantization and packing, GEMM.
+
+**Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
+masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
+W4A4 linears with their online transforms; embeddings, norms, attention and head stay float). Models: the zoo
+models at their task's sequence length, and ``wide-llada`` (the LLaDA-style architecture at LLaMA-8B width:
+hidden 4096, MLP 12288, 2 blocks, random weights, 256 tokens), where the linears dominate as in the real model.
+
+**Checkpoint size.** The safetensors bytes of the packed checkpoint against fp32 and bf16 saves of the same
+model.
+
+Every time is the best of ``--repeats`` after a warm-up, with the same torch thread count for every variant;
+ratios > 1 mean W4A4 is faster (or smaller). ``--isa`` times several GEMM instruction sets (e.g. ``avx512vnni
+avx2``) in the same process, one row each. ``--quick`` runs one shape, two token counts and one small model.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +41,42 @@ SHAPES = {  # name: (N, K)
     "dream 18944x3584": (18944, 3584),
     "llada 4096x12288": (4096, 12288),
 }
+WIDE_LLADA = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=2, mlp_hidden_size=12288)
+"""``wide-llada``: the LLaDA-style architecture at LLaMA-8B width, 2 blocks (random weights)."""
+WIDE_TOKENS = 256
+STEP_CALIBRATION = dict(num_samples=4, epochs=1, n_probe=4, probe_batch_size=4, batch_size=2)
+"""FAIR-Calib settings for the speed models: the packed structure (and so the speed) does not depend on how
+long Stage II runs."""
 
 
-def run(shapes, ms, repeats, isas=(None,)) -> list[dict]:
+def int8_dynamic_linear(weight: torch.Tensor) -> torch.nn.Module:
+    """torch's dynamically quantized int8 linear holding ``weight`` ([N, K])."""
+    from torch.ao.quantization import quantize_dynamic
+
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 marks the quantized tensor types deprecated
+        return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)[0]
+
+
+def transformed_w4a4_linear(weight: torch.Tensor, generator: torch.Generator):
+    """A :class:`W4A4Linear` of ``weight`` with a random orthogonal Kronecker transform and a diagonal near 1,
+    shaped as Stage II builds it (the speed does not depend on the values)."""
+    from fair_calib_hf.calibration.transforms import kronecker_factors, random_orthogonal, transform_weight
+    from fair_calib_hf.modules import W4A4Linear
+
+    k = weight.shape[1]
+    a, b = kronecker_factors(k)
+    left, right = random_orthogonal(a, generator).float(), random_orthogonal(b, generator).float()
+    diag = 0.9 + 0.2 * torch.rand(k, generator=generator)
+    linear = torch.nn.Linear(k, weight.shape[0], bias=False)
+    return W4A4Linear.from_linear(linear, weight=transform_weight(weight, left, right, diag),
+                                  transform=(left, right, diag))
+
+
+def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
     from fair_calib_hf import ops
     from fair_calib_hf.ops import cpu
     from fair_calib_hf.packing import quantize_weight_per_channel
@@ -33,47 +85,132 @@ def run(shapes, ms, repeats, isas=(None,)) -> list[dict]:
     for name in shapes:
         n, k = SHAPES[name]
         g = torch.Generator().manual_seed(0)
-        w = torch.randn(n, k, generator=g)
+        w = torch.randn(n, k, generator=g) / k ** 0.5
         wp, ws = quantize_weight_per_channel(w)
+        int8 = int8_dynamic_linear(w)
+        layer = transformed_w4a4_linear(w, g)
         for m in ms:
             x = torch.randn(m, k, generator=g)
             xp, sx = ops.quantize_act_int4(x, None, None, None, None)
-            t_fp = best_time(lambda: F.linear(x, w), repeats)
-            for isa in isas:
-                previous = cpu.set_isa(isa) if isa else None
-                try:
-                    t_gemm = best_time(lambda: ops.w4a4_gemm(xp, sx, wp, ws, None, k, torch.float32), repeats)
+            with torch.no_grad():
+                t_fp = best_time(lambda: F.linear(x, w), repeats)
+                t_int8 = best_time(lambda: int8(x), repeats)
+                for isa in isas:
+                    previous = cpu.set_isa(isa) if isa else None
+                    try:
+                        t_gemm = best_time(lambda: ops.w4a4_gemm(xp, sx, wp, ws, None, k, torch.float32), repeats)
+                        t_layer = best_time(lambda: layer(x), repeats)
+                        rows.append({"shape": name, "M": m, "isa": ops.active_backend("cpu"),
+                                     "fp32_ms": round(t_fp * 1e3, 3), "int8_ms": round(t_int8 * 1e3, 3),
+                                     "w4a4_gemm_ms": round(t_gemm * 1e3, 3), "w4a4_layer_ms": round(t_layer * 1e3, 3),
+                                     "fp32_over_w4a4": round(t_fp / t_layer, 2),
+                                     "int8_over_w4a4": round(t_int8 / t_layer, 2)})
+                    finally:
+                        if previous is not None:
+                            cpu.set_isa(previous)
+    return rows
 
-                    def layer():
-                        p, s = ops.quantize_act_int4(x, None, None, None, None)
-                        return ops.w4a4_gemm(p, s, wp, ws, None, k, torch.float32)
 
-                    t_all = best_time(layer, repeats)
-                    rows.append({"shape": name, "M": m, "isa": ops.active_backend("cpu"),
-                                 "fp32_ms": round(t_fp * 1e3, 3), "w4a4_gemm_ms": round(t_gemm * 1e3, 3),
-                                 "w4a4_total_ms": round(t_all * 1e3, 3), "ratio_gemm": round(t_fp / t_gemm, 2),
-                                 "ratio_total": round(t_fp / t_all, 2)})
-                finally:
-                    if previous is not None:
-                        cpu.set_isa(previous)
+def _safetensors_bytes(model, folder: str, dtype=None) -> int:
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(folder, safe_serialization=True)
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def model_rows(models, batches, repeats) -> list[dict]:
+    """Denoising-step time and checkpoint sizes, float32 vs FAIR-Calib W4A4, for each model name."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from fair_calib_hf import FairCalibConfig
+    from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.reference_models import save_tiny
+    from fair_calib_hf.zoo import resolve, task_of
+
+    hf_logging.disable_progress_bar()
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for name in models:
+            if name == "wide-llada":
+                path = save_tiny("llada", os.path.join(root, "wide-llada"), seed=0, **WIDE_LLADA)
+                seq_len, prompt_len = WIDE_TOKENS, WIDE_TOKENS // 2
+            else:  # a zoo name runs at its task's widths; any other checkpoint at 64 + 64 tokens
+                path = resolve(name)
+                task = task_of(path)
+                seq_len, prompt_len = (task.prompt_width + task.gen_length, task.prompt_width) if task else (128, 64)
+            fp = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+            g = torch.Generator().manual_seed(0)
+            vocab = fp.get_input_embeddings().weight.shape[0]
+            data = torch.randint(5, min(vocab, 90), (STEP_CALIBRATION["num_samples"], seq_len), generator=g).tolist()
+            cfg = FairCalibConfig(method="fair_calib", calibration_dataset=data, seq_len=seq_len,
+                                  prior_window=seq_len - prompt_len, probe_steps=4, **STEP_CALIBRATION)
+            q = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
+            mask_id = get_adapter(fp).mask_token_id(fp.config)
+            sizes = {"fp32": _safetensors_bytes(fp, os.path.join(root, name + "-fp32")),
+                     "w4a4": _safetensors_bytes(q, os.path.join(root, name + "-w4a4"))}
+            sizes["bf16"] = _safetensors_bytes(
+                AutoModel.from_pretrained(path, trust_remote_code=True), os.path.join(root, name + "-bf16"),
+                torch.bfloat16)
+            for batch in batches:
+                ids = torch.randint(5, min(vocab, 90), (batch, seq_len), generator=g)
+                ids[:, prompt_len:] = mask_id
+                with torch.no_grad():
+                    t_fp = best_time(lambda: fp(input_ids=ids), repeats)
+                    t_q = best_time(lambda: q(input_ids=ids), repeats)
+                rows.append({"model": name, "batch": batch, "tokens": batch * seq_len,
+                             "fp32_step_ms": round(t_fp * 1e3, 2), "w4a4_step_ms": round(t_q * 1e3, 2),
+                             "step_ratio": round(t_fp / t_q, 2), "fp32_mb": round(sizes["fp32"] / 2**20, 2),
+                             "bf16_mb": round(sizes["bf16"] / 2**20, 2), "w4a4_mb": round(sizes["w4a4"] / 2**20, 2),
+                             "size_ratio_fp32": round(sizes["fp32"] / sizes["w4a4"], 2),
+                             "size_ratio_bf16": round(sizes["bf16"] / sizes["w4a4"], 2)})
+            del fp, q
     return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.bench kernels", description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--m", type=int, nargs="+", default=[1, 16, 64, 256])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one shape, M 16 and 64, one small model (smoke run)")
+    parser.add_argument("--shapes", nargs="+", default=None, choices=list(SHAPES))
+    parser.add_argument("--m", type=int, nargs="+", default=None, help="token counts (default 16 64 256 1024)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 5; 2 with --quick)")
     parser.add_argument("--isa", nargs="+", default=None,
                         help="GEMM instruction sets to time (default: the active one), e.g. avx512vnni avx2")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="models for the denoising step: zoo names, checkpoint folders and/or wide-llada (default: zoo:llada-arith "
+                             "zoo:dream-arith wide-llada; none to skip)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="denoising-step batch sizes (default 1 16)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from fair_calib_hf import ops
 
-    rows = run(args.shapes, args.m, args.repeats, tuple(args.isa) if args.isa else (None,))
-    report(f"CPU W4A4 vs fp32 F.linear; backend {ops.active_backend('cpu')}; torch {torch.__version__}, "
-           f"{torch.get_num_threads()} threads",
+    shapes = args.shapes or (["4096x4096"] if args.quick else list(SHAPES))
+    ms = args.m or ([16, 64] if args.quick else [16, 64, 256, 1024])
+    repeats = args.repeats or (2 if args.quick else 5)
+    models = args.models if args.models is not None else (
+        ["zoo:llada-arith"] if args.quick else ["zoo:llada-arith", "zoo:dream-arith", "wide-llada"])
+    batches = args.batches or ([1] if args.quick else [1, 16])
+    threads = torch.get_num_threads()
+
+    layers = layer_rows(shapes, ms, repeats, tuple(args.isa) if args.isa else (None,))
+    report(f"CPU linear layers: fp32 F.linear and torch dynamic int8 vs W4A4 (transform + quant + GEMM); backend "
+           f"{ops.active_backend('cpu')}; torch {torch.__version__}, {threads} threads, best of {repeats}",
            {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "ISA": lambda r: r["isa"],
-            "fp32 ms": lambda r: r["fp32_ms"],
-            "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 quant+GEMM ms": lambda r: r["w4a4_total_ms"],
-            "fp32/GEMM": lambda r: r["ratio_gemm"], "fp32/total": lambda r: r["ratio_total"]}, rows, args.json)
+            "fp32 ms": lambda r: r["fp32_ms"], "int8 dyn. ms": lambda r: r["int8_ms"],
+            "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 layer ms": lambda r: r["w4a4_layer_ms"],
+            "fp32/W4A4": lambda r: r["fp32_over_w4a4"], "int8/W4A4": lambda r: r["int8_over_w4a4"]}, layers)
+    steps = model_rows(models, batches, repeats) if models else []
+    if steps:
+        report("Denoising step (one forward, answer masked) and checkpoint size, float32 vs FAIR-Calib W4A4",
+               {"model": lambda r: r["model"], "batch": lambda r: r["batch"], "tokens": lambda r: r["tokens"],
+                "fp32 ms": lambda r: r["fp32_step_ms"], "W4A4 ms": lambda r: r["w4a4_step_ms"],
+                "fp32/W4A4": lambda r: r["step_ratio"], "fp32 MB": lambda r: r["fp32_mb"],
+                "bf16 MB": lambda r: r["bf16_mb"], "W4A4 MB": lambda r: r["w4a4_mb"],
+                "size fp32/W4A4": lambda r: r["size_ratio_fp32"], "size bf16/W4A4": lambda r: r["size_ratio_bf16"]},
+               steps)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"backend": ops.active_backend("cpu"), "torch": torch.__version__, "threads": threads,
+                       "repeats": repeats, "layers": layers, "denoising_step": steps}, f, indent=2)
