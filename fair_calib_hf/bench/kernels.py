@@ -13,10 +13,13 @@
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
 W4A4 linears with their online transforms; embeddings, norms, attention and head stay float). Models: the zoo
 models at their task's sequence length, and ``wide-llada`` (the LLaDA-style architecture at LLaMA-8B width:
-hidden 4096, MLP 12288, 2 blocks, random weights, 256 tokens), where the linears dominate as in the real model.
+hidden 4096, MLP 12288, 2 blocks, random weights, 256 tokens), where the linears dominate as in the real model
+(its W4A4 copy has random transforms of Stage II's shapes instead of fitted ones, with the diagonal applied
+online at every linear, where Stage II folds most of them into norms: an upper bound on the W4A4 time).
 
-**Checkpoint size.** The safetensors bytes of the packed checkpoint against fp32 and bf16 saves of the same
-model.
+**Checkpoint size.** The safetensors bytes of the packed FAIR-Calib checkpoint against fp32 and bf16 saves of
+the same model (``wide-llada``: the state dicts' tensor bytes, its W4A4 copy being built without Stage II, see
+:func:`_wide_llada_pair`).
 
 Every time is the best of ``--repeats`` after a warm-up, with the same torch thread count for every variant;
 ratios > 1 mean W4A4 is faster (or smaller). ``--isa`` times several GEMM instruction sets (e.g. ``avx512vnni
@@ -118,6 +121,39 @@ def _safetensors_bytes(model, folder: str, dtype=None) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
 
 
+def _tensor_bytes(model, dtype=None) -> int:
+    """Bytes of the state dict's tensors (a safetensors file less its small JSON header), float tensors counted
+    in ``dtype`` when given."""
+    total = 0
+    for t in model.state_dict().values():
+        size = torch.empty((), dtype=dtype).element_size() if dtype is not None and t.is_floating_point() else t.element_size()
+        total += t.numel() * size
+    return total
+
+
+def _wide_llada_pair(root: str):
+    """``wide-llada`` in float32 and a copy whose block linears are :func:`transformed_w4a4_linear` modules
+    (the module structure and transform shapes Stage II produces; running Stage II on 0.4 B parameters does not
+    fit this benchmark's budget, and the speed does not depend on the fitted values)."""
+    import copy
+
+    from transformers import AutoModel
+
+    from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.reference_models import save_tiny
+    from fair_calib_hf.targets import block_targets, set_submodule
+
+    path = save_tiny("llada", os.path.join(root, "wide-llada"), seed=0, **WIDE_LLADA)
+    fp = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    q = copy.deepcopy(fp)
+    g = torch.Generator().manual_seed(0)
+    adapter = get_adapter(q)
+    for index, block in enumerate(adapter.blocks(q)):
+        for name, linear in block_targets(block, f"{adapter.blocks_path}.{index}", None):
+            set_submodule(q, name, transformed_w4a4_linear(linear.weight.detach(), g))
+    return fp, q
+
+
 def model_rows(models, batches, repeats) -> list[dict]:
     """Denoising-step time and checkpoint sizes, float32 vs FAIR-Calib W4A4, for each model name."""
     from transformers import AutoModel
@@ -125,7 +161,6 @@ def model_rows(models, batches, repeats) -> list[dict]:
 
     from fair_calib_hf import FairCalibConfig
     from fair_calib_hf.architectures import get_adapter
-    from fair_calib_hf.reference_models import save_tiny
     from fair_calib_hf.zoo import resolve, task_of
 
     hf_logging.disable_progress_bar()
@@ -133,25 +168,27 @@ def model_rows(models, batches, repeats) -> list[dict]:
     with tempfile.TemporaryDirectory() as root:
         for name in models:
             if name == "wide-llada":
-                path = save_tiny("llada", os.path.join(root, "wide-llada"), seed=0, **WIDE_LLADA)
+                fp, q = _wide_llada_pair(root)
                 seq_len, prompt_len = WIDE_TOKENS, WIDE_TOKENS // 2
+                sizes = {"fp32": _tensor_bytes(fp), "bf16": _tensor_bytes(fp, torch.bfloat16), "w4a4": _tensor_bytes(q)}
             else:  # a zoo name runs at its task's widths; any other checkpoint at 64 + 64 tokens
                 path = resolve(name)
                 task = task_of(path)
                 seq_len, prompt_len = (task.prompt_width + task.gen_length, task.prompt_width) if task else (128, 64)
-            fp = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
-            g = torch.Generator().manual_seed(0)
-            vocab = fp.get_input_embeddings().weight.shape[0]
-            data = torch.randint(5, min(vocab, 90), (STEP_CALIBRATION["num_samples"], seq_len), generator=g).tolist()
-            cfg = FairCalibConfig(method="fair_calib", calibration_dataset=data, seq_len=seq_len,
-                                  prior_window=seq_len - prompt_len, probe_steps=4, **STEP_CALIBRATION)
-            q = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
+                fp = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+                vocab = fp.get_input_embeddings().weight.shape[0]
+                data = torch.randint(5, min(vocab, 90), (STEP_CALIBRATION["num_samples"], seq_len),
+                                     generator=torch.Generator().manual_seed(0)).tolist()
+                cfg = FairCalibConfig(method="fair_calib", calibration_dataset=data, seq_len=seq_len,
+                                      prior_window=seq_len - prompt_len, probe_steps=4, **STEP_CALIBRATION)
+                q = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
+                sizes = {"fp32": _safetensors_bytes(fp, os.path.join(root, name + "-fp32")),
+                         "w4a4": _safetensors_bytes(q, os.path.join(root, name + "-w4a4")),
+                         "bf16": _safetensors_bytes(AutoModel.from_pretrained(path, trust_remote_code=True),
+                                                    os.path.join(root, name + "-bf16"), torch.bfloat16)}
             mask_id = get_adapter(fp).mask_token_id(fp.config)
-            sizes = {"fp32": _safetensors_bytes(fp, os.path.join(root, name + "-fp32")),
-                     "w4a4": _safetensors_bytes(q, os.path.join(root, name + "-w4a4"))}
-            sizes["bf16"] = _safetensors_bytes(
-                AutoModel.from_pretrained(path, trust_remote_code=True), os.path.join(root, name + "-bf16"),
-                torch.bfloat16)
+            vocab = fp.get_input_embeddings().weight.shape[0]
+            g = torch.Generator().manual_seed(1)
             for batch in batches:
                 ids = torch.randint(5, min(vocab, 90), (batch, seq_len), generator=g)
                 ids[:, prompt_len:] = mask_id
