@@ -89,8 +89,10 @@ def _task_inputs(task, tokenizer, n_eval):
     return examples, prompts
 
 
-def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, calibration: dict) -> list[dict]:
-    """Calibrate ``name`` for each seed and score it (FP when ``name == "fp"``); rows as in the module doc."""
+def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, calibration: dict,
+               tokens_per_step: int = 1) -> list[dict]:
+    """Calibrate ``name`` for each seed and score it (FP when ``name == "fp"``); rows as in the module doc.
+    ``tokens_per_step`` commits that many tokens per decoding step (``steps = gen_length / tokens_per_step``)."""
     import resource
 
     from transformers import AutoModel
@@ -108,8 +110,11 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     task = task_of(model_path)
     family = get_adapter(teacher).family
     examples, prompts = _task_inputs(task, tokenizer, n_eval)
-    plain = default_decode_config(task, family, record=False)
-    recorded = default_decode_config(task, family, record=True)
+    if task.gen_length % tokens_per_step:
+        raise ValueError(f"tokens_per_step={tokens_per_step} does not divide gen_length={task.gen_length}")
+    steps = task.gen_length // tokens_per_step
+    plain = default_decode_config(task, family, record=False, steps=steps)
+    recorded = default_decode_config(task, family, record=True, steps=steps)
     seq_len = task.prompt_width + task.gen_length
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
@@ -238,6 +243,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 3; 1 with --quick)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    parser.add_argument("--tokens-per-step", type=int, default=1,
+                        help="tokens committed per decoding step (default 1: steps = answer length)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of OUT/quality.json (same settings, same model weights) and run only "
                              "the missing (model, configuration) pairs")
@@ -247,6 +254,8 @@ def main(argv=None) -> None:
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds:
         settings["seeds"] = tuple(range(args.seeds))
+    if args.tokens_per_step != 1:
+        settings["tokens_per_step"] = args.tokens_per_step
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
