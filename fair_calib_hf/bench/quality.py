@@ -128,8 +128,11 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     rows = []
     for seed in seeds:
         data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
+        # Stage I probes with the deployment sampler's geometry: its block length (LLaDA's blocks of 8 here;
+        # the whole window for Dream) and its number of steps, so early-boost sees the block order.
         cfg = FairCalibConfig(method=method, calibration_dataset=data, seq_len=seq_len, prior_window=task.gen_length,
-                              probe_steps=task.gen_length, seed=seed, **calibration, **overrides)
+                              probe_steps=steps, probe_block_length=plain.block_length or task.gen_length,
+                              seed=seed, **calibration, **overrides)
         before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
@@ -148,7 +151,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
             "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),
-            "stage1_seconds": round(report.stage1_seconds, 2), "peak_mb": round(max(peak - before, 0.0), 1),
+            "stage1_seconds": round(report.stage1_seconds, 2), "probe_block_length": cfg.probe_block_length, "peak_mb": round(max(peak - before, 0.0), 1),
             "block_rel_mse": [round(b.rel_mse, 5) for b in report.blocks],
             "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.prob_mse_curve,
             "lags": rep.lags["student"], "teacher_lags": rep.lags["teacher"],
