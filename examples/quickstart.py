@@ -21,7 +21,7 @@ from fair_calib_hf import FairCalibConfig, W4A4Linear
 from fair_calib_hf.architectures import get_adapter
 from fair_calib_hf.diagnostics import compare_models
 from fair_calib_hf.zoo import resolve, task_of
-from fair_calib_hf.zoo.evaluate import default_decode_config, generate_answers
+from fair_calib_hf.zoo.evaluate import calibration_geometry, default_decode_config, generate_answers
 
 
 def _size_mb(path: str) -> float:
@@ -45,9 +45,10 @@ def main() -> None:
     print(f"[1/4] loaded {args.model}: {sum(p.numel() for p in fp.parameters()):,} parameters, "
           f"{_size_mb(path):.2f} MB of fp32 safetensors, task {task.name!r}")
 
+    family = get_adapter(fp).family
     cfg = FairCalibConfig(method=args.method, calibration_dataset=task.calibration_sequences(tok, 64, seed=0),
-                          seq_len=task.prompt_width + task.gen_length, num_samples=64, prior_window=task.gen_length,
-                          probe_steps=task.gen_length, n_probe=64, probe_batch_size=16, epochs=10)
+                          num_samples=64, n_probe=64, probe_batch_size=16, epochs=10,
+                          **calibration_geometry(task, family))
     started = time.perf_counter()
     model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
     print(f"[2/4] calibrated on load in {time.perf_counter() - started:.0f} s: "
@@ -64,7 +65,6 @@ def main() -> None:
     packed = sum(isinstance(m, W4A4Linear) for m in again.modules())
     examples = task.examples("test", args.count, seed=0)
     prompts, _ = task.encode(examples, tok)
-    family = get_adapter(fp).family
     decode = default_decode_config(task, family, record=False)
     acc = {}
     for name, m in (("FP", fp), ("W4A4", again)):

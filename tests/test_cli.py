@@ -35,7 +35,7 @@ def zoo_dir(tmp_path_factory, tiny_dirs):
     """A fake zoo: a tiny LLaDA checkpoint registered as zoo:llada-arith (task arith)."""
     root = tmp_path_factory.mktemp("zoo")
     shutil.copytree(tiny_dirs["llada"], root / "llada-arith")
-    (root / "llada-arith" / "training.json").write_text(json.dumps({"recipe": {"task": "arith"}}))
+    (root / "llada-arith" / "training.json").write_text(json.dumps({"recipe": {"task": "arith", "kind": "llada"}}))
     return str(root)
 
 
@@ -144,6 +144,8 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     report = json.load(open(os.path.join(out, "fair_calib_report.json")))
     assert report["config"]["seq_len"] == task.prompt_width + task.gen_length
     assert report["config"]["prior_window"] == task.gen_length
+    # Stage I follows the benchmark's LLaDA decoding (blocks of 8); the user's --probe-steps wins over the default
+    assert report["config"]["probe_steps"] == 8 and report["config"]["probe_block_length"] == 8
     assert report["config"]["prior_path"] == prior_file
     assert torch.equal(PositionPrior.from_checkpoint(out).weights, prior.weights)
     assert report["accuracy"]["student"]["task"] == "arith" and report["accuracy"]["student"]["n"] == 4

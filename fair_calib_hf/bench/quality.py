@@ -102,8 +102,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     from fair_calib_hf.architectures import get_adapter
     from fair_calib_hf.diagnostics import compare_models
     from fair_calib_hf.zoo import task_of
-    from fair_calib_hf.zoo.evaluate import (answer_log_likelihood, decode_settings, default_decode_config,
-                                            generate_answers)
+    from fair_calib_hf.zoo.evaluate import (answer_log_likelihood, calibration_geometry, decode_settings,
+                                            default_decode_config, generate_answers)
 
     hf_logging.disable_progress_bar()
     teacher, tokenizer = _load(model_path)
@@ -115,7 +115,6 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     steps = task.gen_length // tokens_per_step
     plain = default_decode_config(task, family, record=False, steps=steps)
     recorded = default_decode_config(task, family, record=True, steps=steps)
-    seq_len = task.prompt_width + task.gen_length
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
         calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
@@ -128,11 +127,10 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     rows = []
     for seed in seeds:
         data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
-        # Stage I probes with the deployment sampler's geometry: its block length (LLaDA's blocks of 8 here;
-        # the whole window for Dream) and its number of steps, so early-boost sees the block order.
-        cfg = FairCalibConfig(method=method, calibration_dataset=data, seq_len=seq_len, prior_window=task.gen_length,
-                              probe_steps=steps, probe_block_length=plain.block_length or task.gen_length,
-                              seed=seed, **calibration, **overrides)
+        # Stage I probes with the deployment sampler's block length (LLaDA's blocks of 8 here; the whole window
+        # for Dream) and number of steps
+        cfg = FairCalibConfig(method=method, calibration_dataset=data, seed=seed,
+                              **calibration_geometry(task, family, steps=steps), **calibration, **overrides)
         before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()

@@ -130,9 +130,11 @@ def _parse_set(items: list[str]) -> dict:
 
 def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
     """The ``FairCalibConfig`` for ``quantize`` / ``probe`` from the parsed arguments. A zoo model without
-    ``--dataset`` calibrates on its task's calibration split (``seq_len = prompt_width + gen_length``,
-    ``prior_window = gen_length``)."""
+    ``--dataset`` calibrates on its task's calibration split, with defaults fitted to how the task is decoded
+    (:func:`~fair_calib_hf.zoo.evaluate.calibration_geometry`: ``seq_len = prompt_width + gen_length``,
+    ``prior_window = gen_length``, the sampler's steps and block length for Stage I)."""
     from ..config import FairCalibConfig
+    from ..zoo.evaluate import calibration_geometry
 
     kw = {"method": method, "seed": args.seed}
     for arg, field in (("num_samples", "num_samples"), ("seq_len", "seq_len"), ("prior_window", "prior_window"),
@@ -157,8 +159,8 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
             raise ValueError(f"zoo model {path} has no tokenizer")
         count = kw.get("num_samples", 128)
         kw["calibration_dataset"] = task.calibration_sequences(tokenizer, count, seed=args.seed)
-        kw.setdefault("seq_len", task.prompt_width + task.gen_length)
-        kw.setdefault("prior_window", task.gen_length)
+        for field, value in calibration_geometry(task, zoo.family_of(path)).items():
+            kw.setdefault(field, value)
         kw["num_samples"] = count
         source = f"zoo task {task.name!r}, calibration split ({count} sequences)"
     kw.update(_parse_set(getattr(args, "set", [])))

@@ -44,14 +44,26 @@ def resolve(name_or_path: str) -> str:
     return os.path.join(MODELS_DIR, name)
 
 
-def task_of(name_or_path: str):
-    """The :class:`~.tasks.Task` a zoo model was trained on (read from its ``training.json``), or ``None``
-    for a folder that is not a zoo model."""
+def recipe_of(name_or_path: str) -> dict | None:
+    """The training recipe stored in a zoo model's ``training.json``, or ``None`` for a folder that is not a zoo
+    model."""
     path = os.path.join(resolve(name_or_path), "training.json")
     if not os.path.isfile(path):
         return None
     with open(path) as handle:
-        return get_task(json.load(handle)["recipe"]["task"])
+        return json.load(handle)["recipe"]
+
+
+def task_of(name_or_path: str):
+    """The :class:`~.tasks.Task` a zoo model was trained on, or ``None`` for a folder that is not a zoo model."""
+    recipe = recipe_of(name_or_path)
+    return None if recipe is None else get_task(recipe["task"])
+
+
+def family_of(name_or_path: str) -> str | None:
+    """The architecture family (``"llada"`` / ``"dream"``) a zoo model was trained as, or ``None``."""
+    recipe = recipe_of(name_or_path)
+    return None if recipe is None else recipe["kind"]
 
 
 def save_reference_model(name: str, model, cfg: TrainConfig, history: list, out: str | None = None) -> str:

@@ -30,6 +30,16 @@ def default_decode_config(task: Task, family: str, **overrides) -> DecodeConfig:
     return DecodeConfig(**settings)
 
 
+def calibration_geometry(task: Task, family: str, **decode_overrides) -> dict:
+    """The ``FairCalibConfig`` fields that fit calibration to how ``task`` is decoded: sequences of prompt +
+    answer (``seq_len``), the answer as the prior's window, and Stage I rollouts with the deployment sampler's
+    steps and block length (:func:`default_decode_config` with ``decode_overrides``), so that the early-boost
+    schedule sees LLaDA's block order."""
+    config = default_decode_config(task, family, **decode_overrides)
+    return dict(seq_len=task.prompt_width + task.gen_length, prior_window=task.gen_length, probe_steps=config.steps,
+                probe_block_length=config.block_length or task.gen_length)
+
+
 def decode_settings(config: DecodeConfig) -> dict:
     """The decoding fields worth printing next to a score."""
     return {k: getattr(config, k) for k in ("policy", "gen_length", "steps", "block_length", "temperature")}
