@@ -126,8 +126,8 @@ def _tensor_bytes(model, dtype=None) -> int:
     in ``dtype`` when given."""
     total = 0
     for t in model.state_dict().values():
-        size = torch.empty((), dtype=dtype).element_size() if dtype is not None and t.is_floating_point() else t.element_size()
-        total += t.numel() * size
+        floating = dtype is not None and t.is_floating_point()
+        total += t.numel() * (torch.empty((), dtype=dtype).element_size() if floating else t.element_size())
     return total
 
 
@@ -214,9 +214,10 @@ def main(argv=None) -> None:
     parser.add_argument("--isa", nargs="+", default=None,
                         help="GEMM instruction sets to time (default: the active one), e.g. avx512vnni avx2")
     parser.add_argument("--models", nargs="*", default=None,
-                        help="models for the denoising step: zoo names, checkpoint folders and/or wide-llada (default: zoo:llada-arith "
-                             "zoo:dream-arith wide-llada; none to skip)")
-    parser.add_argument("--batches", type=int, nargs="+", default=None, help="denoising-step batch sizes (default 1 16)")
+                        help="models for the denoising step: zoo names, checkpoint folders and/or wide-llada "
+                             "(default: zoo:llada-arith zoo:dream-arith wide-llada; none to skip)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="denoising-step batch sizes (default 1 16)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from fair_calib_hf import ops

@@ -149,7 +149,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
             "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),
-            "stage1_seconds": round(report.stage1_seconds, 2), "probe_block_length": cfg.probe_block_length, "peak_mb": round(max(peak - before, 0.0), 1),
+            "stage1_seconds": round(report.stage1_seconds, 2), "probe_block_length": cfg.probe_block_length,
+            "peak_mb": round(max(peak - before, 0.0), 1),
             "block_rel_mse": [round(b.rel_mse, 5) for b in report.blocks],
             "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.prob_mse_curve,
             "lags": rep.lags["student"], "teacher_lags": rep.lags["teacher"],
@@ -194,8 +195,8 @@ def _fmt(pair, scale=1.0, digits=1):
 
 def markdown(summary: list[dict], meta: dict) -> str:
     """The results table (accuracy and rates in %)."""
-    head = ("| model | config | seeds | accuracy % | log-lik nats/tok | flip rate % | mean-disagree % | never-agree % | lag p90 | "
-            "prob. MSE ×1e3 | calib. s | peak MB |")
+    head = ("| model | config | seeds | accuracy % | log-lik nats/tok | flip rate % | mean-disagree % | "
+            "never-agree % | lag p90 | prob. MSE ×1e3 | calib. s | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
         if s["config"] == "fp":

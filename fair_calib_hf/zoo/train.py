@@ -4,8 +4,8 @@ For each example: draw ``t ~ U(ε, 1)``, replace every token of the noised regio
 independently with probability ``t`` (at least one), and take the cross-entropy of the masked tokens weighted by
 ``1/t``, summed and divided by the number of region tokens in the batch. The region is the answer (SFT: the
 prompt is never masked) or, with ``mask_prompt``, every position but the first (pre-training, which supervises
-the prompt's tokens too: five times the signal per example on the code task). LLaDA-style models
-predict token ``i`` at output ``i``; Dream-style models at output ``i − 1`` (the adapter's logit shift).
+the prompt's tokens too: about seven times the supervised tokens per example on the code task). LLaDA-style
+models predict token ``i`` at output ``i``; Dream-style models at output ``i − 1`` (the adapter's logit shift).
 
 Determinism and resumption: the batch of step ``s`` (examples, ``t`` and masks) is a function of ``(seed, s)``
 only, and the state saved every ``checkpoint_every`` steps holds the model, the optimizer and the step, so a run
