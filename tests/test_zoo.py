@@ -233,3 +233,17 @@ def test_shipped_model_loads_and_solves_its_task(name):
     assert result["n"] == 16 and result["decoding"] == card["decoding"]
     # 16 of the card's test problems: the score may differ from the card's by sampling noise only
     assert result["accuracy"] >= card["accuracy"] - 0.3, result["samples"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_remote_code_is_the_package_source(name):
+    """Each zoo checkpoint carries its own copy of the remote code (as a Hub repo does); the copies must not
+    drift from ``fair_calib_hf/reference_models`` (retrain or re-save the model after changing them)."""
+    from fair_calib_hf.reference_models import remote_code_files
+
+    if name not in available():
+        pytest.skip(f"zoo model {name} is not in this installation")
+    for source in remote_code_files(RECIPES[name].kind):
+        shipped = os.path.join(resolve(f"zoo:{name}"), os.path.basename(source))
+        with open(source, "rb") as a, open(shipped, "rb") as b:
+            assert a.read() == b.read(), f"{shipped} differs from {source}"
