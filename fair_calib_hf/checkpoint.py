@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import torch
 from safetensors import safe_open
@@ -298,13 +299,30 @@ def refuse_existing_output(path: str, overwrite: bool) -> None:
         raise FileExistsError(f"output path {path} is an existing file")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"output directory {path} already exists and is not empty; "
-                              "pass overwrite=True (CLI: --overwrite) to replace it")
+                              "pass --overwrite (Python: overwrite=True) to replace it")
+
+
+def _mkdir_unique(parent: str, prefix: str) -> str:
+    """Create and return a new folder ``parent/prefix<random>`` with ``os.mkdir``'s default mode (0777 minus
+    the umask)."""
+    import secrets
+
+    for _ in range(100):
+        path = os.path.join(parent, prefix + secrets.token_hex(4))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary folder in {parent}")
 
 
 class atomic_directory:
     """Context manager that yields a fresh temporary folder next to ``path`` and, when the block succeeds,
     moves it into place as ``path`` (replacing an existing folder only with ``overwrite``). On any error the
-    temporary folder is removed and ``path`` is left exactly as it was::
+    temporary folder is removed and ``path`` is left exactly as it was. The folder gets the mode a plain
+    ``mkdir`` gives under the user's umask, or the mode of the empty folder the user created beforehand (not
+    ``tempfile.mkdtemp``'s 0700, which would hide the checkpoint from others on a shared machine)::
 
         with atomic_directory("out/llada-w4a4", overwrite=False) as tmp:
             model.save_pretrained(tmp)
@@ -321,7 +339,9 @@ class atomic_directory:
         refuse_existing_output(self.path, self.overwrite)
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.tmp-", dir=parent)
+        self.tmp = _mkdir_unique(parent, f".{os.path.basename(self.path)}.tmp-")
+        if os.path.isdir(self.path):  # an empty folder the user made: keep its permissions
+            os.chmod(self.tmp, stat.S_IMODE(os.stat(self.path).st_mode))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:

@@ -4,20 +4,22 @@ What ``to_dict()`` returns is what lands in ``config.json["quantization_config"]
 Runtime inputs (a list of texts, a ``datasets.Dataset``, a tokenizer) are used during calibration and never
 serialized; a string ``calibration_dataset`` (a hub id or a file path) is kept as a record.
 
-On reload transformers calls ``FairCalibConfig(**saved_dict)``: ``quant_method`` and keys written by a newer
-version of the plugin are accepted (unknown keys are kept and written back unchanged).
+On reload transformers calls ``FairCalibConfig.from_dict(saved_dict)`` (= ``FairCalibConfig(**saved_dict)``):
+``quant_method`` is accepted; any other unknown key is refused with ``ValueError`` naming it and the closest
+valid field (a typo such as ``epcohs=3`` must not silently leave ``epochs`` at its default). Every field
+ever written by this project is still a field, so older checkpoints reload.
 """
 from __future__ import annotations
 
 import copy
-import logging
+import difflib
+import inspect
 from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .packing import PACK_FORMAT
 
-logger = logging.getLogger(__name__)
 
 QUANT_METHOD = "fair_calib"
 FORMAT_VERSION = 1
@@ -51,7 +53,29 @@ _SERIALIZED_FIELDS = (
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
+    """Raise the ``ValueError`` every invalid field gets: the field, the value, what is allowed."""
     raise ValueError(f"FairCalibConfig: invalid {field}={value!r}; allowed: {allowed}")
+
+
+def field_names() -> tuple[str, ...]:
+    """Every keyword ``FairCalibConfig`` accepts (its ``__init__`` parameters and ``quant_method``)."""
+    params = inspect.signature(FairCalibConfig.__init__).parameters.values()
+    return ("quant_method",) + tuple(p.name for p in params
+                                     if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def unknown_fields_message(unknown, where: str) -> str:
+    """``"<where>: unknown field 'epcohs' (did you mean 'epochs'?)"`` for every key of ``unknown`` (closest
+    valid name by :func:`difflib.get_close_matches`; the valid names listed when none is close)."""
+    valid = field_names()
+    parts = []
+    for key in sorted(map(str, unknown)):
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    text = f"{where}: unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
+    if not any("did you mean" in p for p in parts):
+        text += f"; valid fields: {', '.join(sorted(valid))}"
+    return text
 
 
 class FairCalibConfig(QuantizationConfigMixin):
@@ -59,7 +83,7 @@ class FairCalibConfig(QuantizationConfigMixin):
 
     Args:
         method: ``"rtn"`` (round-to-nearest weights, dynamic per-token activations), ``"quarot"``,
-            ``"flatquant"`` or ``"fair_calib"``. Only ``"rtn"`` is implemented in this release.
+            ``"flatquant"`` or ``"fair_calib"`` (all four implemented; see the README's Methods table).
         w_bits, a_bits: weight and activation bits; W4A4 only, so both must be 4.
         w_clip_ratio: weight clip ratio in (0, 1]; the per-channel scale is ``ratio · max|W_row| / 7``.
         a_clip_ratio: activation clip ratio in (0, 1]; the per-token scale is ``ratio · max|x_row| / 7``.
@@ -152,6 +176,8 @@ class FairCalibConfig(QuantizationConfigMixin):
         **kwargs,
     ):
         kwargs.pop("quant_method", None)
+        if kwargs:
+            raise ValueError(unknown_fields_message(kwargs, "FairCalibConfig"))
         self.quant_method = QUANT_METHOD
         self.format_version = format_version
         self.pack_format = pack_format
@@ -180,9 +206,6 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.prior_reliability, self.prior_floor, self.prior_path = prior_reliability, prior_floor, prior_path
         self.epochs, self.lr, self.clip_lr, self.batch_size = epochs, lr, clip_lr, batch_size
         self.add_diag, self.diag_alpha, self.lwc, self.lac = add_diag, diag_alpha, lwc, lac
-        self.extra = dict(kwargs)
-        if kwargs:
-            logger.info("FairCalibConfig: keeping unknown keys %s (written by a newer version?)", sorted(kwargs))
         self.post_init()
 
     def post_init(self) -> None:
@@ -270,9 +293,23 @@ class FairCalibConfig(QuantizationConfigMixin):
         """Whether the method needs calibration data (all but the data-free ``rtn`` and ``quarot``)."""
         return self.method not in DATA_FREE_METHODS
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs):
+        """The config of a saved ``quantization_config`` dict (transformers calls this on reload). A key this
+        release does not know raises ``ValueError`` saying so (a newer fair_calib_hf wrote it, or it was
+        edited by hand) before anything is loaded."""
+        unknown = {k: v for k, v in config_dict.items() if k not in field_names()}
+        if unknown:
+            from .version import __version__
+
+            raise ValueError(unknown_fields_message(unknown, "quantization_config")
+                             + f". fair_calib_hf {__version__} does not know it: a newer fair_calib_hf wrote this "
+                               "checkpoint (upgrade), or config.json was edited by hand (fix the name)")
+        return super().from_dict(config_dict, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-clean dict of the serialized fields (runtime objects left out, unknown keys kept)."""
-        out = dict(self.extra)
+        """JSON-clean dict of the serialized fields (runtime objects left out); only known fields."""
+        out = {}
         for name in _SERIALIZED_FIELDS:
             out[name] = copy.deepcopy(getattr(self, name))
         if isinstance(self.calibration_dataset, str):

@@ -4,6 +4,7 @@ test_end_to_end.py; here: the CLI and the cases not covered there.)"""
 import json
 import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -163,6 +164,26 @@ def test_interrupted_save_leaves_the_destination_untouched(tiny_dirs, rtn_dir, t
     else:
         assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == (["out"] if existing else [])  # no temporary folder left behind
+
+
+def test_atomic_directory_keeps_umask_and_precreated_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(str(tmp_path / "fresh")) as tmp:
+            open(os.path.join(tmp, "a"), "w").write("1")
+        assert stat.S_IMODE(os.stat(tmp_path / "fresh").st_mode) == 0o755  # as mkdir under umask 022, not 0700
+        os.umask(0o027)
+        with atomic_directory(str(tmp_path / "fresh2")) as tmp:
+            pass
+        assert stat.S_IMODE(os.stat(tmp_path / "fresh2").st_mode) == 0o750
+        made = tmp_path / "made"
+        made.mkdir()
+        os.chmod(made, 0o775)  # the user's empty folder keeps its own mode
+        with atomic_directory(str(made)) as tmp:
+            pass
+        assert stat.S_IMODE(os.stat(made).st_mode) == 0o775
+    finally:
+        os.umask(old)
 
 
 def test_atomic_directory_on_success_and_error(tmp_path):

@@ -70,11 +70,53 @@ def test_help_on_every_subcommand(sub, capsys):
         assert "--push-to-hub" in out and "--dataset" in out and "--prior" in out and "--overwrite" in out
 
 
+def test_help_imports_neither_torch_nor_transformers():
+    """``--help`` must be instant (issue 17: 7-10 s before): parsing imports no heavy module. Checked by what is
+    imported, not by timing (timings live in BENCHMARKS.md)."""
+    code = ("import sys, fair_calib_hf_cli\n"
+            "for sub in ([], ['quantize'], ['probe'], ['eval'], ['inspect']):\n"
+            "    try:\n        fair_calib_hf_cli.main(sub + ['--help'])\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'fair_calib_hf', 'numpy') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
+    optimum = pytest.importorskip("optimum.commands.base", reason="optimum is part of the [test] extra")
+    assert optimum is not None
+    code = "import sys, fair_calib_hf_cli.optimum\nprint('HEAVY', [m for m in ('torch', 'fair_calib_hf') if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY []", proc.stderr
+
+
+def test_exit_statuses_usage_error_2_failure_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:  # the command line does not parse: argparse's usage error
+        main(["quantize", "x", "--out", str(tmp_path / "o"), "--no-such-option"])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    assert main([]) == 2  # no command: usage
+    assert main(["inspect", str(tmp_path / "nope")]) == 1  # parsed, then refused by the work
+
+
+def test_unknown_set_field_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    from fair_calib_hf.cli import commands
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started despite a bad --set")
+
+    monkeypatch.setattr(commands, "preflight", no_work)
+    monkeypatch.setattr(commands, "resolve_model", no_work)
+    for sub in ("quantize", "probe"):
+        out = tmp_path / f"{sub}-out"
+        assert main([sub, "zoo:llada-arith", "--out", str(out), "--set", "epcohs=3", "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == f"fair-calib {sub}: error: --set: unknown field 'epcohs' (did you mean 'epochs'?)"
+        assert not out.exists()
+
+
 def test_console_script_is_installed_and_fails_in_one_line(tmp_path):
     from importlib.metadata import entry_points
 
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("fair-calib") == "fair_calib_hf.cli:entry_point"
+    assert scripts.get("fair-calib") == "fair_calib_hf_cli:entry_point"
     proc = subprocess.run([sys.executable, "-m", "fair_calib_hf.cli", "inspect", str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1

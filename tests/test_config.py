@@ -8,7 +8,7 @@ import torch
 
 import fair_calib_hf
 from fair_calib_hf import FairCalibConfig, FairCalibHfQuantizer
-from fair_calib_hf.config import FORMAT_VERSION
+from fair_calib_hf.config import FORMAT_VERSION, field_names
 
 
 def test_defaults_and_json_round_trip():
@@ -22,11 +22,34 @@ def test_defaults_and_json_round_trip():
     assert again.to_dict() == d
 
 
-def test_reload_accepts_quant_method_and_unknown_keys():
+def test_unknown_fields_are_refused_with_the_closest_name():
+    with pytest.raises(ValueError, match=r"unknown field 'epcohs' \(did you mean 'epochs'\?\)"):
+        FairCalibConfig(method="rtn", epcohs=3)
+    with pytest.raises(ValueError, match=r"unknown field 'foo'; valid fields: .*epochs"):
+        FairCalibConfig(foo=1)
+    # transformers' reload path (from_dict = cls(**d)): a key this release does not know is refused, saying why
     d = FairCalibConfig().to_dict()
     d["future_option"] = {"x": 1}
-    cfg = FairCalibConfig(**d)
-    assert cfg.to_dict()["future_option"] == {"x": 1}
+    with pytest.raises(ValueError, match="unknown field 'future_option'.*newer fair_calib_hf"):
+        FairCalibConfig.from_dict(d)
+    cfg = FairCalibConfig(method="fair_calib", epochs=3)
+    assert set(cfg.to_dict()) <= set(field_names()) and cfg.to_dict()["epochs"] == 3
+
+
+# The quantization_config of the first checkpoints this project wrote (format 1, before the Stage I/II and
+# dataset fields existed): every key ever written must still reload.
+OLDEST_SAVED = {"quant_method": "fair_calib", "format_version": 1, "pack_format": "int4_s_u8_lo_even_k",
+                "method": "rtn", "w_bits": 4, "a_bits": 4, "w_clip_ratio": 1.0, "a_clip_ratio": 1.0,
+                "num_samples": 128, "seq_len": 1024, "dataset_text_column": "text", "block_inputs": "fp",
+                "calibration_device": None, "modules_to_not_convert": None, "seed": 0}
+
+
+def test_oldest_saved_config_reloads():
+    from fair_calib_hf.packing import PACK_FORMAT
+
+    assert OLDEST_SAVED["pack_format"] == PACK_FORMAT
+    cfg = FairCalibConfig.from_dict(dict(OLDEST_SAVED))
+    assert cfg.method == "rtn" and cfg.epochs == 15
 
 
 def test_string_dataset_is_kept_as_record():

@@ -116,6 +116,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = True):
 # -- configuration ---------------------------------------------------------------------------------------------
 
 def _parse_set(items: list[str]) -> dict:
+    """``{field: value}`` of the ``--set FIELD=VALUE`` arguments (VALUE parsed as JSON when it parses);
+    ``ValueError`` for a malformed item or a field ``FairCalibConfig`` does not have (with the closest name)."""
+    from ..config import field_names, unknown_fields_message
+
     out = {}
     for item in items or []:
         if "=" not in item:
@@ -125,6 +129,9 @@ def _parse_set(items: list[str]) -> dict:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
+    unknown = [k for k in out if k not in field_names() or k in ("quant_method", "tokenizer")]
+    if unknown:
+        raise ValueError(unknown_fields_message(unknown, "--set"))
     return out
 
 
@@ -234,6 +241,8 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     from ..checkpoint import atomic_directory, describe_checkpoint, refuse_existing_output
     from ..report import calibration_summary, write_report
 
+    if args is not None:
+        _parse_set(args.set)  # a typo in --set fails here, before any loading
     path, is_local, is_zoo = resolve_model(model_spec)
     trust = bool(is_local or (args is not None and args.trust_remote_code)
                  or (load_options or {}).get("trust_remote_code"))
@@ -343,6 +352,7 @@ def run_probe(args) -> None:
     from ..calibration.data import load_calibration_samples
     from ..calibration.stage1_prior import probe_position_prior
 
+    _parse_set(args.set)  # a typo in --set fails here, before any loading
     path, is_local, is_zoo = resolve_model(args.model)
     trust = bool(is_local or args.trust_remote_code)
     preflight(path, trust_remote_code=trust)
