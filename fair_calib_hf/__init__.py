@@ -2,6 +2,8 @@
 
 Importing the package registers ``FairCalibConfig`` and ``FairCalibHfQuantizer`` under the quantization
 method ``"fair_calib"``; import it before ``from_pretrained`` (also when reloading a quantized checkpoint).
+Subpackages load on first attribute access (``fair_calib_hf.zoo.resolve(...)`` works after ``import
+fair_calib_hf``) and cost nothing until then.
 """
 from ._compat import check_transformers_version
 
@@ -13,5 +15,17 @@ from .quantizer import FairCalibHfQuantizer, register  # noqa: E402
 from .version import __version__  # noqa: E402
 
 register()
+
+_LAZY_SUBMODULES = ("architectures", "calibration", "checkpoint", "decoding", "diagnostics", "modules", "ops",
+                    "packing", "reference_models", "report", "targets", "zoo")
+
+
+def __getattr__(name: str):
+    """PEP 562: import a subpackage on first access (``fair_calib_hf.zoo``); ``AttributeError`` otherwise."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["FairCalibConfig", "FairCalibHfQuantizer", "W4A4Linear", "__version__"]
