@@ -23,12 +23,25 @@ or from the shell, the way the dLLM papers run the harness::
   position when all of them are masked (one forward).
 * ``loglikelihood_rolling``: the same estimator for the whole text given the BOS token.
 
-Model arguments: ``pretrained`` (folder, hub id or ``zoo:NAME``), ``dtype`` (auto), ``device`` (cpu / cuda),
-``trust_remote_code`` (true), ``gen_length`` (64), ``steps`` (= gen_length), ``block_length`` (8 for
-LLaDA-style when it divides gen_length, else gen_length), ``policy``, ``temperature`` (0), ``mc_num`` (32),
-``mc_batch_size`` (mc_num), ``seed`` (0), ``add_bos`` (true), ``batch_size``.
+Model arguments: ``pretrained`` (folder, hub id or ``zoo:NAME``), ``dtype`` (auto), ``device`` (cpu / cuda;
+a device this torch does not have, such as the harness's default ``cuda:0`` on a CPU-only build, falls back
+to CPU with a warning), ``trust_remote_code`` (true), ``gen_length`` (64), ``steps`` (= gen_length),
+``block_length`` (8 for LLaDA-style when it divides gen_length, else gen_length), ``policy``, ``temperature``
+(0), ``mc_num`` (32), ``mc_batch_size`` (mc_num), ``seed`` (0), ``add_bos`` (true), ``batch_size``,
+``zoo_task`` (``arith`` / ``code``).
+
+Zoo models (:mod:`fair_calib_hf.zoo`) were trained on one fixed prompt layout: ``prompt_width`` tokens, BOS then
+the prompt text, **left-padded with EOS**, no attention mask (:mod:`fair_calib_hf.zoo.tasks`); with the generic
+layout (unpadded, masked) they decode garbage. A zoo folder (``zoo:NAME``, or any folder with the zoo's
+``training.json``) gets that layout and its task's decoding (:func:`fair_calib_hf.zoo.evaluate.default_decode_config`)
+automatically, so the harness scores what ``fair-calib eval`` scores; a quantized copy of a zoo model has no
+``training.json``: pass ``zoo_task=arith`` (or ``code``). A context longer than ``prompt_width − 1`` tokens is
+refused, naming the layout.
 """
 from __future__ import annotations
+
+import os
+import warnings
 
 import torch
 from lm_eval.api.model import LM
@@ -46,17 +59,47 @@ def _bool(v) -> bool:
     return v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes")
 
 
+def available_device(device) -> torch.device:
+    """``device`` if this torch can use it, else CPU with a ``UserWarning`` (lm-eval passes ``cuda:0`` by
+    default; its own HF model falls back the same way). A CUDA index beyond ``torch.cuda.device_count()`` and
+    an MPS device without MPS support count as unavailable."""
+    wanted = torch.device(device)
+    if wanted.type == "cuda":
+        ok = torch.cuda.is_available() and (wanted.index or 0) < torch.cuda.device_count()
+    elif wanted.type == "mps":
+        ok = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    else:
+        ok = True
+    if ok:
+        return wanted
+    warnings.warn(f"{MODEL_NAME}: device {device!r} is not available in this torch build; using cpu",
+                  stacklevel=3)
+    return torch.device("cpu")
+
+
+def zoo_layout(path: str, zoo_task=None):
+    """The zoo :class:`~fair_calib_hf.zoo.tasks.Task` whose prompt layout and decoding ``path`` needs: the one
+    named by ``zoo_task``, else the task a zoo folder was trained on, else ``None`` (generic layout)."""
+    from .zoo import task_of
+    from .zoo.tasks import get_task
+
+    if zoo_task not in (None, "", "None"):
+        return get_task(str(zoo_task))
+    return task_of(path) if isinstance(path, str) and os.path.isdir(path) else None
+
+
 @register_model(MODEL_NAME)
 class FairCalibDLLM(LM):
     """A diffusion LM (LLaDA- or Dream-style, float or W4A4) behind the harness's ``LM`` interface."""
 
     def __init__(self, pretrained=None, model=None, tokenizer=None, dtype="auto", device=None,
-                 trust_remote_code=True, gen_length=64, steps=None, block_length=None, policy=None,
+                 trust_remote_code=True, gen_length=None, steps=None, block_length=None, policy=None,
                  temperature=0.0, mc_num=32, mc_batch_size=None, seed=0, add_bos=True, batch_size=1,
-                 max_batch_size=None, **kwargs):
+                 max_batch_size=None, zoo_task=None, **kwargs):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        path = None
         if model is None:
             if pretrained is None:
                 raise ValueError(f"{MODEL_NAME}: pass model_args pretrained=PATH (a folder, hub id or zoo:NAME)")
@@ -71,10 +114,19 @@ class FairCalibDLLM(LM):
         if tokenizer is None:
             raise ValueError(f"{MODEL_NAME}: a model object needs its tokenizer too")
         if device:
-            model.to(device)
+            model.to(available_device(device))
         self.model, self.tokenizer = model.eval(), tokenizer
         self.adapter = get_adapter(model)
-        self.gen_length = int(gen_length)
+        self.zoo_task = zoo_layout(path, zoo_task)
+        if self.zoo_task is not None:  # the task's own decoding unless overridden
+            from .zoo.evaluate import default_decode_config
+
+            zoo_cfg = default_decode_config(self.zoo_task, self.adapter.family)
+            gen_length = gen_length if gen_length is not None else zoo_cfg.gen_length
+            steps = steps if steps is not None else zoo_cfg.steps
+            block_length = block_length if block_length is not None else zoo_cfg.block_length
+            policy = policy or zoo_cfg.policy
+        self.gen_length = int(gen_length) if gen_length is not None else 64
         self.steps = int(steps) if steps is not None else None
         self.block_length = int(block_length) if block_length not in (None, "None") else None
         self.policy = policy or ("low_confidence" if self.adapter.family == "llada" else "maskgit_plus")
@@ -97,6 +149,31 @@ class FairCalibDLLM(LM):
             ids = [self.tokenizer.bos_token_id] + ids
         return ids
 
+    def _prompt_batch(self, contexts: list[str]):
+        """``(input_ids [B, W], attention_mask [B, W] or None, W)`` of the contexts: left-padded and masked
+        (generic), or a zoo task's layout (``W = prompt_width``, BOS + text left-padded with EOS, no mask)."""
+        task = self.zoo_task
+        rows = [self._encode(c, self.add_bos or task is not None) for c in contexts]
+        if task is not None:
+            too_long = [c for c, r in zip(contexts, rows) if len(r) > task.prompt_width]
+            if too_long:
+                raise ValueError(f"{MODEL_NAME}: zoo task {task.name!r} models take prompts of at most "
+                                 f"{task.prompt_width - 1} tokens after BOS (layout: BOS + text, left-padded with "
+                                 f"EOS to {task.prompt_width}); got {too_long[0]!r}")
+            eos = self.tokenizer.eos_token_id
+            ids = torch.full((len(rows), task.prompt_width), eos, dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, task.prompt_width - len(r):] = torch.tensor(r, dtype=torch.long)
+            return ids, None, task.prompt_width
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids, mask, width
+
     def _decode_config(self, gen_length: int) -> DecodeConfig:
         steps = min(self.steps or gen_length, gen_length)
         block = self.block_length
@@ -117,19 +194,12 @@ class FairCalibDLLM(LM):
         from tqdm import tqdm
 
         out = []
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         for start in tqdm(range(0, len(requests), self.batch_size), disable=disable_tqdm, desc=f"{MODEL_NAME} generate"):
             chunk = requests[start:start + self.batch_size]
             contexts = [r.args[0] for r in chunk]
             kwargs = [dict(r.args[1]) if len(r.args) > 1 and r.args[1] else {} for r in chunk]
             gen_length = min([self.gen_length] + [int(k["max_gen_toks"]) for k in kwargs if "max_gen_toks" in k])
-            rows = [self._encode(c, self.add_bos) for c in contexts]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-                mask[i, width - len(r):] = 1
+            ids, mask, width = self._prompt_batch(contexts)
             result = diffusion_generate(self.model, ids, mask, self._decode_config(gen_length), adapter=self.adapter)
             for row, kw in zip(result.sequences[:, width:].tolist(), kwargs):
                 cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
@@ -161,6 +231,8 @@ class FairCalibDLLM(LM):
             if stripped:
                 context, continuation = context[:-stripped], context[-stripped:] + continuation
             prompt = torch.tensor(self._encode(context, self.add_bos), dtype=torch.long)
+            if self.zoo_task is not None:  # the zoo layout (BOS, EOS left padding), as trained
+                prompt = self._prompt_batch([context])[0][0]
             answer = torch.tensor(self._encode(continuation, False), dtype=torch.long)
             if prompt.numel() == 0:
                 prompt = torch.tensor([self.tokenizer.bos_token_id or self.tokenizer.eos_token_id])

@@ -104,3 +104,67 @@ def test_loglikelihood_is_the_monte_carlo_estimate_and_generation_respects_until
     assert "+" not in text
     with pytest.raises(ValueError, match="pretrained"):
         FairCalibDLLM()
+
+
+ZOO_YAML = """task: zoo_arith_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{reference}}}}"
+generation_kwargs:
+  until: []
+filter_list:
+  - name: final_answer
+    filter:
+      - function: regex
+        regex_pattern: "#\\\\s*([^#]*?)\\\\s*$"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def test_zoo_model_through_simple_evaluate_scores_what_fair_calib_eval_scores(tmp_path, recwarn):
+    """On a CPU-only torch the harness's default device falls back to CPU (warning), and a zoo model gets its
+    own prompt layout: lm_eval's number and every decoded answer equal fair_calib_hf.zoo.evaluate's (what
+    `fair-calib eval` prints) on the same test problems."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from fair_calib_hf.zoo import resolve, task_of
+    from fair_calib_hf.zoo.evaluate import default_decode_config, evaluate, generate_answers
+
+    path = resolve("zoo:llada-arith")
+    task = task_of(path)
+    examples = task.examples("test", 12, seed=0)
+    data = tmp_path / "zoo.json"
+    data.write_text(json.dumps([{"prompt": e.prompt, "reference": e.reference} for e in examples]))
+    (tmp_path / "zoo.yaml").write_text(ZOO_YAML.format(data=data))
+    device = "cuda:0" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    results = lm_eval.simple_evaluate(model=MODEL_NAME, model_args=f"pretrained=zoo:llada-arith,device={device}",
+                                      tasks=["zoo_arith_gen"], task_manager=TaskManager(include_path=str(tmp_path)),
+                                      batch_size=4, log_samples=True)
+    assert any("not available" in str(w.message) for w in recwarn)
+    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    expected = evaluate(model, tokenizer, task, "test", 12, seed=0)
+    texts, _ = generate_answers(model, tokenizer, task, examples, default_decode_config(task, "llada"))
+    got = {s["doc"]["prompt"]: s["resps"][0][0] for s in results["samples"]["zoo_arith_gen"]}
+    assert [got[e.prompt] for e in examples] == texts
+    assert results["results"]["zoo_arith_gen"]["exact_match,final_answer"] == pytest.approx(expected["accuracy"])
+    assert expected["accuracy"] > 0.5  # the layout matters: the generic one scored 0
+
+
+def test_zoo_layout_refuses_prompts_that_do_not_fit(tmp_path):
+    lm = FairCalibDLLM(pretrained="zoo:llada-arith")
+    assert lm.zoo_task.name == "arith" and lm.gen_length == lm.zoo_task.gen_length
+    req = Instance(request_type="generate_until", doc={}, arguments=("12+3+4+5+6+7+8+9=", {}), idx=0)
+    with pytest.raises(ValueError, match="at most 11 tokens after BOS.*left-padded with EOS to 12"):
+        lm.generate_until([req])
