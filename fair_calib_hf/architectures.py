@@ -88,6 +88,17 @@ ADAPTERS: dict[str, ModelAdapter] = {
 }
 
 
+def max_positions(model_or_config) -> int | None:
+    """Positions the model was built for: LLaDA's ``max_sequence_length``, Dream's (Qwen2's)
+    ``max_position_embeddings``; ``None`` when the config states neither."""
+    config = getattr(model_or_config, "config", model_or_config)
+    for name in ("max_sequence_length", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def get_adapter(model_or_config) -> ModelAdapter:
     """The adapter for a model (or its config); ``ValueError`` naming the supported families otherwise."""
     config = getattr(model_or_config, "config", model_or_config)

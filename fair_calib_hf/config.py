@@ -35,6 +35,9 @@ PRIOR_TERMS = ("both", "frontier", "reliability")
 PRIOR_RELIABILITY = ("prob", "neg_entropy", "margin")
 
 BLOCK_INPUTS = ("fp", "quantized")
+PRIOR_HASH_PREFIX = "sha256:"
+"""``to_dict()`` writes ``prior_path`` as ``"sha256:<hex digest of the file>"``: a local path means nothing on
+another machine, the hash identifies the prior (which itself travels in the checkpoint's header)."""
 
 _RUNTIME_FIELDS = ("calibration_dataset", "tokenizer")
 _SERIALIZED_FIELDS = (
@@ -55,6 +58,23 @@ _SERIALIZED_FIELDS = (
 def _fail(field: str, value: Any, allowed: str) -> None:
     """Raise the ``ValueError`` every invalid field gets: the field, the value, what is allowed."""
     raise ValueError(f"FairCalibConfig: invalid {field}={value!r}; allowed: {allowed}")
+
+
+def _prior_record(path: str | None) -> str | None:
+    """What ``to_dict()`` stores for ``prior_path``: ``None``, an existing hash record unchanged, or
+    ``"sha256:<hex>"`` of the file (``None`` if the file is gone: a path is never written)."""
+    if path is None or path.startswith(PRIOR_HASH_PREFIX):
+        return path
+    import hashlib
+    import os
+
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return PRIOR_HASH_PREFIX + digest.hexdigest()
 
 
 def field_names() -> tuple[str, ...]:
@@ -122,7 +142,9 @@ class FairCalibConfig(QuantizationConfigMixin):
             forward (8). prior_schedule: λ0 shape ``early`` / ``late`` / ``flat``; prior_gamma: its boost γ (1.0).
         prior_terms: ``both`` / ``frontier`` / ``reliability`` (ablations). prior_reliability: ``prob`` /
             ``neg_entropy`` / ``margin``. prior_floor: weight outside the window as a fraction of the window
-            mean (0.1). prior_path: a saved prior (``PositionPrior.save``) to reuse instead of probing.
+            mean (0.1). prior_path: a saved prior (``PositionPrior.save``) to reuse instead of probing; it must come
+            from a model of the same family and the same seq_len / window (else ``ValueError``). ``to_dict()``
+            records it as ``"sha256:<hex>"`` of the file, never as a local path.
 
     Stage II (``flatquant``, ``fair_calib``; :mod:`fair_calib_hf.calibration.stage2_fit`):
         epochs (15), lr (5e-3, transforms and diagonal), clip_lr (5e-2, clipping logits), batch_size (4
@@ -314,6 +336,7 @@ class FairCalibConfig(QuantizationConfigMixin):
             out[name] = copy.deepcopy(getattr(self, name))
         if isinstance(self.calibration_dataset, str):
             out["calibration_dataset"] = self.calibration_dataset
+        out["prior_path"] = _prior_record(self.prior_path)
         return out
 
     def __iter__(self):

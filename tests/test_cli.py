@@ -1,6 +1,7 @@
 """The fair-calib CLI end to end on tiny checkpoints: quantize (with report), probe + --prior, eval, inspect,
 determinism through the CLI, push to the hub (upload intercepted), the zoo default dataset, optimum-cli and
 FairCalibQuantizer."""
+import hashlib
 import json
 import os
 import shutil
@@ -188,7 +189,7 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     assert report["config"]["prior_window"] == task.gen_length
     # Stage I follows the benchmark's LLaDA decoding (blocks of 8); the user's --probe-steps wins over the default
     assert report["config"]["probe_steps"] == 8 and report["config"]["probe_block_length"] == 8
-    assert report["config"]["prior_path"] == prior_file
+    assert report["config"]["prior_path"] == "sha256:" + hashlib.sha256(open(prior_file, "rb").read()).hexdigest()
     assert torch.equal(PositionPrior.from_checkpoint(out).weights, prior.weights)
     assert report["accuracy"]["student"]["task"] == "arith" and report["accuracy"]["student"]["n"] == 4
     assert "test-split examples of zoo task 'arith'" in report["eval_source"]

@@ -196,6 +196,53 @@ def test_prior_length_mismatch_and_too_little_data(tiny_dirs, tmp_path):
                                   quantization_config=FairCalibConfig(method="flatquant"))
 
 
+def test_prior_of_another_family_or_geometry_is_refused(tiny_dirs, tmp_path):
+    """A prior probed on a LLaDA-style model (logit shift 0) reused on a Dream-style one (shift 1), or with
+    another window, weights the wrong positions: refused, naming every difference."""
+    llada = PositionPrior(torch.ones(96), torch.ones(32), torch.ones(32),
+                          {"family": "llada", "logits_shift": 0, "seq_len": 96, "window": 32})
+    llada.save(str(tmp_path / "llada.safetensors"))
+    with pytest.raises(ValueError, match=r"family 'llada' \(needed: 'dream'\), logits_shift 0 \(needed: 1\)"):
+        AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True, quantization_config=_cfg(
+            "fair_calib", prior_path=str(tmp_path / "llada.safetensors")))
+    with pytest.raises(ValueError, match=r"window 32 \(needed: 16\)"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
+            "fair_calib", prior_path=str(tmp_path / "llada.safetensors"), prior_window=16))
+
+
+def test_prior_path_is_recorded_as_a_content_hash(tiny_dirs, tmp_path):
+    import hashlib
+
+    path = tmp_path / "p.safetensors"
+    PositionPrior(torch.ones(8), torch.ones(4), torch.ones(4), {}).save(str(path))
+    record = FairCalibConfig(method="fair_calib", prior_path=str(path)).to_dict()["prior_path"]
+    assert record == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert FairCalibConfig.from_dict(FairCalibConfig(prior_path=record).to_dict()).prior_path == record
+    assert FairCalibConfig(prior_path=str(tmp_path / "gone")).to_dict()["prior_path"] is None  # never a path
+    with pytest.raises(ValueError, match="content hash a saved checkpoint records, not a file"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True,
+                                  quantization_config=_cfg("fair_calib", prior_path=record))
+
+
+def test_seq_len_beyond_the_model_positions_is_refused(tiny_dirs):
+    for method in ("flatquant", "fair_calib"):  # packed sequences of exactly seq_len tokens
+        with pytest.raises(ValueError, match="exceed the model's 512 positions.*seq_len <= 512"):
+            AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True, quantization_config=_cfg(
+                method, seq_len=1024))
+    long_row = [list(range(5, 95)) * 7]  # 630 tokens, kept whole by seq_len=1024
+    with pytest.raises(ValueError, match="630 tokens exceed the model's 512 positions"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
+            method="rtn", calibration_dataset=long_row))
+
+
+def test_rtn_with_too_little_data_says_what_it_did(tiny_dirs, caplog):
+    with caplog.at_level("WARNING"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
+            method="rtn", calibration_dataset=[list(range(5, 16))]))
+    assert "method=rtn: the packed weights do not depend on calibration data; the 1 sample(s) found (11 tokens, " \
+           "fewer than num_samples=128) only measure the block errors" in caplog.text
+
+
 def test_quarot_data_free_and_clip_search(tiny_dirs, input_ids):
     free = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True,
                                      quantization_config=FairCalibConfig(method="quarot"))

@@ -6,6 +6,7 @@ weighted by it). Stage I always runs on the untouched full-precision model, befo
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from ..architectures import get_adapter
-from ..config import IMPLEMENTED_METHODS
+from ..architectures import get_adapter, max_positions
+from ..config import IMPLEMENTED_METHODS, PRIOR_HASH_PREFIX
 from ..modules import W4A4Linear
 from ..targets import block_targets
 from .block_loop import BlockStats, calibrate_blocks, module_device, offload_block, onload_block
@@ -23,6 +24,8 @@ from .quarot import make_quarot_block_quantizer
 from .rtn import make_rtn_block_quantizer
 from .stage1_prior import PositionPrior, probe_position_prior
 from .stage2_fit import fit_block
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CalibrationReport", "PositionPrior", "calibrate", "check_method_implemented"]
 
@@ -103,13 +106,26 @@ def _rescaled_layers(config, adapter):
 
 def _prior(model, samples, config) -> PositionPrior:
     if config.prior_path:
+        if config.prior_path.startswith(PRIOR_HASH_PREFIX):
+            raise ValueError(f"prior_path={config.prior_path!r} is the content hash a saved checkpoint records, "
+                             "not a file: save the checkpoint's prior with PositionPrior.from_checkpoint(folder)"
+                             ".save(path) and pass that path")
         prior = PositionPrior.load(config.prior_path)
+        adapter = get_adapter(model)
+        prior.check_compatible(adapter.family, adapter.logits_shift, config.seq_len,
+                               min(config.prior_window, config.seq_len - 1))
     else:
         prior = probe_position_prior(model, torch.stack(samples), config)
     if prior.weights.numel() != config.seq_len:
         raise ValueError(f"the position prior covers {prior.weights.numel()} positions but the calibration "
                          f"sequences have seq_len={config.seq_len}; probe again or set seq_len to match")
     return prior
+
+
+def _too_long_message(length: int, limit: int) -> str:
+    return (f"calibration sequences of {length} tokens exceed the model's {limit} positions "
+            f"(config max_sequence_length / max_position_embeddings): pass seq_len <= {limit} "
+            f"(CLI: --seq-len {limit})")
 
 
 def calibrate(model: nn.Module, config) -> CalibrationReport:
@@ -126,7 +142,18 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    limit = max_positions(model)
+    if packed and config.calibration_dataset is not None and limit is not None and config.seq_len > limit:
+        raise ValueError(_too_long_message(config.seq_len, limit))
     samples = load_calibration_samples(config, model, fixed_length=packed)
+    longest = max((int(s.numel()) for s in samples), default=0)
+    if limit is not None and longest > limit:
+        raise ValueError(_too_long_message(longest, limit))
+    if config.method in ("rtn", "quarot") and samples and len(samples) < config.num_samples:
+        logger.warning("fair_calib: method=%s: the packed weights do not depend on calibration data; the %d "
+                       "sample(s) found (%d tokens, fewer than num_samples=%d) only measure the block errors in "
+                       "the report", config.method, len(samples), sum(int(s.numel()) for s in samples),
+                       config.num_samples)
     prior, stage1 = None, 0.0
     if config.method == "fair_calib":
         prior = _prior(model, samples, config)

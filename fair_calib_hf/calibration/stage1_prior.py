@@ -120,6 +120,20 @@ class PositionPrior:
                    "reliability": self.reliability.float().contiguous()}, path,
                   metadata={"format": PRIOR_FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)})
 
+    def check_compatible(self, family: str, logits_shift: int, seq_len: int, window: int) -> None:
+        """``ValueError`` listing every probing fact of this prior (``metadata``: model family, logit shift,
+        sequence length, window) that differs from the calibration it is reused for: a prior probed on a
+        LLaDA-style model weights the wrong positions of a Dream-style one (shifted by one), and one of another
+        geometry the wrong window."""
+        wanted = {"family": family, "logits_shift": logits_shift, "seq_len": seq_len, "window": window}
+        recorded = {**self.metadata, "seq_len": self.metadata.get("seq_len", int(self.weights.numel()))}
+        wrong = [f"{key} {recorded[key]!r} (needed: {value!r})" for key, value in wanted.items()
+                 if key in recorded and recorded[key] != value]
+        if wrong:
+            raise ValueError(f"the reused position prior does not fit this calibration: {', '.join(wrong)}; probe "
+                             "this model with the same seq_len and prior_window (fair-calib probe), or drop "
+                             "--prior / prior_path")
+
     @classmethod
     def load(cls, path: str) -> "PositionPrior":
         with safe_open(path, framework="pt") as f:
