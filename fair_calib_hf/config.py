@@ -55,6 +55,29 @@ _SERIALIZED_FIELDS = (
 )
 
 
+STAGE1_FIELDS = ("n_probe", "prior_window", "probe_steps", "probe_block_length", "probe_batch_size", "prior_schedule",
+                 "prior_gamma", "prior_terms", "prior_reliability", "prior_floor", "prior_path")
+STAGE2_FIELDS = ("epochs", "lr", "clip_lr", "batch_size", "add_diag", "diag_alpha", "lwc", "lac")
+DATA_FIELDS = ("calibration_dataset", "num_samples", "seq_len", "pack_samples", "dataset_text_column",
+               "dataset_config", "dataset_split", "apply_chat_template", "block_inputs")
+
+
+def applicable_fields(method: str, with_data: bool) -> set[str]:
+    """The serialized fields that affect a calibration with ``method`` (the report lists only these): Stage I
+    options for ``fair_calib`` only, Stage II options for ``flatquant`` / ``fair_calib``, ``w_clip_search``
+    for ``quarot``, the data options only when calibration data was used."""
+    skip = set()
+    if method != "fair_calib":
+        skip.update(STAGE1_FIELDS)
+    if method not in ("flatquant", "fair_calib"):
+        skip.update(STAGE2_FIELDS)
+    if method != "quarot":
+        skip.add("w_clip_search")
+    if not with_data:
+        skip.update(DATA_FIELDS)
+    return set(_SERIALIZED_FIELDS) - skip
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
     """Raise the ``ValueError`` every invalid field gets: the field, the value, what is allowed."""
     raise ValueError(f"FairCalibConfig: invalid {field}={value!r}; allowed: {allowed}")
@@ -142,9 +165,9 @@ class FairCalibConfig(QuantizationConfigMixin):
             forward (8). prior_schedule: λ0 shape ``early`` / ``late`` / ``flat``; prior_gamma: its boost γ (1.0).
         prior_terms: ``both`` / ``frontier`` / ``reliability`` (ablations). prior_reliability: ``prob`` /
             ``neg_entropy`` / ``margin``. prior_floor: weight outside the window as a fraction of the window
-            mean (0.1). prior_path: a saved prior (``PositionPrior.save``) to reuse instead of probing; it must come
-            from a model of the same family and the same seq_len / window (else ``ValueError``). ``to_dict()``
-            records it as ``"sha256:<hex>"`` of the file, never as a local path.
+            mean (0.1). prior_path: a saved prior (``PositionPrior.save``) to reuse instead of probing;
+            it must come from a model of the same family and the same seq_len / window (else ``ValueError``);
+            ``to_dict()`` records it as ``"sha256:<hex>"`` of the file, never as a local path.
 
     Stage II (``flatquant``, ``fair_calib``; :mod:`fair_calib_hf.calibration.stage2_fit`):
         epochs (15), lr (5e-3, transforms and diagonal), clip_lr (5e-2, clipping logits), batch_size (4

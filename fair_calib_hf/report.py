@@ -14,6 +14,10 @@ import json
 import math
 import os
 
+FULL_PRECISION = "full precision"
+QUANTIZED = "quantized"
+"""How every human-facing output (report, plots, CLI) names the two models; the JSON keeps the keys
+``teacher`` (full precision) and ``student`` (quantized) of :class:`~fair_calib_hf.diagnostics.FrontierReport`."""
 REPORT_MD = "fair_calib_report.md"
 REPORT_JSON = "fair_calib_report.json"
 PLOTS_DIR = "report"
@@ -41,6 +45,7 @@ def plot_block_errors(blocks: list[dict], path: str) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(blocks) + 2), 3.2))
     ax.bar(range(len(blocks)), [b["rel_mse"] for b in blocks], color="tab:blue")
+    ax.set_xticks(range(len(blocks)))
     ax.set_yscale("log")
     ax.set_xlabel("block")
     ax.set_ylabel("relative output MSE")
@@ -55,6 +60,7 @@ def plot_layer_errors(blocks: list[dict], path: str) -> str:
     fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(blocks) + 3), 3.4))
     for name in names:
         ax.plot(range(len(blocks)), [b["layers"].get(name, float("nan")) for b in blocks], marker="o", label=name)
+    ax.set_xticks(range(len(blocks)))  # whole blocks only
     ax.set_yscale("log")
     ax.set_xlabel("block")
     ax.set_ylabel("relative output MSE")
@@ -75,6 +81,12 @@ def plot_prior(weights: list[float], window: int, path: str) -> str:
     ax.set_ylabel("weight (mean 1)")
     ax.set_title("Stage I position prior")
     return _save(fig, path)
+
+
+def display_names(per_model: dict) -> dict:
+    """``{"teacher": x, "student": y}`` → ``{"full precision": x, "quantized": y}`` (other keys unchanged)."""
+    names = {"teacher": FULL_PRECISION, "student": QUANTIZED}
+    return {names.get(k, k): v for k, v in per_model.items()}
 
 
 def _mb(n: float | None) -> str:
@@ -109,13 +121,18 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
 
     ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
     ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
+    from .config import applicable_fields
     from .diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
 
     plots = os.path.join(folder, PLOTS_DIR)
     lines = [f"# FAIR-Calib quantization report: `{model}`", ""]
-    lines += ["## Settings", "", "| setting | value |", "|---|---|"]
+    applied = applicable_fields(config.get("method", ""), calibration["num_samples"] > 0)
+    lines += ["## Settings", "", f"The settings that applied to method `{config.get('method')}`"
+              + ("" if calibration["num_samples"] else " without calibration data")
+              + " (`config.json` holds every field, defaults included).", "",
+              "| setting | value |", "|---|---|"]
     for key in sorted(config):
-        if key in ("quant_method",):
+        if key in ("quant_method",) or key not in applied:
             continue
         lines.append(f"| `{key}` | `{json.dumps(config[key])}` |")
     for key, value in sorted((load_settings or {}).items()):
@@ -157,32 +174,45 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
         p = c["prior"]
         plot_prior(p["weights"], p["window"], os.path.join(plots, "prior.png"))
         meta = p.get("metadata", {})
-        lines += [f"- {p['positions']} positions, probe window {p['window']} "
-                  f"({', '.join(f'{k}={meta[k]}' for k in sorted(meta))})",
+        lines += [f"- one weight per position of a calibration sequence ({p['positions']} positions, mean 1), "
+                  f"used by Stage II's loss; the probe window is the last {p['window']} positions, which Stage I "
+                  f"rollouts of the full-precision model decode ({', '.join(f'{k}={meta[k]}' for k in sorted(meta))})",
                   "- stored in the checkpoint's safetensors header and as `fair_calib_prior.safetensors` "
                   "(reuse with `--prior` / `FairCalibConfig(prior_path=...)`)", "", "![prior](report/prior.png)"]
     else:
         lines.append(f"None (method `{c['method']}` does not probe).")
     lines += ["", "## Frontier diagnostics vs full precision", ""]
     if frontier:
-        plot_flip_rate({"quantized": frontier["flip_rate_per_step"]}, os.path.join(plots, "flip_rate.png"))
-        plot_amplification({"quantized": frontier["prob_mse_curve"]}, os.path.join(plots, "prob_mse.png"))
-        plot_lag_ccdf(frontier["lags"], os.path.join(plots, "lag_ccdf.png"))
+        plot_flip_rate({QUANTIZED: frontier["flip_rate_per_step"]}, os.path.join(plots, "flip_rate.png"))
+        plot_amplification({QUANTIZED: frontier["prob_mse_curve"]}, os.path.join(plots, "prob_mse.png"))
+        plot_lag_ccdf(display_names(frontier["lags"]), os.path.join(plots, "lag_ccdf.png"))
         mm = frontier["mismatch"]
-        lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}.", "",
-                  "| metric | teacher (fp) | quantized |", "|---|---|---|",
-                  f"| frontier flip rate (teacher-forced) | 0 | {_fmt(frontier['flip_rate'])} |",
-                  f"| mean probability MSE along the teacher's trajectory | 0 | {_fmt(frontier['prob_mse_mean'])} |",
-                  f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "
-                  f"{_fmt(mm['student']['mean_disagree'])} |",
-                  f"| stability lag p90 | {_fmt(frontier['lag_p90']['teacher'])} | "
-                  f"{_fmt(frontier['lag_p90']['student'])} |",
-                  f"| token agreement with the teacher's output | 1 | {_fmt(frontier['token_agreement'])} |",
-                  f"| sequence agreement | 1 | {_fmt(frontier['sequence_agreement'])} |"]
+        lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}. "
+                  f"Two models: the **{FULL_PRECISION}** model (the teacher; `teacher` in the JSON) and the "
+                  f"**{QUANTIZED}** W4A4 model (`student` in the JSON). The frontier of a step is the set of "
+                  "positions committed at that step. Definitions: `fair_calib_hf/diagnostics/metrics.py`.", "",
+                  f"| metric | {FULL_PRECISION} | {QUANTIZED} | definition |", "|---|---|---|---|",
+                  f"| frontier flip rate | 0 | {_fmt(frontier['flip_rate'])} | replaying the {FULL_PRECISION} "
+                  f"model's decoding: fraction of each step's frontier where the {QUANTIZED} model's top-1 token "
+                  "differs (mean over sequences and steps) |",
+                  f"| probability MSE | 0 | {_fmt(frontier['prob_mse_mean'])} | Σ_v (p_quantized(v) − "
+                  "p_fp(v))² per masked position (0 to 2), mean along the same replay |",
+                  f"| post-commit mismatch | {_fmt(mm['teacher']['mean_disagree'])} | "
+                  f"{_fmt(mm['student']['mean_disagree'])} | each model decoding on its own: per committed "
+                  "position, the fraction of later steps at which its top-1 differs from the token it committed "
+                  f"(mean over {mm['teacher']['positions']} / {mm['student']['positions']} positions) |",
+                  f"| stability lag p90 (steps) | {_fmt(frontier['lag_p90']['teacher'])} | "
+                  f"{_fmt(frontier['lag_p90']['student'])} | steps from a position's commit until the model's "
+                  "top-1 agrees with the committed token for good; 90th percentile |",
+                  f"| token agreement | 1 | {_fmt(frontier['token_agreement'])} | fraction of decoded tokens "
+                  f"equal to the {FULL_PRECISION} model's |",
+                  f"| sequence agreement | 1 | {_fmt(frontier['sequence_agreement'])} | fraction of sequences "
+                  f"decoded identically to the {FULL_PRECISION} model |"]
         if accuracy:
             lines.append(f"| task accuracy ({accuracy['student']['task']}, {accuracy['student']['split']}, "
                          f"n={accuracy['student']['n']}) | {_fmt(accuracy['teacher']['accuracy'])} | "
-                         f"{_fmt(accuracy['student']['accuracy'])} |")
+                         f"{_fmt(accuracy['student']['accuracy'])} | exact match of the task's answer "
+                         "(`fair_calib_hf/zoo/tasks.py`) |")
         lines += ["", "![flip rate](report/flip_rate.png) ![probability MSE](report/prob_mse.png) "
                   "![lag CCDF](report/lag_ccdf.png)"]
     else:

@@ -17,5 +17,5 @@ for line in "tf5 transformers>=5.24,<6" "tf457 transformers>=4.57,<4.58"; do
   # no build isolation: the native extension compiles against the torch installed above
   "${pip[@]}" --no-build-isolation -e ".[test]" "$spec"
   echo "== tests with $("$venv/bin/python" -c 'import transformers, fair_calib_hf.ops as o; print("transformers", transformers.__version__, "| CPU backend", o.active_backend("cpu"))')"
-  "$venv/bin/python" -m pytest -q tests "$@"
+  "$venv/bin/python" -m pytest -q -rs tests "$@"
 done

@@ -84,7 +84,8 @@ def test_help_imports_neither_torch_nor_transformers():
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"
     optimum = pytest.importorskip("optimum.commands.base", reason="optimum is part of the [test] extra")
     assert optimum is not None
-    code = "import sys, fair_calib_hf_cli.optimum\nprint('HEAVY', [m for m in ('torch', 'fair_calib_hf') if m in sys.modules])"
+    code = ("import sys, fair_calib_hf_cli.optimum\n"
+            "print('HEAVY', [m for m in ('torch', 'fair_calib_hf') if m in sys.modules])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY []", proc.stderr
 
@@ -151,6 +152,10 @@ def test_quantize_writes_checkpoint_report_and_inspects(tiny_dirs, calib_txt, tm
     for section in ("## Settings", "## Calibration cost", "## Reconstruction error", "## Stage I position prior",
                     "## Frontier diagnostics vs full precision", "report/prior.png"):
         assert section in md
+    # each figure is defined where it appears; the models are "full precision" / "quantized" throughout
+    assert "| metric | full precision | quantized | definition |" in md
+    assert md.count("student") == 1 and "`student` in the JSON" in md
+    assert "| `epochs` |" in md and "| `n_probe` |" in md  # Stage I/II settings applied to fair_calib
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert sum(isinstance(m, W4A4Linear) for m in model.modules()) == 14
     assert torch.equal(PositionPrior.load(os.path.join(out, "fair_calib_prior.safetensors")).weights,
@@ -159,7 +164,8 @@ def test_quantize_writes_checkpoint_report_and_inspects(tiny_dirs, calib_txt, tm
     code, stdout, err = _run(capsys, "inspect", out)
     assert code == 0, err
     assert "fair_calib  W4A4" in stdout and "packed         14 linears" in stdout
-    assert "prior          present: 48 positions, window 16" in stdout
+    assert ("prior          Stage I position prior: one weight per position of a 48-token calibration sequence, "
+            "probe window = the last 16 positions") in stdout
     assert "layout         matches the quantization_config" in stdout and "lm_head" in stdout
     code, stdout, _ = _run(capsys, "inspect", out, "--json")
     info = json.loads(stdout)

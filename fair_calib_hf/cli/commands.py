@@ -431,7 +431,7 @@ def run_eval(args) -> None:
         teacher.eval()
         results["teacher"] = _strip(evaluate(teacher, tokenizer, task, args.split, args.count, seed=args.seed,
                                              batch_size=args.batch_size))
-        print(f"{args.teacher}: accuracy {results['teacher']['accuracy']:.4f} (teacher)")
+        print(f"{args.teacher}: accuracy {results['teacher']['accuracy']:.4f} (full precision)")
         _say(f"[2/2] frontier diagnostics on {args.frontier_count} prompts ...")
         from ..diagnostics import compare_models
 
@@ -440,8 +440,9 @@ def run_eval(args) -> None:
         frontier = compare_models(teacher, model, prompts, None,
                                   default_decode_config(task, _family(model), record=True)).to_dict()
         results["frontier"] = frontier
-        print(f"frontier: flip rate {frontier['flip_rate']:.4f}, prob-MSE {frontier['prob_mse_mean']:.3e}, "
-              f"token agreement {frontier['token_agreement']:.4f}, lag p90 teacher "
+        print(f"frontier (quantized vs full precision; definitions in fair_calib_hf/diagnostics/metrics.py): "
+              f"flip rate {frontier['flip_rate']:.4f}, probability MSE {frontier['prob_mse_mean']:.3e}, "
+              f"token agreement {frontier['token_agreement']:.4f}, stability lag p90 (steps) full precision "
               f"{frontier['lag_p90']['teacher']} / quantized {frontier['lag_p90']['student']}")
     if args.out:
         from ..checkpoint import atomic_directory
@@ -449,11 +450,12 @@ def run_eval(args) -> None:
         with atomic_directory(os.path.abspath(args.out), overwrite=args.overwrite) as tmp:
             if "frontier" in results:
                 from ..diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+                from ..report import display_names
 
                 f = results["frontier"]
                 plot_flip_rate({"quantized": f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
                 plot_amplification({"quantized": f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
-                plot_lag_ccdf(f["lags"], os.path.join(tmp, "lag_ccdf.png"))
+                plot_lag_ccdf(display_names(f["lags"]), os.path.join(tmp, "lag_ccdf.png"))
             with open(os.path.join(tmp, "results.json"), "w") as handle:
                 json.dump(results, handle, indent=1, default=str)
         print(f"wrote {os.path.abspath(args.out)}")
@@ -493,8 +495,9 @@ def _print_info(info: dict) -> None:
     transforms = ", ".join(f"{k} x{v}" for k, v in sorted(info["transforms"].items())) or "none"
     print(f"transforms     {transforms}")
     prior = info.get("prior")
-    print("prior          " + (f"present: {prior['positions']} positions, window {prior['window']}" if prior
-                               else "none"))
+    print("prior          " + (f"Stage I position prior: one weight per position of a {prior['positions']}-token "
+                               f"calibration sequence, probe window = the last {prior['window']} positions"
+                               if prior else "none"))
     ratio = info["float_bytes"] / info["disk_bytes"] if info["disk_bytes"] else float("nan")
     print(f"size           {info['disk_bytes'] / mib:.2f} MiB on disk vs {info['float_bytes'] / mib:.2f} MiB "
           f"float ({ratio:.2f}x smaller)")

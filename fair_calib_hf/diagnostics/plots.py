@@ -40,11 +40,21 @@ def plot_lag_ccdf(lags: dict, path: str, title: str = "Stability lag CCDF") -> s
     return _save(fig, path)
 
 
-def _curves(curves: dict, path: str, ylabel: str, title: str) -> str:
+def _curves(curves: dict, path: str, ylabel: str, title: str, top: float) -> str:
+    """Curves of non-negative per-step values; the y axis starts at 0 and, when every value is 0 (or NaN),
+    spans ``[0, top]`` with an "all zero" note instead of matplotlib's meaningless ±0.04 around 0."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    peak = 0.0
     for name, values in curves.items():
-        ax.plot(range(len(values)), [float(v) for v in values], label=name)
+        values = [float(v) for v in values]
+        peak = max([peak] + [v for v in values if v == v])
+        ax.plot(range(len(values)), values, label=name)
+    if peak == 0.0:
+        ax.set_ylim(0, top)
+        ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", va="center", color="gray")
+    else:
+        ax.set_ylim(bottom=0)
     ax.set_xlabel("decoding step t")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -53,10 +63,11 @@ def _curves(curves: dict, path: str, ylabel: str, title: str) -> str:
 
 
 def plot_amplification(curves: dict, path: str) -> str:
-    """``curves``: ``{student name: per-step probability-MSE along the teacher's trajectory}``."""
-    return _curves(curves, path, "Σ_v (p_student − p_teacher)²", "Probability-MSE amplification")
+    """``curves``: ``{quantized model name: per-step probability MSE along the full-precision model's
+    trajectory}`` (each in [0, 2])."""
+    return _curves(curves, path, "Σ_v (p_quantized − p_full precision)²", "Probability-MSE amplification", 2.0)
 
 
 def plot_flip_rate(curves: dict, path: str) -> str:
-    """``curves``: ``{student name: per-step frontier flip rate}``."""
-    return _curves(curves, path, "frontier flip rate", "Frontier decision flips per step")
+    """``curves``: ``{quantized model name: per-step frontier flip rate}`` (each in [0, 1])."""
+    return _curves(curves, path, "frontier flip rate", "Frontier decision flips per step", 1.0)
