@@ -160,10 +160,9 @@ class FairCalibDLLM(LM):
                 raise ValueError(f"{MODEL_NAME}: zoo task {task.name!r} models take prompts of at most "
                                  f"{task.prompt_width - 1} tokens after BOS (layout: BOS + text, left-padded with "
                                  f"EOS to {task.prompt_width}); got {too_long[0]!r}")
-            eos = self.tokenizer.eos_token_id
-            ids = torch.full((len(rows), task.prompt_width), eos, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, task.prompt_width - len(r):] = torch.tensor(r, dtype=torch.long)
+            from .zoo.tasks import Example
+
+            ids, _ = task.encode([Example(c, "", "") for c in contexts], self.tokenizer)  # the one layout source
             return ids, None, task.prompt_width
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         width = max(len(r) for r in rows)

@@ -132,7 +132,8 @@ metadata:
 """
 
 
-def test_zoo_model_through_simple_evaluate_scores_what_fair_calib_eval_scores(tmp_path, recwarn):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_zoo_model_through_simple_evaluate_scores_what_fair_calib_eval_scores(tmp_path, recwarn, dtype):
     """On a CPU-only torch the harness's default device falls back to CPU (warning), and a zoo model gets its
     own prompt layout: lm_eval's number and every decoded answer equal fair_calib_hf.zoo.evaluate's (what
     `fair-calib eval` prints) on the same test problems."""
@@ -143,18 +144,19 @@ def test_zoo_model_through_simple_evaluate_scores_what_fair_calib_eval_scores(tm
 
     path = resolve("zoo:llada-arith")
     task = task_of(path)
-    examples = task.examples("test", 12, seed=0)
+    examples = task.examples("test", 8, seed=0)
     data = tmp_path / "zoo.json"
     data.write_text(json.dumps([{"prompt": e.prompt, "reference": e.reference} for e in examples]))
     (tmp_path / "zoo.yaml").write_text(ZOO_YAML.format(data=data))
     device = "cuda:0" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
-    results = lm_eval.simple_evaluate(model=MODEL_NAME, model_args=f"pretrained=zoo:llada-arith,device={device}",
+    results = lm_eval.simple_evaluate(model=MODEL_NAME,
+                                      model_args=f"pretrained=zoo:llada-arith,device={device},dtype={dtype}",
                                       tasks=["zoo_arith_gen"], task_manager=TaskManager(include_path=str(tmp_path)),
                                       batch_size=4, log_samples=True)
     assert any("not available" in str(w.message) for w in recwarn)
-    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    expected = evaluate(model, tokenizer, task, "test", 12, seed=0)
+    expected = evaluate(model, tokenizer, task, "test", 8, seed=0)
     texts, _ = generate_answers(model, tokenizer, task, examples, default_decode_config(task, "llada"))
     got = {s["doc"]["prompt"]: s["resps"][0][0] for s in results["samples"]["zoo_arith_gen"]}
     assert [got[e.prompt] for e in examples] == texts
