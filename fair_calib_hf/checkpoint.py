@@ -299,7 +299,7 @@ def refuse_existing_output(path: str, overwrite: bool) -> None:
         raise FileExistsError(f"output path {path} is an existing file")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"output directory {path} already exists and is not empty; "
-                              "pass --overwrite (Python: overwrite=True) to replace it")
+                              "pass overwrite=True to replace it")
 
 
 def _mkdir_unique(parent: str, prefix: str) -> str:

@@ -157,12 +157,32 @@ def package_version() -> str:
     return match.group(1) if match else "unknown"
 
 
+CLI_NAMES = {"overwrite": "--overwrite", "seq_len": "--seq-len", "num_samples": "--num-samples",
+             "calibration_dataset": "--dataset", "dataset_config": "--dataset-config", "dataset_split": "--split",
+             "dataset_text_column": "--text-column", "apply_chat_template": "--chat-template",
+             "prior_path": "--prior", "prior_window": "--prior-window", "n_probe": "--n-probe",
+             "probe_steps": "--probe-steps", "calibration_device": "--calibration-device"}
+"""Library parameter → the option that sets it: errors raised by the library name Python parameters
+(``overwrite=True``); the command line says the option instead (``--overwrite``). Fields without an option
+keep their name, which is what ``--set FIELD=VALUE`` takes."""
+
+
+def cli_wording(text: str) -> str:
+    """``text`` with the parameters of :data:`CLI_NAMES` written as options: ``name=True`` → ``--option``,
+    ``name=value`` → ``--option value``, a bare ``name`` → ``--option`` (whole words only)."""
+    for name, option in CLI_NAMES.items():
+        text = re.sub(rf"(?<![\w./-]){name}=True\b", option, text)
+        text = re.sub(rf"(?<![\w./-]){name}=(?=\S)", option + " ", text)
+        text = re.sub(rf"(?<![\w./-]){name}(?![\w=])", option, text)
+    return text
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip()
     if isinstance(err, KeyError) and text.startswith("'"):
         text = f"missing key {text}"
     first = text.splitlines()[0].strip() if text else ""
-    return first or type(err).__name__
+    return cli_wording(first) or type(err).__name__
 
 
 def run_command(name: str, args: argparse.Namespace) -> int:

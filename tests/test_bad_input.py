@@ -74,6 +74,22 @@ def test_unsupported_dtype(tiny_dirs, capsys, tmp_path):
     assert "invalid choice: 'float64'" in capsys.readouterr().err
 
 
+def test_seq_len_beyond_positions_in_cli_words(tiny_dirs, tmp_path, capsys, monkeypatch):
+    from fair_calib_hf.cli import commands
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights loaded despite a seq_len beyond the model's positions")
+
+    monkeypatch.setattr(commands, "_from_pretrained", no_load)
+    data = tmp_path / "big.txt"
+    data.write_text("word " * 3000)
+    line = _fail(capsys, "quantize", tiny_dirs["dream"], "--out", str(tmp_path / "o"), "--method", "flatquant",
+                 "--dataset", str(data), "--no-progress")
+    assert line.endswith("calibration sequences of 1024 tokens exceed the model's 512 positions (config "
+                         "max_sequence_length / max_position_embeddings): pass --seq-len 512 or less")
+    assert not (tmp_path / "o").exists()
+
+
 def test_nonexistent_paths(tmp_path, capsys):
     line = _fail(capsys, "quantize", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert "does not exist" in line and "missing" in line
@@ -127,7 +143,7 @@ def test_existing_output_is_refused_unless_overwrite(tiny_dirs, rtn_dir, tmp_pat
     out = _copy(rtn_dir, tmp_path / "out")
     (tmp_path / "out" / "marker.txt").write_text("keep me")
     line = _fail(capsys, "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn")
-    assert "already exists" in line and "--overwrite" in line
+    assert "already exists" in line and line.endswith("pass --overwrite to replace it")  # CLI wording, not Python
     assert (tmp_path / "out" / "marker.txt").read_text() == "keep me"
     assert main(["quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn", "--overwrite", "--no-progress"]) == 0
     assert not (tmp_path / "out" / "marker.txt").exists() and (tmp_path / "out" / "model.safetensors").exists()

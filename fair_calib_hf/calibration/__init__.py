@@ -124,8 +124,18 @@ def _prior(model, samples, config) -> PositionPrior:
 
 def _too_long_message(length: int, limit: int) -> str:
     return (f"calibration sequences of {length} tokens exceed the model's {limit} positions "
-            f"(config max_sequence_length / max_position_embeddings): pass seq_len <= {limit} "
-            f"(CLI: --seq-len {limit})")
+            f"(config max_sequence_length / max_position_embeddings): pass seq_len={limit} or less")
+
+
+def check_positions(config, model_or_config) -> None:
+    """``ValueError`` when ``config`` will cut calibration sequences of exactly ``seq_len`` tokens (the Stage II
+    methods, or ``pack_samples=True``) and ``seq_len`` exceeds the positions the model was built for
+    (:func:`~fair_calib_hf.architectures.max_positions`); checkable before any weight or data is loaded.
+    Sequences used whole (``rtn`` / ``quarot`` by default) are checked once loaded."""
+    packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    limit = max_positions(model_or_config)
+    if packed and config.calibration_dataset is not None and limit is not None and config.seq_len > limit:
+        raise ValueError(_too_long_message(config.seq_len, limit))
 
 
 def calibrate(model: nn.Module, config) -> CalibrationReport:
@@ -142,9 +152,8 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    check_positions(config, model)
     limit = max_positions(model)
-    if packed and config.calibration_dataset is not None and limit is not None and config.seq_len > limit:
-        raise ValueError(_too_long_message(config.seq_len, limit))
     samples = load_calibration_samples(config, model, fixed_length=packed)
     longest = max((int(s.numel()) for s in samples), default=0)
     if limit is not None and longest > limit:

@@ -253,6 +253,13 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     if args is not None:
         config, source = build_config(args, path, is_zoo, args.method, tokenizer)
         kwargs = load_kwargs(args, is_local)
+        from types import SimpleNamespace
+
+        from ..calibration import check_positions
+        from ..checkpoint import read_config_json
+
+        # a seq_len beyond the model's positions is refused before any weight is loaded
+        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})))
     else:
         if getattr(config, "tokenizer", None) is None and tokenizer is not None:
             config.tokenizer = tokenizer
