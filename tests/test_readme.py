@@ -56,8 +56,12 @@ def _intercept_uploads(monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "preupload_lfs_files", lambda self, *a, **k: None)
     import transformers.utils.hub as tf_hub
 
-    if hasattr(tf_hub, "create_repo"):  # transformers 4.57 binds the module-level function at import
+    # transformers 4.57 calls huggingface_hub's module-level functions, bound to a default HfApi at import
+    if hasattr(tf_hub, "create_repo"):
         monkeypatch.setattr(tf_hub, "create_repo", lambda repo_id, *a, **k: create_repo(None, repo_id))
+    if hasattr(tf_hub, "create_commit"):
+        monkeypatch.setattr(tf_hub, "create_commit", lambda repo_id, operations=(), **k: create_commit(
+            None, repo_id, operations))
 
 
 def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch):
