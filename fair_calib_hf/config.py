@@ -107,10 +107,11 @@ def field_names() -> tuple[str, ...]:
                                      if p.name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
-def unknown_fields_message(unknown, where: str) -> str:
+def unknown_fields_message(unknown, where: str, valid=None) -> str:
     """``"<where>: unknown field 'epcohs' (did you mean 'epochs'?)"`` for every key of ``unknown`` (closest
-    valid name by :func:`difflib.get_close_matches`; the valid names listed when none is close)."""
-    valid = field_names()
+    name in ``valid``, default :func:`field_names`, by :func:`difflib.get_close_matches`; the valid names
+    listed when none is close)."""
+    valid = tuple(field_names() if valid is None else valid)
     parts = []
     for key in sorted(map(str, unknown)):
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)

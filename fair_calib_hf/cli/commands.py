@@ -1,4 +1,4 @@
-"""The work behind each ``fair-calib`` subcommand (argument parsing lives in :mod:`fair_calib_hf.cli`).
+"""The work behind each ``fair-calib`` subcommand (argument parsing lives in :mod:`fair_calib_hf_cli`).
 
 The functions here are also the library entry points that :mod:`fair_calib_hf.optimum_quantizer` uses:
 :func:`resolve_model`, :func:`preflight`, :func:`quantize_to_folder`.
@@ -129,9 +129,10 @@ def _parse_set(items: list[str]) -> dict:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
-    unknown = [k for k in out if k not in field_names() or k in ("quant_method", "tokenizer")]
+    settable = [f for f in field_names() if f not in ("quant_method", "tokenizer")]  # not settable from a shell
+    unknown = [k for k in out if k not in settable]
     if unknown:
-        raise ValueError(unknown_fields_message(unknown, "--set"))
+        raise ValueError(unknown_fields_message(unknown, "--set", settable))
     return out
 
 
@@ -392,8 +393,9 @@ def run_probe(args) -> None:
         from ..report import plot_prior
 
         plot_prior(prior.weights.tolist(), int(prior.frontier.numel()), os.path.abspath(args.plot))
-    print(f"wrote {out}: prior over {prior.weights.numel()} positions, window {prior.frontier.numel()}, "
-          f"{config.n_probe} rollouts in {time.perf_counter() - started:.1f} s; reuse with --prior {args.out}")
+    print(f"wrote {out}: one weight per position of a {prior.weights.numel()}-token calibration sequence, probe "
+          f"window = the last {prior.frontier.numel()} positions, {config.n_probe} rollouts in "
+          f"{time.perf_counter() - started:.1f} s; reuse with --prior {args.out}")
 
 
 # -- eval ------------------------------------------------------------------------------------------------------
