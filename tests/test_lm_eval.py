@@ -164,9 +164,18 @@ def test_zoo_model_through_simple_evaluate_scores_what_fair_calib_eval_scores(tm
     assert expected["accuracy"] > 0.5  # the layout matters: the generic one scored 0
 
 
-def test_zoo_layout_refuses_prompts_that_do_not_fit(tmp_path):
-    lm = FairCalibDLLM(pretrained="zoo:llada-arith")
-    assert lm.zoo_task.name == "arith" and lm.gen_length == lm.zoo_task.gen_length
+def test_zoo_layout_in_likelihood_and_refusal_of_prompts_that_do_not_fit(tmp_path):
+    from fair_calib_hf.zoo.tasks import Example
+
+    lm = FairCalibDLLM(pretrained="zoo:llada-arith", mc_num=4, seed=3)
+    task = lm.zoo_task
+    assert task.name == "arith" and lm.gen_length == task.gen_length
+    req = Instance(request_type="loglikelihood", doc={}, arguments=("47+8-6+3=", "47+8=55"), idx=0)
+    (ll, _), = lm.loglikelihood([req])
+    prompt = task.encode([Example("47+8-6+3=", "", "")], lm.tokenizer)[0][0]  # BOS + text, EOS left padding
+    assert prompt.numel() == task.prompt_width and int(prompt[0]) == lm.tokenizer.eos_token_id
+    answer = torch.tensor(lm.tokenizer("47+8=55", add_special_tokens=False)["input_ids"])
+    assert ll == mc_log_likelihood(lm.model, prompt, answer, mc_num=4, batch_size=4, seed=3)
     req = Instance(request_type="generate_until", doc={}, arguments=("12+3+4+5+6+7+8+9=", {}), idx=0)
     with pytest.raises(ValueError, match="at most 11 tokens after BOS.*left-padded with EOS to 12"):
         lm.generate_until([req])
