@@ -239,7 +239,7 @@ def test_rtn_with_too_little_data_says_what_it_did(tiny_dirs, caplog):
     with caplog.at_level("WARNING"):
         AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
             method="rtn", calibration_dataset=[list(range(5, 16))]))
-    assert "method=rtn: the packed weights do not depend on calibration data; the 1 sample(s) found (11 tokens, " \
+    assert "method=rtn: the quantized weights do not depend on calibration data; the 1 sample(s) found (11 tokens, " \
            "fewer than num_samples=128) only measure the block errors" in caplog.text
 
 

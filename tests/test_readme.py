@@ -68,7 +68,8 @@ def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch):
     snippets = python_snippets()
     assert len(snippets) >= 4
     named = {m for code in snippets for m in HUB_ID.findall(code) if not m.startswith(("fair_calib_hf/", "./"))}
-    assert named <= set(HUB_SUBSTITUTES), f"README names hub ids without a local substitute: {named - set(HUB_SUBSTITUTES)}"
+    missing = named - set(HUB_SUBSTITUTES)
+    assert not missing, f"README names hub ids without a local substitute: {missing}"
     monkeypatch.chdir(tmp_path)
     _intercept_uploads(monkeypatch)
     namespace = {"__name__": "__readme__"}

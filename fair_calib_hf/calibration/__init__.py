@@ -159,7 +159,7 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
     if limit is not None and longest > limit:
         raise ValueError(_too_long_message(longest, limit))
     if config.method in ("rtn", "quarot") and samples and len(samples) < config.num_samples:
-        logger.warning("fair_calib: method=%s: the packed weights do not depend on calibration data; the %d "
+        logger.warning("fair_calib: method=%s: the quantized weights do not depend on calibration data; the %d "
                        "sample(s) found (%d tokens, fewer than num_samples=%d) only measure the block errors in "
                        "the report", config.method, len(samples), sum(int(s.numel()) for s in samples),
                        config.num_samples)
