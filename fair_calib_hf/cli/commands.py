@@ -459,11 +459,11 @@ def run_eval(args) -> None:
         with atomic_directory(os.path.abspath(args.out), overwrite=args.overwrite) as tmp:
             if "frontier" in results:
                 from ..diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
-                from ..report import display_names
+                from ..report import QUANTIZED, display_names
 
                 f = results["frontier"]
-                plot_flip_rate({"quantized": f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
-                plot_amplification({"quantized": f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
+                plot_flip_rate({QUANTIZED: f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
+                plot_amplification({QUANTIZED: f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
                 plot_lag_ccdf(display_names(f["lags"]), os.path.join(tmp, "lag_ccdf.png"))
             with open(os.path.join(tmp, "results.json"), "w") as handle:
                 json.dump(results, handle, indent=1, default=str)
