@@ -108,7 +108,7 @@ def test_cli_dataset_errors_are_one_line(tiny_dirs, tmp_path, capsys):
     path = tmp_path / "d.jsonl"
     datasets.Dataset.from_dict({"body": CALIB_TEXTS}).to_json(str(path), lines=True)
     assert main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", "flatquant",
-                 "--dataset", str(path), "--no-progress"]) == 1
+                 "--dataset", str(path), "--seq-len", "64", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("fair-calib quantize: error: ") and "no column 'text'" in err
     assert main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", "flatquant",
