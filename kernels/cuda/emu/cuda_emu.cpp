@@ -85,7 +85,7 @@ struct Sched {
   cudaError_t last_error = cudaSuccess;
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
-  int order = 0;  // 0 forward, 1 reverse, 2 seeded shuffle
+  int order = 0;  // 0 run-ahead forward, 1 run-ahead reverse, 2 round-robin sweeps, 3 shuffled sweeps
   std::mt19937_64 rng{0};
   std::unordered_map<const void*, int> max_dynamic_smem;
   std::vector<LaunchRecord> log;
@@ -296,8 +296,7 @@ void do_copies(const std::vector<CpAsync>& group) {
 std::vector<int> sweep_order(int n) {
   std::vector<int> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
-  if (S.order == 1) std::reverse(order.begin(), order.end());
-  if (S.order == 2) std::shuffle(order.begin(), order.end(), S.rng);
+  if (S.order == 3) std::shuffle(order.begin(), order.end(), S.rng);
   return order;
 }
 
@@ -324,18 +323,35 @@ void run_block(dim3 block_idx, int threads) {
   }
   S.alive = threads;
   S.block_arrived = 0;
+  const auto resume = [](Fiber& f) {
+    S.running = &f;
+    current = &f.ctx;
+    ++S.switches;
+    swapcontext(&S.main, &f.uc);
+    S.running = nullptr;
+  };
   while (S.alive > 0) {
     bool ran = false;
-    for (int t : sweep_order(threads)) {
-      Fiber& f = S.fibers[static_cast<size_t>(t)];
-      if (f.state != St::Ready) continue;
-      S.running = &f;
-      current = &f.ctx;
-      ++S.switches;
-      swapcontext(&S.main, &f.uc);
-      S.running = nullptr;
-      ran = true;
-      if (S.failed) return;
+    if (S.order <= 1) {  // run-ahead: always the first ready thread in index order (or reverse order)
+      for (;;) {
+        int pick = -1;
+        for (int i = 0; i < threads && pick < 0; ++i) {
+          const int t = S.order == 0 ? i : threads - 1 - i;
+          if (S.fibers[static_cast<size_t>(t)].state == St::Ready) pick = t;
+        }
+        if (pick < 0) break;
+        resume(S.fibers[static_cast<size_t>(pick)]);
+        ran = true;
+        if (S.failed) return;
+      }
+    } else {  // sweeps: every ready thread once per sweep, in index order or shuffled
+      for (int t : sweep_order(threads)) {
+        Fiber& f = S.fibers[static_cast<size_t>(t)];
+        if (f.state != St::Ready) continue;
+        resume(f);
+        ran = true;
+        if (S.failed) return;
+      }
     }
     if (!ran && S.alive > 0) {
       int at_bar = 0, in_warp = 0;
@@ -493,7 +509,10 @@ extern "C" {
 
 int fc_emu_arch() { return FC_EMU_ARCH; }
 
-// Order in which a block's ready threads run: 0 forward, 1 reverse, 2 shuffled with `seed`.
+// Order in which a block's ready threads run. 0 / 1: run-ahead, always the lowest (1: highest) ready thread,
+// so the first warp runs up to its next block barrier before the next warp starts (a missing __syncthreads
+// reads what later warps have not written); 2: round-robin sweeps over the ready threads (warps advance in
+// lockstep); 3: sweeps in an order shuffled with `seed`.
 void fc_emu_set_schedule(int order, unsigned long long seed) {
   fc_emu::S.order = order;
   fc_emu::S.rng.seed(seed);
