@@ -4,8 +4,8 @@ calls them on a GPU. No nvcc, no CUDA headers, no GPU: CI runs the kernels with 
 
 ``build(arch)`` compiles ``w4a4_gemm.cu``, ``w4a4_quant.cu`` and ``emu/cuda_emu.cpp`` with
 ``-DFC_HOST_EMULATION -DFC_EMU_ARCH=arch`` (800: the sm_80-89 int4 ``mma`` path, 900: the sm_90 int8 ``mma``
-path) into a shared library, cached by the hash of the sources and flags; ``source_dir`` builds a patched
-copy (mutation tests). ``EmulatedKernels`` wraps the library. Stdlib + torch only; loaded by path (not a
+path) into a shared library, objects cached by the hash of source, headers and flags; ``source_dir`` builds a
+patched copy (mutation tests). ``EmulatedKernels`` wraps the library. Stdlib + torch only; loaded by path (not a
 package module).
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import torch
 
@@ -23,7 +24,7 @@ CUDA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("w4a4_gemm.cu", "w4a4_quant.cu", "emu/cuda_emu.cpp")
 HEADERS = ("w4a4_cuda.h", "w4a4_device.h", "emu/cuda_emu.h")
 ARCHS = (800, 900)
-FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall",
+FLAGS = ("-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall",
          "-Wno-unknown-pragmas", "-DFC_HOST_EMULATION")
 
 # C ABI codes (w4a4_cuda.h)
@@ -48,8 +49,16 @@ def _cache_dir() -> str:
     return root
 
 
-def build(arch: int, source_dir: str = CUDA_DIR, extra_flags: tuple[str, ...] = ()) -> str:
-    """Compile the emulated kernels for ``arch`` (800 or 900); returns the shared library's path.
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the emulated kernels failed:\n{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+
+
+def build(arch: int, source_dir: str = CUDA_DIR) -> str:
+    """Compile the emulated kernels for ``arch`` (800 or 900) from ``source_dir`` (a copy of kernels/cuda);
+    returns the shared library's path. Objects are cached by the hash of the compiler, flags, source and
+    headers, so a patched copy recompiles only the file that changed.
 
     Raises ``ValueError`` for another arch, ``RuntimeError`` with the compiler output when g++ fails or is
     missing."""
@@ -58,20 +67,29 @@ def build(arch: int, source_dir: str = CUDA_DIR, extra_flags: tuple[str, ...] = 
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler: set CXX or put g++ on PATH")
-    flags = (*FLAGS, f"-DFC_EMU_ARCH={arch}", *extra_flags)
-    h = hashlib.sha256(" ".join((cxx, *flags)).encode())
-    for name in SOURCES + HEADERS:
+    flags = (*FLAGS, f"-DFC_EMU_ARCH={arch}")
+    common = hashlib.sha256(" ".join((cxx, *flags)).encode())
+    for name in HEADERS:
+        with open(os.path.join(source_dir, name), "rb") as f:
+            common.update(name.encode() + b"\0" + f.read())
+    cache = _cache_dir()
+    objects = []
+    for name in SOURCES:
+        h = common.copy()
         with open(os.path.join(source_dir, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read())
-    out = os.path.join(_cache_dir(), f"fc_cuda_emu_sm{arch // 10}_{h.hexdigest()[:16]}.so")
-    if os.path.isfile(out):
-        return out
-    tmp = f"{out}.{os.getpid()}.tmp"
-    cmd = [cxx, *flags, "-I", source_dir, "-x", "c++", *(os.path.join(source_dir, s) for s in SOURCES), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building the emulated kernels failed:\n{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    os.replace(tmp, out)
+        obj = os.path.join(cache, f"{os.path.basename(name).replace('.', '_')}_sm{arch // 10}_{h.hexdigest()[:16]}.o")
+        if not os.path.isfile(obj):
+            tmp = f"{obj}.{os.getpid()}.{threading.get_ident()}.tmp"
+            _run([cxx, *flags, "-c", "-I", source_dir, "-x", "c++", os.path.join(source_dir, name), "-o", tmp])
+            os.replace(tmp, obj)
+        objects.append(obj)
+    key = hashlib.sha256("\0".join(objects).encode()).hexdigest()[:16]
+    out = os.path.join(cache, f"fc_cuda_emu_sm{arch // 10}_{key}.so")
+    if not os.path.isfile(out):
+        tmp = f"{out}.{os.getpid()}.{threading.get_ident()}.tmp"
+        _run([cxx, "-shared", *objects, "-o", tmp])
+        os.replace(tmp, out)
     return out
 
 
