@@ -6,8 +6,8 @@ nibbles sign-extended to int8 and ``mma.sync.m16n8k32``), and the tests call the
 (1) exactness of every kernel variant (small-M, tiled 64- and 128-row CTAs, split-K with the epilogue kernel,
     identity quantization with and without a diagonal, fused Kronecker transform), each under forward and
     reverse thread order; the launch log checks that the intended variant ran;
-(2) mutation check: patched copies of the kernels (a wrong fragment index, a removed barrier or wait) fail
-    the same checks that the real kernels pass.
+(2) mutation check: patched copies of the kernels (a wrong fragment index, a removed barrier or wait, a
+    missing bounds check) fail the same checks that the real kernels pass.
 """
 import importlib.util
 import os
@@ -238,6 +238,10 @@ MUTANTS = {
     # the barrier after the pipeline wait: warps read stages other threads' copies have not filled
     "tiled_missing_syncthreads": (800, "w4a4_gemm.cu",
                                   "    __syncthreads();  // tile kt is in shared memory", "    // (removed)", "gemm"),
+    # epilogue store without the column bound: writes past the row (and past the end of the output)
+    "tiled_store_without_column_check": (800, "w4a4_gemm.cu",
+                                         "if (row < m && col < n) emit<OUT>(e, ws, split, row, col, n, acc[i][j][r]);",
+                                         "if (row < m) emit<OUT>(e, ws, split, row, col, n, acc[i][j][r]);", "gemm"),
     "tiled_missing_cp_async_wait": (900, "w4a4_gemm.cu", "    cp_async_wait<kStages - 2>();\n", "\n", "gemm"),
     # Kronecker transform: Y = Z right starts before every warp has written its columns of Z
     "kron_missing_syncthreads": (800, "w4a4_quant.cu",

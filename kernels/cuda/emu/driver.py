@@ -97,10 +97,39 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+# Every buffer handed to a kernel is followed by GUARD_BYTES of a known byte: inputs by POISON (as int4 codes
+# 7 and -5, as fp32/bf16/fp16 a huge finite value), so a read past the end changes the result; outputs by
+# CANARY, checked after the call, so a write past the end is an error.
+GUARD_BYTES = 256
+POISON, CANARY = 0x7B, 0xC3
+
+
+def _guarded(t: torch.Tensor | None, fill: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(raw bytes incl. the guard, a view of ``t``'s shape and dtype holding a copy of ``t``)."""
+    if t is None:
+        return None, None
+    t = t.contiguous()
+    nbytes = t.numel() * t.element_size()
+    raw = torch.full((nbytes + GUARD_BYTES,), fill, dtype=torch.uint8)
+    view = raw[:nbytes].view(t.dtype).reshape(t.shape)
+    view.copy_(t)
+    return raw, view
+
+
+def _empty_guarded(shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _guarded(torch.zeros(shape, dtype=dtype), CANARY)
+
+
+def _check_guard(raw: torch.Tensor | None, name: str) -> None:
+    if raw is not None and not bool((raw[-GUARD_BYTES:] == CANARY).all()):
+        raise EmulationError(f"the kernel wrote past the end of {name}")
+
+
 class EmulatedKernels:
     """The C ABI of one emulated build, on CPU tensors (the emulation's "device memory" is host memory).
 
-    Mirrors ``kernels/cuda_bindings.cpp``: packed widths padded with zero bytes to a multiple of 16, fp32
+    Every buffer is followed by a guard (``GUARD_BYTES``): poison after inputs, a canary after outputs that
+    must survive the call. Mirrors ``kernels/cuda_bindings.cpp``: packed widths padded with zero bytes to a multiple of 16, fp32
     scales/bias/transform, the workspace the GEMM asks for, and the emulated device's opt-in shared memory
     for the fused-transform check. ``num_sms`` is the SM count the GEMM plans its grid for (split-K appears
     when there are fewer CTAs than SMs)."""
@@ -176,35 +205,39 @@ class EmulatedKernels:
         epilogue ``(acc · sx[m]) · sw[n] (+ bias[n])`` cast to ``out_dtype``."""
         if xq.shape[1] != wq.shape[1]:
             raise ValueError(f"packed widths differ: {xq.shape[1]} vs {wq.shape[1]}")
-        xq, wq = self._aligned_packed(xq), self._aligned_packed(wq)
+        (_, xq), (_, wq) = _guarded(self._aligned_packed(xq), POISON), _guarded(self._aligned_packed(wq), POISON)
         m, n, kb = xq.shape[0], wq.shape[0], xq.shape[1]
         self.lib.fc_emu_clear_log()
         code = OUT_CODES[out_dtype]
-        f32 = [None if t is None else t.float().contiguous().reshape(-1) for t in (sx, sw, bias)]
-        out = torch.empty(m, n, dtype=out_dtype)
+        f32 = [_guarded(None if t is None else t.float().reshape(-1), POISON)[1] for t in (sx, sw, bias)]
+        out_raw, out = _empty_guarded((m, n), out_dtype)
         ws_bytes = self.lib.fc_w4a4_gemm_workspace_bytes(m, n, kb, num_sms, code)
-        ws = torch.empty(max(ws_bytes // 4, 1), dtype=torch.int32) if ws_bytes else None
+        ws_raw, ws = _empty_guarded((ws_bytes // 4,), torch.int32) if ws_bytes else (None, None)
         rc = self.lib.fc_w4a4_gemm(_ptr(xq), _ptr(f32[0]), _ptr(wq), _ptr(f32[1]), _ptr(f32[2]), _ptr(out), code, m, n,
                                    kb, _ptr(ws), num_sms, None)
         self._check(rc, "fc_w4a4_gemm")
-        return out
+        _check_guard(out_raw, "out")
+        _check_guard(ws_raw, "the split-K workspace")
+        return out.clone()
 
     def quantize(self, x, left=None, right=None, diag=None, clip=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(packed uint8 [M, ceil(K/2)], scale fp32 [M])`` of ``fc_quantize_act`` (fused transform when
         ``left``/``right`` are given; the emulated device must support it, else ``ValueError``)."""
-        x = x.contiguous()
         m, k = x.shape
+        x = _guarded(x, POISON)[1]
         a = b = 0
-        f32 = [None if t is None else t.float().contiguous() for t in (diag, left, right, clip)]
+        f32 = [_guarded(None if t is None else t.float(), POISON)[1] for t in (diag, left, right, clip)]
         if left is not None:
             a, b = left.shape[0], right.shape[0]
             if not self.lib.fc_quantize_act_fused_supported(a, b, OPTIN_SMEM[self.arch]):
                 raise ValueError(f"factors {a} x {b}: the fused kernel does not handle them (the binding falls back "
                                  "to torch's transform)")
-        packed = torch.empty(m, (k + 1) // 2, dtype=torch.uint8)
-        scale = torch.empty(m, dtype=torch.float32)
+        packed_raw, packed = _empty_guarded((m, (k + 1) // 2), torch.uint8)
+        scale_raw, scale = _empty_guarded((m,), torch.float32)
         self.lib.fc_emu_clear_log()
         rc = self.lib.fc_quantize_act(_ptr(x), IN_CODES[x.dtype], m, k, _ptr(f32[0]), _ptr(f32[1]), a, _ptr(f32[2]),
                                       b, _ptr(f32[3]), _ptr(packed), _ptr(scale), None)
         self._check(rc, "fc_quantize_act")
-        return packed, scale
+        _check_guard(packed_raw, "packed")
+        _check_guard(scale_raw, "scale")
+        return packed.clone(), scale.clone()
