@@ -26,6 +26,8 @@ _spec = importlib.util.spec_from_file_location("_fair_calib_cuda_emu",
 driver = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(driver)
 
+if driver.compiler() is None and os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
+    raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1 but no C++ compiler (g++) for the CUDA kernels' host emulation")
 pytestmark = pytest.mark.skipif(driver.compiler() is None, reason="no C++ compiler (g++) on PATH")
 ORDERS = ("forward", "reverse")
 
@@ -183,10 +185,10 @@ def test_emulated_quantize_identity_identical(emu, arch, dtype, m, k):
 
 @pytest.mark.parametrize("arch", driver.ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("a,b,m", [(8, 8, 5), (2, 40, 3), (96, 128, 2), (64, 33, 17)])
+@pytest.mark.parametrize("a,b,m", [(8, 8, 5), (2, 40, 3), (96, 136, 2), (64, 33, 17)])
 def test_emulated_quantize_with_transform(emu, arch, dtype, a, b, m):
     """Fused Kronecker transform + quantization, within the transform tolerance of the reference; the
-    scales also against a float64 transform. 96 x 128 needs 48 KB of shared memory: the opt-in path."""
+    scales also against a float64 transform. 96 x 136 needs 51 KB of shared memory: the opt-in launch."""
     k = a * b
     g = torch.Generator().manual_seed(k + m)
     x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).to(dtype)
@@ -203,14 +205,18 @@ def test_emulated_quantize_with_transform(emu, arch, dtype, a, b, m):
     torch.testing.assert_close(got[1].double(), xt.abs().amax(1) * 0.9 / 7, rtol=1e-5, atol=0)
 
 
-def test_emulation_reports_launch_errors(emu):
-    """A launch the device would refuse fails with the CUDA error, not silently: factors whose row does not
-    fit the opt-in shared memory of sm_90 (227 KB) are refused by the support check the binding uses."""
+def test_emulation_reports_launch_errors(emu, monkeypatch):
+    """Factors whose row does not fit the opt-in shared memory (227 KB on sm_90) are refused by the support
+    check the binding uses; launched anyway, the emulated device refuses the launch with the CUDA error."""
     kernels = emu[900]
     assert kernels.lib.fc_quantize_act_fused_supported(256, 256, driver.OPTIN_SMEM[900]) == 0
     assert kernels.lib.fc_quantize_act_fused_supported(256, 128, driver.OPTIN_SMEM[900]) == 1
+    x, eye = torch.ones(1, 65536), torch.eye(256)
     with pytest.raises(ValueError, match="fused kernel does not handle"):
-        kernels.quantize(torch.ones(1, 65536), torch.eye(256), torch.eye(256))
+        kernels.quantize(x, eye, eye)
+    monkeypatch.setitem(driver.OPTIN_SMEM, 900, 1 << 30)  # skip the support check
+    with pytest.raises(driver.EmulationError, match="invalid argument"):
+        kernels.quantize(x, eye, eye)
 
 
 # ------------------------------------------------------------------------------------ (2) mutation check
