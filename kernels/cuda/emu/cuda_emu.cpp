@@ -447,6 +447,11 @@ void cp_async_wait(int n) {
   }
 }
 
+void check_aligned(const void* p, size_t bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes != 0)
+    fail_and_stop(std::string(what) + ": address not aligned to its " + std::to_string(bytes) + "-byte access");
+}
+
 // ---------------------------------------------------------------------------------------- host side
 cudaError_t set_max_dynamic_shared(const void* fn, int bytes) {
   if (bytes < 0 || static_cast<size_t>(bytes) > kOptinSmem) return cudaErrorInvalidValue;

@@ -13,8 +13,8 @@
 //
 // Checked at run time (the launch then fails with cudaErrorLaunchFailure and fc_emu_last_message() says
 // why): warp operations with a partial mask or lanes in different operations, a barrier some threads never
-// reach (deadlock), cp.async addresses not 16-byte aligned or outside the dynamic shared memory, launches
-// over the block-size or shared-memory limits of the emulated architecture.
+// reach (deadlock), cp.async addresses not 16-byte aligned or outside the dynamic shared memory, misaligned
+// __ldg vector loads, launches over the block-size or shared-memory limits of the emulated architecture.
 #pragma once
 #include <math.h>
 #include <stddef.h>
@@ -77,6 +77,7 @@ void mma_m16n8k32_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uin
 void cp_async16(void* smem, const void* gmem, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int n);
+void check_aligned(const void* p, size_t bytes, const char* what);  // stops the launch when p % bytes != 0
 
 cudaError_t set_max_dynamic_shared(const void* fn, int bytes);
 cudaError_t take_last_error();
@@ -143,7 +144,8 @@ inline int atomicAdd(int* p, int v) {  // fibers never preempt each other: a pla
   return old;
 }
 template <class T>
-inline T __ldg(const T* p) {
+inline T __ldg(const T* p) {  // ld.global.nc: a misaligned vector load faults on the device
+  ::fc_emu::check_aligned(p, sizeof(T), "__ldg");
   return *p;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
