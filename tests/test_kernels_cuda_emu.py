@@ -325,3 +325,36 @@ def test_real_kernels_pass_the_mutation_checks(emu, kind):
 def test_mutant_fails_the_check(mutant_kernels, name):
     assert not mutation_check(mutant_kernels[name], MUTANTS[name][4])
 
+
+
+def test_emulated_c_abi_rejects_bad_arguments(emu):
+    """The C ABI's contract checks (w4a4_cuda.h), run for real: -1 (FC_ERR_BAD_ARGUMENT) for a packed width
+    that is not a multiple of 16 bytes, a misaligned operand, a missing workspace or an unknown dtype; -2
+    (FC_ERR_UNSUPPORTED) for Kronecker factors above 256."""
+    lib = emu[800].lib
+    xq, wq = torch.zeros(20, 64, dtype=torch.uint8), torch.zeros(8, 64, dtype=torch.uint8)
+    out = torch.empty(20, 8, dtype=torch.float32)
+    p = driver._ptr
+    ones = torch.ones(20)
+
+    def gemm(x=xq, kb=64, out_dtype=0, ws=None, sms=1):
+        return lib.fc_w4a4_gemm(p(x), p(ones), p(wq), p(ones), None, p(out), out_dtype, 20, 8, kb, ws, sms, None)
+
+    assert gemm() == 0
+    assert gemm(kb=40) == -1 and gemm(kb=0) == -1
+    assert gemm(x=xq.view(-1)[1:]) == -1  # 1 byte off the 16-byte alignment
+    assert gemm(out_dtype=7) == -1
+    kb = 4096
+    big_x, big_w = torch.zeros(20, kb, dtype=torch.uint8), torch.zeros(8, kb, dtype=torch.uint8)
+    assert lib.fc_w4a4_gemm_workspace_bytes(20, 8, kb, 132, 0) == 4 * 20 * 8  # split-K needs the workspace
+    assert lib.fc_w4a4_gemm(p(big_x), p(ones), p(big_w), p(ones), None, p(out), 0, 20, 8, kb, None, 132, None) == -1
+    assert lib.fc_w4a4_gemm_workspace_bytes(20, 8, kb, 132, 3) == 0  # int32 output accumulates in place
+    x = torch.zeros(2, 300 * 300)
+    packed, scale = torch.empty(2, 45000, dtype=torch.uint8), torch.empty(2)
+    eye = torch.eye(300)
+    q = lib.fc_quantize_act
+    assert q(p(x), 0, 2, 90000, None, p(eye), 300, None, 0, None, p(packed), p(scale), None) == -1  # left alone
+    assert q(p(x), 0, 2, 90000, None, p(eye), 300, p(eye), 299, None, p(packed), p(scale), None) == -1  # a*b != k
+    assert q(p(x), 0, 2, 90000, None, p(eye), 300, p(eye), 300, None, p(packed), p(scale), None) == -2
+    assert q(p(x), 5, 2, 90000, None, None, 0, None, 0, None, p(packed), p(scale), None) == -1  # dtype
+    assert b"contract" in lib.fc_cuda_error_string(-1) and b"unsupported" in lib.fc_cuda_error_string(-2)
