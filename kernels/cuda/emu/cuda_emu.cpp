@@ -33,6 +33,7 @@ constexpr size_t kDefaultSmem = 48 * 1024;
 constexpr size_t kOptinSmem = FC_EMU_ARCH >= 900 ? 227 * 1024 : (FC_EMU_ARCH == 800 ? 163 * 1024 : 99 * 1024);
 constexpr int kMaxThreads = 1024;
 constexpr size_t kStackBytes = 128 * 1024;
+constexpr int kSmemFill = 0x7B;  // dynamic shared memory before every block (cuda_emu.h)
 
 enum class St { Ready, BlockBarrier, WarpOp, Done };
 enum class Op { Sync, Shfl, MmaS4, MmaS8 };
@@ -304,7 +305,7 @@ void run_block(dim3 block_idx, int threads) {
   S.fibers.resize(static_cast<size_t>(threads));
   S.warps.assign(static_cast<size_t>((threads + 31) / 32), Warp{});
   if (S.stacks.size() < static_cast<size_t>(threads) * kStackBytes) S.stacks.resize(static_cast<size_t>(threads) * kStackBytes);
-  std::fill(S.smem.begin(), S.smem.end(), uint4{0xA5A5A5A5u, 0xA5A5A5A5u, 0xA5A5A5A5u, 0xA5A5A5A5u});
+  memset(static_cast<void*>(S.smem.data()), kSmemFill, S.smem.size() * sizeof(uint4));
   for (int t = 0; t < threads; ++t) {
     Fiber& f = S.fibers[static_cast<size_t>(t)];
     f.ctx.block_idx = uint3{block_idx.x, block_idx.y, block_idx.z};

@@ -8,7 +8,10 @@
 // warp, which exchange their operands through a per-warp buffer. The order in which ready threads run is
 // forward, reverse or a seeded shuffle (fc_emu_set_schedule), so a missing barrier reads data that another
 // thread has not written yet in at least one order. cp.async copies are deferred to the cp.async.wait_group
-// that covers them, so a missing wait reads stale shared memory; shared memory starts filled with 0xA5.
+// that covers them, so a missing wait reads stale shared memory. Dynamic shared memory is refilled with 0x7B
+// bytes before every block (int4 codes 7 and -5, fp32 1.3e36), so a read before the write changes the
+// result; static __shared__ variables are function-local statics (zero at load, then what the previous
+// block left: g++ ignores a section attribute on statics of templates, so they cannot be refilled).
 // mma.sync follows the PTX ISA fragment layouts (row, column and K element of every lane and register).
 //
 // Checked at run time (the launch then fails with cudaErrorLaunchFailure and fc_emu_last_message() says
