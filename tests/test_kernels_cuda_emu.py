@@ -287,8 +287,8 @@ def mutation_check(kernels, kind):
                 x = torch.randn(m, a * b, generator=g)
                 left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
                 try:
-                    assert_quant_close(kernels.quantize(x, left, right), reference.quantize_act_reference(x, left, right),
-                                       a * b)
+                    got = kernels.quantize(x, left, right)
+                    assert_quant_close(got, reference.quantize_act_reference(x, left, right), a * b)
                 except AssertionError:
                     return False
         return True

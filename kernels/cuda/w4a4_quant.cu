@@ -173,8 +173,8 @@ cudaError_t launch(const void* x, int64_t m, int64_t k, const float* diag, const
                                            static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  FC_LAUNCH(quant_kron<T>, static_cast<unsigned>(m), kThreads, smem, stream)(xt, static_cast<int>(a), static_cast<int>(b),
-                                                                      diag, left, right, clip, packed, scale);
+  FC_LAUNCH(quant_kron<T>, static_cast<unsigned>(m), kThreads, smem, stream)(
+      xt, static_cast<int>(a), static_cast<int>(b), diag, left, right, clip, packed, scale);
   return cudaGetLastError();
 }
 

@@ -304,7 +304,8 @@ std::vector<int> sweep_order(int n) {
 void run_block(dim3 block_idx, int threads) {
   S.fibers.resize(static_cast<size_t>(threads));
   S.warps.assign(static_cast<size_t>((threads + 31) / 32), Warp{});
-  if (S.stacks.size() < static_cast<size_t>(threads) * kStackBytes) S.stacks.resize(static_cast<size_t>(threads) * kStackBytes);
+  const size_t stack_total = static_cast<size_t>(threads) * kStackBytes;
+  if (S.stacks.size() < stack_total) S.stacks.resize(stack_total);
   memset(static_cast<void*>(S.smem.data()), kSmemFill, S.smem.size() * sizeof(uint4));
   for (int t = 0; t < threads; ++t) {
     Fiber& f = S.fibers[static_cast<size_t>(t)];
@@ -393,7 +394,8 @@ void syncwarp(unsigned mask) {
 }
 
 uint32_t shfl_xor(unsigned mask, uint32_t v, int lane_mask, int width) {
-  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) fail_and_stop("__shfl_xor_sync: width must be a power of 2 <= 32");
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
+    fail_and_stop("__shfl_xor_sync: width must be a power of 2 <= 32");
   Slot& s = my_slot(Op::Shfl, mask);
   s.in[0] = v;
   s.in[1] = static_cast<uint32_t>(lane_mask);

@@ -129,9 +129,9 @@ class EmulatedKernels:
     """The C ABI of one emulated build, on CPU tensors (the emulation's "device memory" is host memory).
 
     Every buffer is followed by a guard (``GUARD_BYTES``): poison after inputs, a canary after outputs that
-    must survive the call. Mirrors ``kernels/cuda_bindings.cpp``: packed widths padded with zero bytes to a multiple of 16, fp32
-    scales/bias/transform, the workspace the GEMM asks for, and the emulated device's opt-in shared memory
-    for the fused-transform check. ``num_sms`` is the SM count the GEMM plans its grid for (split-K appears
+    must survive the call. Mirrors ``kernels/cuda_bindings.cpp``: packed widths padded with zero bytes to a
+    multiple of 16, fp32 scales/bias/transform, the workspace the GEMM asks for, and the emulated device's
+    opt-in shared memory for the fused-transform check. ``num_sms`` is the SM count the GEMM plans its grid for (split-K appears
     when there are fewer CTAs than SMs)."""
 
     def __init__(self, path: str):
