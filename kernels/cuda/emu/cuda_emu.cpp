@@ -1,6 +1,6 @@
 // Host emulation of the CUDA execution model for the W4A4 kernels (declarations and model: cuda_emu.h).
 //
-// One block at a time; its threads are ucontext fibers on the calling host thread. The scheduler sweeps
+// One block at a time; its threads are fibers (own stacks, switched in user space) on the calling host thread. The scheduler sweeps
 // the block's threads in the configured order and resumes every ready one, which runs until it reaches a
 // barrier (__syncthreads, or a warp operation), exits, or trips a check. A block barrier releases when every
 // thread that has not exited arrived; a warp operation completes when all 32 lanes arrived, and the last
@@ -27,6 +27,74 @@ dim3 grid_dim, block_dim;
 
 namespace {
 
+// ------------------------------------------------------------------------------------- fiber contexts
+// x86-64: a minimal switch of what the System V ABI has a callee keep (rbx, rbp, r12-r15, the stack pointer,
+// MXCSR and the x87 control word); elsewhere (or with -DFC_EMU_UCONTEXT) ucontext, which also saves the
+// signal mask: a system call per switch, several times slower.
+#if defined(__x86_64__) && !defined(FC_EMU_UCONTEXT)
+extern "C" __attribute__((visibility("hidden"))) void fc_emu_switch_stack(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl fc_emu_switch_stack
+  .hidden fc_emu_switch_stack
+  .type fc_emu_switch_stack, @function
+fc_emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fc_emu_switch_stack, .-fc_emu_switch_stack
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+// A fresh context whose first switch-in "returns" into entry() as if called (stack 16-byte aligned + 8).
+void context_init(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  auto* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack + bytes)) & ~uintptr_t{15});
+  *--top = 0;                                      // entry's return address: entry never returns
+  *--top = reinterpret_cast<uint64_t>(entry);      // popped by ret
+  for (int i = 0; i < 6; ++i) *--top = 0;          // rbp, rbx, r12-r15
+  *--top = 0x1F80u | (uint64_t{0x037Fu} << 32);    // MXCSR default, x87 control word default
+  c.sp = top;
+}
+
+inline void context_switch(Context& from, Context& to) { fc_emu_switch_stack(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void context_init(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;  // entry never returns
+  makecontext(&c.uc, entry, 0);
+}
+
+inline void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 // Shared-memory limits of the emulated architecture (CUDA C++ Programming Guide, "Technical
 // Specifications per Compute Capability"): 48 KB without opting in; opt-in maximum per block.
 constexpr size_t kDefaultSmem = 48 * 1024;
@@ -46,7 +114,7 @@ struct CpAsync {
 
 struct Fiber {
   ThreadCtx ctx;
-  ucontext_t uc;
+  Context uc;
   St state;
   int lane, warp;
   unsigned seq;                              // warp operations this thread has completed
@@ -76,7 +144,7 @@ struct Sched {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   std::vector<char> stacks;
-  ucontext_t main;
+  Context main;
   Fiber* running = nullptr;
   int block_arrived = 0, alive = 0;
   std::vector<uint4> smem;
@@ -115,7 +183,7 @@ Fiber& self() {
 void yield() {
   Fiber& f = self();
   ++S.switches;
-  swapcontext(&f.uc, &S.main);
+  context_switch(f.uc, S.main);
 }
 
 // A check failed inside a thread: stop the block (the fiber is never resumed).
@@ -123,7 +191,7 @@ void yield() {
   fail(msg);
   Fiber& f = self();
   f.state = St::Done;
-  swapcontext(&f.uc, &S.main);
+  context_switch(f.uc, S.main);
   abort();  // unreachable: a failed launch never resumes its fibers
 }
 
@@ -143,7 +211,8 @@ void fiber_entry() {
   f.pending.clear();
   --S.alive;
   release_block_barrier();
-  // returning switches to uc_link (the scheduler)
+  context_switch(f.uc, S.main);
+  abort();  // unreachable: a finished thread is never resumed
 }
 
 // ------------------------------------------------------------------------------- PTX fragment layouts
@@ -317,11 +386,7 @@ void run_block(dim3 block_idx, int threads) {
     f.seq = 0;
     f.open.clear();
     f.pending.clear();
-    getcontext(&f.uc);
-    f.uc.uc_stack.ss_sp = S.stacks.data() + static_cast<size_t>(t) * kStackBytes;
-    f.uc.uc_stack.ss_size = kStackBytes;
-    f.uc.uc_link = &S.main;
-    makecontext(&f.uc, fiber_entry, 0);
+    context_init(f.uc, S.stacks.data() + static_cast<size_t>(t) * kStackBytes, kStackBytes, fiber_entry);
   }
   S.alive = threads;
   S.block_arrived = 0;
@@ -329,7 +394,7 @@ void run_block(dim3 block_idx, int threads) {
     S.running = &f;
     current = &f.ctx;
     ++S.switches;
-    swapcontext(&S.main, &f.uc);
+    context_switch(S.main, f.uc);
     S.running = nullptr;
   };
   while (S.alive > 0) {

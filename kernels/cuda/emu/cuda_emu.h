@@ -3,7 +3,7 @@
 // (or 900) ... kernels/cuda/emu/cuda_emu.cpp. Never included in the device build (nvcc).
 //
 // Execution model (cuda_emu.cpp): a launch runs the grid's blocks one after another; the threads of a block
-// are cooperative fibers (ucontext), each running until its next barrier: __syncthreads waits for every
+// are cooperative fibers, each running until its next barrier: __syncthreads waits for every
 // thread of the block, warp-level operations (__syncwarp, __shfl_xor_sync, mma.sync) for all 32 lanes of the
 // warp, which exchange their operands through a per-warp buffer. The order in which ready threads run is
 // forward, reverse or a seeded shuffle (fc_emu_set_schedule), so a missing barrier reads data that another
