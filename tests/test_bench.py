@@ -34,3 +34,23 @@ def test_transformed_layer_matches_its_float_weight():
     layer = kernels.transformed_w4a4_linear(w, g)
     assert layer.input_transform is not None and layer.input_transform.diag is not None
     assert (layer.to_linear().weight - w).norm() / w.norm() < 0.2
+
+
+def test_gpu_check_without_a_gpu_stops_before_building(tmp_path, monkeypatch):
+    """`python -m fair_calib_hf.bench gpu` on a machine without a GPU says so at once instead of spending
+    minutes on a build it cannot use."""
+    import pytest
+    import torch
+
+    from fair_calib_hf.bench import gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+
+    def build(out_dir):
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(gpu, "build", build)
+    with pytest.raises(SystemExit, match="no GPU visible"):
+        gpu.main(["--out", str(tmp_path / "g")])
+    assert not (tmp_path / "g").exists()

@@ -16,7 +16,10 @@
    GEMM alone, quant+GEMM, quant (with a Kronecker transform) + GEMM, the ratios bf16 / W4A4, and the
    achieved int4 TOPS. Prints a Markdown table and writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md``.
 
-Exit status: 0 when every exactness check passed (the timing never fails the run), 1 otherwise.
+Exit status: 0 when every exactness check passed (the timing never fails the run), 1 otherwise. Without a
+visible GPU it stops before building (the host emulation, ``pytest tests/test_kernels_cuda_emu.py``, runs
+the kernels without one). The wall time of each phase (build, exactness, timing) is printed and stored in
+the JSON: the whole run is meant to fit in 8 minutes on an H100/H200, build included.
 """
 from __future__ import annotations
 
@@ -49,7 +52,12 @@ def _source_root() -> str:
     return root
 
 
-def build(out_dir: str) -> None:
+BUDGET_S = 480  # the run is sized for a 15-minute GPU loan: 8 minutes including the build
+BUILD_TIME_ENV = "FAIR_CALIB_GPU_BUILD_S"  # build seconds, handed from the building process to the checking one
+
+
+def build(out_dir: str) -> float:
+    """Build the extension in the source checkout; returns the wall seconds."""
     root = _source_root()
     log_path = os.path.join(out_dir, "build.log")
     env = dict(os.environ, MAX_JOBS=os.environ.get("MAX_JOBS", str(os.cpu_count() or 4)), PYTHONUNBUFFERED="1")
@@ -63,9 +71,11 @@ def build(out_dir: str) -> None:
             if line.startswith("fair_calib_hf:") or "error" in line.lower():
                 print("  " + line.rstrip(), flush=True)
         rc = proc.wait()
-    print(f"[build] exit {rc} after {time.time() - start:.0f} s", flush=True)
+    seconds = time.time() - start
+    print(f"[build] exit {rc} after {seconds:.0f} s", flush=True)
     if rc != 0:
         raise SystemExit(f"build failed, see {log_path}")
+    return seconds
 
 
 # --------------------------------------------------------------------------------------------- exactness
@@ -260,14 +270,23 @@ def run_checks(args) -> int:
     info = _versions(torch)
     info["backend"] = ops.active_backend("cuda")
     print("[env] " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
+    wall = {"build": float(os.environ.get(BUILD_TIME_ENV, "nan"))}
     print("[exactness]", flush=True)
+    start = time.time()
     checks = check_exactness(torch, ops, cuda, reference, pack_int4, unpack_int4)
+    wall["exactness"] = time.time() - start
     failed = [c for c in checks if not c["ok"]]
-    print(f"[exactness] {len(checks) - len(failed)}/{len(checks)} passed", flush=True)
+    print(f"[exactness] {len(checks) - len(failed)}/{len(checks)} passed in {wall['exactness']:.0f} s", flush=True)
     rows = []
     if not args.skip_timing:
         print("[timing]", flush=True)
+        start = time.time()
         rows = time_shapes(torch, ops, pack_int4, args.shapes, args.m, args.iters)
+        wall["timing"] = time.time() - start
+        print(f"[timing] {wall['timing']:.0f} s", flush=True)
+    total = sum(v for v in wall.values() if v == v)
+    print(f"[wall] {', '.join(f'{k} {v:.0f} s' for k, v in wall.items())}; total {total:.0f} s"
+          + (f" (over the {BUDGET_S} s budget: trim --shapes/--m/--iters)" if total > BUDGET_S else ""), flush=True)
     from .common import report
 
     title = (f"W4A4 (CUDA kernels, backend {info['backend']}) vs torch bf16 F.linear on {info['gpu']} "
@@ -283,7 +302,8 @@ def run_checks(args) -> int:
             "bf16 TFLOPS": lambda r: r["bf16_tflops"]}
     report(title, cols, rows)
     with open(json_path, "w") as f:
-        json.dump({"env": info, "checks": checks, "rows": rows}, f, indent=2)
+        json.dump({"env": info, "wall_s": {k: round(v, 1) for k, v in wall.items()}, "checks": checks, "rows": rows},
+                  f, indent=2)
     with open(md_path, "w") as f:
         f.write(title + "\n\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n")
         for r in rows:
@@ -301,11 +321,17 @@ def main(argv=None) -> None:
     parser.add_argument("--m", type=int, nargs="+", default=list(MS))
     parser.add_argument("--iters", type=int, default=50)
     args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():  # before the minutes of building
+        raise SystemExit("no GPU visible (torch.cuda.is_available() is false): nothing to check here; "
+                         "`pytest tests/test_kernels_cuda_emu.py` runs the kernels in the host emulation")
     os.makedirs(args.out, exist_ok=True)
     if not args.no_build:
-        build(args.out)
+        seconds = build(args.out)
         # a fresh interpreter, so the freshly built extension is the one imported
         cmd = [sys.executable, "-m", "fair_calib_hf.bench", "gpu", "--no-build", *(argv if argv is not None else sys.argv[2:])]
-        raise SystemExit(subprocess.call(cmd, cwd=os.getcwd(), env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [_source_root(), os.environ.get("PYTHONPATH", "")]))))
+        raise SystemExit(subprocess.call(cmd, cwd=os.getcwd(), env=dict(
+            os.environ, PYTHONPATH=os.pathsep.join([_source_root(), os.environ.get("PYTHONPATH", "")]),
+            **{BUILD_TIME_ENV: f"{seconds:.1f}"})))
     raise SystemExit(run_checks(args))

@@ -2,7 +2,7 @@
 // accumulators -> fp32 epilogue ((acc * sx[m]) * sw[n] (+ bias[n])) -> out dtype.
 // No torch headers here (see w4a4_cuda.h).
 //
-// Tensor-core path by architecture (one source, selected by __CUDA_ARCH__ at compile time):
+// Tensor-core path by architecture (one source, selected by FC_ARCH = __CUDA_ARCH__ at compile time):
 //   sm_80/86/89: mma.sync.m16n8k64 s4 (native IMMA.16864.S4.S4).
 //   sm_90+:      Hopper has no int4 tensor cores (the s4 mma compiles to a slow emulation), so each 32-bit
 //                fragment word (8 nibbles) is sign-extended into two s8x4 words (even codes, odd codes) and
@@ -19,12 +19,17 @@
 //   gemm_small_m: M <= 16. One m16 tile; each warp streams 32 weight rows straight from global memory in
 //                 16-byte loads (no reuse to exploit), split-K over gridDim.y for enough CTAs.
 //   epilogue:     int32 workspace -> scaled output, for the split-K launches.
+#ifdef FC_HOST_EMULATION
+#include "emu/cuda_emu.h"  // host emulation of the CUDA built-ins and runtime (tests only, never for nvcc)
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
 
 #include "w4a4_cuda.h"
+#include "w4a4_device.h"
 
 namespace {
 
@@ -32,7 +37,7 @@ namespace {
 // One 16x8x64 step: c += A[16 x 64] * B[64 x 8].
 // a[0]: row g, 8 codes; a[1]: row g+8, same codes; a[2]: row g, 8 further codes; a[3]: row g+8, same.
 // b[0]: column g, the codes of a[0]/a[1]; b[1]: column g, the codes of a[2]/a[3]. (g = lane / 4)
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if FC_ARCH >= 900
 __device__ __forceinline__ uint32_t sext_nibbles(uint32_t v) {
   // v holds four nibbles in the low half of each byte; sign-extend each to an int8 (8 * 0x1E = 0xF0 per
   // byte, no carry between bytes).
@@ -41,7 +46,7 @@ __device__ __forceinline__ uint32_t sext_nibbles(uint32_t v) {
 #endif
 
 __device__ __forceinline__ void mma_k64(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if FC_ARCH >= 900
   uint32_t ae[4], ao[4], be[2], bo[2];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -55,22 +60,10 @@ __device__ __forceinline__ void mma_k64(int32_t (&c)[4], const uint32_t (&a)[4],
   }
   // m16n8k32 s8: A regs {row g k0-3, row g+8 k0-3, row g k16-19, row g+8 k16-19} (per thread group),
   // B regs {k0-3, k16-19}. Virtual k0-3 <- even codes, k16-19 <- odd codes of the same word.
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(ae[0]), "r"(ae[1]), "r"(ao[0]), "r"(ao[1]), "r"(be[0]), "r"(bo[0]));
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(ae[2]), "r"(ae[3]), "r"(ao[2]), "r"(ao[3]), "r"(be[1]), "r"(bo[1]));
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k64.row.col.s32.s4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  mma_m16n8k32_s8(c, ae[0], ae[1], ao[0], ao[1], be[0], bo[0]);
+  mma_m16n8k32_s8(c, ae[2], ae[3], ao[2], ao[3], be[1], bo[1]);
+#elif FC_ARCH >= 800
+  mma_m16n8k64_s4(c, a[0], a[1], a[2], a[3], b[0], b[1]);
 #elif defined(__CUDA_ARCH__)
   __trap();  // built for an architecture without integer mma.sync: never launched (the binding checks sm >= 80)
 #endif
@@ -138,17 +131,7 @@ __global__ void epilogue_kernel(const int32_t* __restrict__ ws, Epi e, int64_t m
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// cp.async helpers (sm_80+).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
+// Tiled kernel (cp.async and mma.sync wrappers in w4a4_device.h).
 constexpr int kStageBytesK = 64;                 // bytes of K per pipeline stage (128 codes = 2 mma steps)
 constexpr int kRowStride = kStageBytesK + 16;    // padded shared-memory row: conflict-free 32-bit loads
 constexpr int kStages = 3;
@@ -167,7 +150,7 @@ __global__ void __launch_bounds__(TileCfg<WARPS_M, WARPS_N>::kThreads)
                int kb, int ktiles_per_split) {
   using Cfg = TileCfg<WARPS_M, WARPS_N>;
   constexpr int BM = Cfg::kBM, BN = Cfg::kBN, THREADS = Cfg::kThreads;
-  extern __shared__ __align__(16) uint8_t smem[];
+  FC_EXTERN_SHARED(uint8_t, smem, 16);
   uint8_t* sa = smem;                                 // [kStages][BM][kRowStride]
   uint8_t* sb = smem + kStages * BM * kRowStride;     // [kStages][BN][kRowStride]
 
@@ -400,7 +383,7 @@ cudaError_t launch_tiled(const Plan& p, const uint8_t* xq, const uint8_t* wq, co
     if (err != cudaSuccess) return err;
   }
   dim3 grid(p.grid_x, p.grid_y, p.splits);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(xq, wq, e, ws, m, n, kb, p.per_split);
+  FC_LAUNCH(kernel, grid, Cfg::kThreads, Cfg::kSmemBytes, stream)(xq, wq, e, ws, m, n, kb, p.per_split);
   return cudaGetLastError();
 }
 
@@ -414,7 +397,7 @@ cudaError_t run_gemm(const Plan& p, const uint8_t* xq, const uint8_t* wq, const 
   cudaError_t err;
   if (p.kind == 0) {
     dim3 grid(p.grid_x, p.grid_y);
-    gemm_small_m<OUT><<<grid, 32 * kSmallWarps, 0, stream>>>(xq, wq, e, ws, m, n, kb, p.per_split);
+    FC_LAUNCH(gemm_small_m<OUT>, grid, 32 * kSmallWarps, 0, stream)(xq, wq, e, ws, m, n, kb, p.per_split);
     err = cudaGetLastError();
   } else if (p.kind == 1) {
     err = launch_tiled<2, 2, OUT>(p, xq, wq, e, ws, m, n, kb, stream);
@@ -424,7 +407,7 @@ cudaError_t run_gemm(const Plan& p, const uint8_t* xq, const uint8_t* wq, const 
   if (err != cudaSuccess || p.splits == 1 || OUT == FC_OUT_I32) return err;
   const int64_t total = static_cast<int64_t>(m) * n;
   const int blocks = static_cast<int>(total / 256 + 1 < 65535 ? total / 256 + 1 : 65535);
-  epilogue_kernel<OUT><<<blocks, 256, 0, stream>>>(ws, e, m, n);
+  FC_LAUNCH(epilogue_kernel<OUT>, blocks, 256, 0, stream)(ws, e, m, n);
   return cudaGetLastError();
 }
 

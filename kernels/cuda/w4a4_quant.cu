@@ -8,12 +8,17 @@
 // in registers until the warp has read its whole column/row; then absmax, quantize and pack from shared
 // memory. The rounding rule and scale rule are the reference's: s = (absmax * clip) / 7 (1 if 0),
 // q = clamp(rint(x / s), -8, 7) with true fp32 division and round-half-to-even.
+#ifdef FC_HOST_EMULATION
+#include "emu/cuda_emu.h"  // host emulation of the CUDA built-ins and runtime (tests only, never for nvcc)
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
 
 #include "w4a4_cuda.h"
+#include "w4a4_device.h"
 
 namespace {
 
@@ -84,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
     quant_kron(const T* __restrict__ x, int a, int b, const float* __restrict__ diag,
                const float* __restrict__ left, const float* __restrict__ right, const float* __restrict__ clip,
                uint8_t* __restrict__ packed, float* __restrict__ scale) {
-  extern __shared__ float buf[];  // the row, X [a, b] row-major
+  FC_EXTERN_SHARED(float, buf, 4);  // the row, X [a, b] row-major
   __shared__ float red[kWarps];
   const int k = a * b;
   const int64_t row = blockIdx.x;
@@ -159,7 +164,7 @@ cudaError_t launch(const void* x, int64_t m, int64_t k, const float* diag, const
                    cudaStream_t stream) {
   const T* xt = static_cast<const T*>(x);
   if (left == nullptr) {
-    quant_identity<T><<<static_cast<unsigned>(m), kThreads, 0, stream>>>(xt, k, diag, clip, packed, scale);
+    FC_LAUNCH(quant_identity<T>, static_cast<unsigned>(m), kThreads, 0, stream)(xt, k, diag, clip, packed, scale);
     return cudaGetLastError();
   }
   const size_t smem = sizeof(float) * static_cast<size_t>(k);
@@ -168,8 +173,8 @@ cudaError_t launch(const void* x, int64_t m, int64_t k, const float* diag, const
                                            static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  quant_kron<T><<<static_cast<unsigned>(m), kThreads, smem, stream>>>(xt, static_cast<int>(a), static_cast<int>(b),
-                                                                      diag, left, right, clip, packed, scale);
+  FC_LAUNCH(quant_kron<T>, static_cast<unsigned>(m), kThreads, smem, stream)(
+      xt, static_cast<int>(a), static_cast<int>(b), diag, left, right, clip, packed, scale);
   return cudaGetLastError();
 }
 
