@@ -109,7 +109,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
 
     ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
     ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
-    from .diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+    from .diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                    plot_teacher_forced_prob_mse)
 
     plots = os.path.join(folder, PLOTS_DIR)
     lines = [f"# FAIR-Calib quantization report: `{model}`", ""]
@@ -166,15 +167,24 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
     lines += ["", "## Frontier diagnostics vs full precision", ""]
     if frontier:
         plot_flip_rate({"quantized": frontier["flip_rate_per_step"]}, os.path.join(plots, "flip_rate.png"))
-        plot_amplification({"quantized": frontier["prob_mse_curve"]}, os.path.join(plots, "prob_mse.png"))
+        plot_amplification({"quantized": frontier["amplification_curve"]}, os.path.join(plots, "amplification.png"))
+        plot_teacher_forced_prob_mse({"quantized": frontier["teacher_forced_prob_mse_curve"]},
+                                     os.path.join(plots, "prob_mse.png"))
         plot_lag_ccdf(frontier["lags"], os.path.join(plots, "lag_ccdf.png"))
         mm = frontier["mismatch"]
+        remasked = ", committed position re-masked" if mm["teacher"].get("remasked") else ""
         lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}.", "",
                   "| metric | teacher (fp) | quantized |", "|---|---|---|",
                   f"| frontier flip rate (teacher-forced) | 0 | {_fmt(frontier['flip_rate'])} |",
-                  f"| mean probability MSE along the teacher's trajectory | 0 | {_fmt(frontier['prob_mse_mean'])} |",
-                  f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "
+                  f"| probability MSE, teacher-forced (teacher's states, every window position) | 0 | "
+                  f"{_fmt(frontier['teacher_forced_prob_mse_mean'])} |",
+                  f"| prompts with a false commit (own trajectory) | 0 | {_fmt(frontier['false_commit_rate'])} |",
+                  f"| amplification: probability MSE after the first false commit (still-masked positions) | 0 | "
+                  f"{_fmt(frontier['amplification_mean'])} |",
+                  f"| post-commit mismatch (mean disagree{remasked}) | {_fmt(mm['teacher']['mean_disagree'])} | "
                   f"{_fmt(mm['student']['mean_disagree'])} |",
+                  f"| post-commit mismatch (never agree{remasked}) | {_fmt(mm['teacher']['never_agree'])} | "
+                  f"{_fmt(mm['student']['never_agree'])} |",
                   f"| stability lag p90 | {_fmt(frontier['lag_p90']['teacher'])} | "
                   f"{_fmt(frontier['lag_p90']['student'])} |",
                   f"| token agreement with the teacher's output | 1 | {_fmt(frontier['token_agreement'])} |",
@@ -183,8 +193,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
             lines.append(f"| task accuracy ({accuracy['student']['task']}, {accuracy['student']['split']}, "
                          f"n={accuracy['student']['n']}) | {_fmt(accuracy['teacher']['accuracy'])} | "
                          f"{_fmt(accuracy['student']['accuracy'])} |")
-        lines += ["", "![flip rate](report/flip_rate.png) ![probability MSE](report/prob_mse.png) "
-                  "![lag CCDF](report/lag_ccdf.png)"]
+        lines += ["", "![flip rate](report/flip_rate.png) ![amplification](report/amplification.png) "
+                  "![teacher-forced probability MSE](report/prob_mse.png) ![lag CCDF](report/lag_ccdf.png)"]
     else:
         lines.append("Not measured: no evaluation set (a zoo model's task, or `--eval-prompts FILE`).")
     md = os.path.join(folder, REPORT_MD)

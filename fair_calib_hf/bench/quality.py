@@ -7,8 +7,11 @@ sequences and drives the method's own randomness), and scored on the **test spli
 
 * ``accuracy``: exact match over ``n_eval`` test problems (mean ± std over seeds);
 * frontier diagnostics on the first ``n_diag`` test prompts (:func:`fair_calib_hf.diagnostics.compare_models`):
-  flip rate (teacher-forced replay), post-commit mismatch (mean-disagree, never-agree) of the student's own
-  trajectory, p90 of the student's stability lag, and the probability MSE along the teacher's trajectory;
+  flip rate (teacher-forced replay), post-commit mismatch (mean-disagree, never-agree) and p90 of the stability
+  lag of each model on its own trajectory (LLaDA-style: committed positions read re-masked; the FP row shows
+  the teacher's own values, the floor), the share of prompts with a false commit and the amplification (the
+  probability MSE on the student's own states after its first false commit, over still-masked positions), and
+  the teacher-forced probability MSE (the teacher's states, every window position);
 * ``log_lik``: Monte-Carlo masked log-likelihood of the reference answers of the same ``n_diag`` test problems,
   nats per answer token (:func:`fair_calib_hf.zoo.evaluate.answer_log_likelihood`, ``MC_NUM`` draws each);
 * calibration wall time (s) and peak resident memory over the loaded float model (MB).
@@ -20,8 +23,8 @@ fresh subprocess so that its peak memory is its own.
 Also reported per model: the activation-outlier ratio at the MLP down-projection input (largest |x| over the
 median |x|, on the calibration sequences, the largest over the blocks), the FP model's test accuracy, and the
 checkpoint sizes. Output: a Markdown table printed and written to ``OUT/quality.md``, ``OUT/quality.json``, and
-per model the plots ``OUT/<model>-flip_rate.png``, ``-amplification.png``, ``-lag_ccdf.png`` (seed 0 of each
-configuration). ``--quick`` runs one seed and small evaluation sets (a smoke test of the whole pipeline).
+per model the plots ``OUT/<model>-flip_rate.png``, ``-amplification.png``, ``-tf_prob_mse.png``, ``-lag_ccdf.png``
+(seed 0 of each configuration). ``--quick`` runs one seed and small evaluation sets (a smoke test of the whole pipeline).
 """
 from __future__ import annotations
 
@@ -100,7 +103,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
 
     from fair_calib_hf import FairCalibConfig
     from fair_calib_hf.architectures import get_adapter
-    from fair_calib_hf.diagnostics import compare_models
+    from fair_calib_hf.decoding import diffusion_generate
+    from fair_calib_hf.diagnostics import compare_models, own_diagnostics
     from fair_calib_hf.zoo import task_of
     from fair_calib_hf.zoo.evaluate import (answer_log_likelihood, calibration_geometry, decode_settings,
                                             default_decode_config, generate_answers)
@@ -115,15 +119,20 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     steps = task.gen_length // tokens_per_step
     plain = default_decode_config(task, family, record=False, steps=steps)
     recorded = default_decode_config(task, family, record=True, steps=steps)
+    teacher_result = diffusion_generate(teacher, prompts[:n_diag], config=recorded)
+    teacher_own = own_diagnostics(teacher, teacher_result.trajectory)
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
         calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
+        # the teacher against itself: no flip, no probability gap, no false commit (amplification undefined)
         return [{"config": "fp", "seed": None, "accuracy": task.accuracy(texts, examples),
                  "log_lik": answer_log_likelihood(teacher, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
-                 "outlier_ratio": outlier_ratio(teacher, calib), "decoding": decode_settings(plain),
-                 "parameters": sum(p.numel() for p in teacher.parameters())}]
+                 "flip_rate": 0.0, "mean_disagree": teacher_own["mean_disagree"],
+                 "never_agree": teacher_own["never_agree"], "lag_p90": teacher_own["lag_p90"],
+                 "remasked": teacher_own["remasked"], "false_commit_rate": 0.0, "prob_mse": 0.0,
+                 "lags": teacher_own["lags"], "outlier_ratio": outlier_ratio(teacher, calib),
+                 "decoding": decode_settings(plain), "parameters": sum(p.numel() for p in teacher.parameters())}]
     method, overrides = CONFIGS[name]
-    teacher_result = None
     rows = []
     for seed in seeds:
         data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
@@ -137,28 +146,32 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         texts, _ = generate_answers(student, tokenizer, task, examples, plain)
-        if teacher_result is None:
-            from fair_calib_hf.decoding import diffusion_generate
-
-            teacher_result = diffusion_generate(teacher, prompts[:n_diag], config=recorded)
-        rep = compare_models(teacher, student, prompts[:n_diag], config=recorded, teacher_result=teacher_result)
+        rep = compare_models(teacher, student, prompts[:n_diag], config=recorded, teacher_result=teacher_result,
+                             teacher_diagnostics=teacher_own)
         report = student.hf_quantizer.calibration_report
         rows.append({
             "config": name, "seed": seed, "accuracy": task.accuracy(texts, examples),
             "log_lik": answer_log_likelihood(student, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
-            "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),
+            "remasked": rep.mismatch["student"]["remasked"], "false_commit_rate": rep.false_commit_rate,
+            "amplification": rep.amplification_mean, "prob_mse": rep.teacher_forced_prob_mse_mean,
+            "calib_seconds": round(seconds, 2),
             "stage1_seconds": round(report.stage1_seconds, 2), "probe_block_length": cfg.probe_block_length,
             "peak_mb": round(max(peak - before, 0.0), 1),
             "block_rel_mse": [round(b.rel_mse, 5) for b in report.blocks],
-            "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.prob_mse_curve,
+            "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.teacher_forced_prob_mse_curve,
+            "amplification_curve": rep.amplification_curve, "amplification_counts": rep.amplification_counts,
             "lags": rep.lags["student"], "teacher_lags": rep.lags["teacher"],
         })
         if method == "rtn":  # no data, no randomness: one run
             break
         del student
     return rows
+
+
+METRICS = ("accuracy", "log_lik", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "false_commit_rate",
+           "amplification", "prob_mse")
 
 
 def _mean_std(values):
@@ -172,42 +185,41 @@ def summarize(model: str, rows: list[dict]) -> list[dict]:
     """One line per configuration: mean ± std over seeds of every metric."""
     out = []
     fp = next(r for r in rows if r["config"] == "fp")
-    out.append({"model": model, "config": "fp", "seeds": 0, "accuracy": (fp["accuracy"], 0.0),
-                "log_lik": (fp.get("log_lik", float("nan")), 0.0)})
-    for name in CONFIGS:
+    line = {"model": model, "config": "fp", "seeds": 0}
+    for key in METRICS:  # the teacher's own values (diagnostics against itself: 0 by definition)
+        line[key] = (fp.get(key, float("nan")), 0.0)
+    out.append(line)
+    for name in dict.fromkeys(r["config"] for r in rows if r["config"] != "fp"):
         group = [r for r in rows if r["config"] == name]
-        if not group:
-            continue
         line = {"model": model, "config": name, "seeds": len(group)}
-        for key in ("accuracy", "log_lik", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "prob_mse",
-                    "calib_seconds", "peak_mb"):
+        for key in METRICS + ("calib_seconds", "peak_mb"):
             line[key] = _mean_std([r.get(key) for r in group])
         out.append(line)
     return out
 
 
 def _fmt(pair, scale=1.0, digits=1):
-    mean, std = pair
+    mean, std = pair if pair is not None else (float("nan"), float("nan"))
     if mean != mean:
         return "–"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 def markdown(summary: list[dict], meta: dict) -> str:
-    """The results table (accuracy and rates in %)."""
+    """The results table (accuracy and rates in %). The FP row holds the teacher's own values; mismatch and lag
+    are each model on its own trajectory (LLaDA-style: committed positions read re-masked)."""
     head = ("| model | config | seeds | accuracy % | log-lik nats/tok | flip rate % | mean-disagree % | "
-            "never-agree % | lag p90 | prob. MSE ×1e3 | calib. s | peak MB |")
+            "never-agree % | lag p90 | false commits % | amplification ×1e3 | TF prob. MSE ×1e3 | calib. s | "
+            "peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
-        if s["config"] == "fp":
-            lines.append(f"| {s['model']} | FP | – | {_fmt(s['accuracy'], 100)} | {_fmt(s['log_lik'], 1, 3)} "
-                         "| – | – | – | – | – | – | – |")
-            continue
+        fp = s["config"] == "fp"
         lines.append(" | ".join([
-            f"| {s['model']}", s["config"], str(s["seeds"]), _fmt(s["accuracy"], 100), _fmt(s["log_lik"], 1, 3),
-            _fmt(s["flip_rate"], 100, 2),
-            _fmt(s["mean_disagree"], 100, 2), _fmt(s["never_agree"], 100, 2), _fmt(s["lag_p90"], 1, 1),
-            _fmt(s["prob_mse"], 1e3, 2), _fmt(s["calib_seconds"], 1, 0), _fmt(s["peak_mb"], 1, 0)]) + " |")
+            f"| {s['model']}", "FP" if fp else s["config"], "–" if fp else str(s["seeds"]), _fmt(s["accuracy"], 100),
+            _fmt(s["log_lik"], 1, 3), _fmt(s["flip_rate"], 100, 2), _fmt(s["mean_disagree"], 100, 2),
+            _fmt(s["never_agree"], 100, 2), _fmt(s["lag_p90"], 1, 1), _fmt(s.get("false_commit_rate"), 100, 1),
+            _fmt(s.get("amplification"), 1e3, 2), _fmt(s["prob_mse"], 1e3, 2),
+            "–" if fp else _fmt(s["calib_seconds"], 1, 0), "–" if fp else _fmt(s["peak_mb"], 1, 0)]) + " |")
     notes = [f"- **{m}**: {d}" for m, d in meta.items()]
     return "\n".join(lines + [""] + notes) + "\n"
 
@@ -221,7 +233,8 @@ def gap_closed(summary: list[dict], model: str) -> float | None:
 
 
 def _plots(model: str, rows: list[dict], out_dir: str) -> list[str]:
-    from fair_calib_hf.diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+    from fair_calib_hf.diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                                 plot_teacher_forced_prob_mse)
 
     first = {}
     for r in rows:
@@ -231,9 +244,14 @@ def _plots(model: str, rows: list[dict], out_dir: str) -> list[str]:
         return []
     base = os.path.join(out_dir, model)
     lags = {"FP": next(iter(first.values()))["teacher_lags"], **{n: r["lags"] for n, r in first.items()}}
-    return [plot_flip_rate({n: r["flip_rate_per_step"] for n, r in first.items()}, base + "-flip_rate.png"),
-            plot_amplification({n: r["prob_mse_curve"] for n, r in first.items()}, base + "-amplification.png"),
-            plot_lag_ccdf(lags, base + "-lag_ccdf.png", title=f"Stability lag CCDF ({model})")]
+    paths = [plot_flip_rate({n: r["flip_rate_per_step"] for n, r in first.items()}, base + "-flip_rate.png"),
+             plot_teacher_forced_prob_mse({n: r["prob_mse_curve"] for n, r in first.items()},
+                                          base + "-tf_prob_mse.png"),
+             plot_lag_ccdf(lags, base + "-lag_ccdf.png", title=f"Stability lag CCDF ({model})")]
+    amplification = {n: r["amplification_curve"] for n, r in first.items() if "amplification_curve" in r}
+    if amplification:
+        paths.append(plot_amplification(amplification, base + "-amplification.png"))
+    return paths
 
 
 def main(argv=None) -> None:

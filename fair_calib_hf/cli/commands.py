@@ -430,19 +430,29 @@ def run_eval(args) -> None:
         frontier = compare_models(teacher, model, prompts, None,
                                   default_decode_config(task, _family(model), record=True)).to_dict()
         results["frontier"] = frontier
-        print(f"frontier: flip rate {frontier['flip_rate']:.4f}, prob-MSE {frontier['prob_mse_mean']:.3e}, "
-              f"token agreement {frontier['token_agreement']:.4f}, lag p90 teacher "
-              f"{frontier['lag_p90']['teacher']} / quantized {frontier['lag_p90']['student']}")
+        mm = frontier["mismatch"]
+        print(f"frontier: flip rate {frontier['flip_rate']:.4f}, teacher-forced prob-MSE "
+              f"{frontier['teacher_forced_prob_mse_mean']:.3e}, false commits {frontier['false_commit_rate']:.4f} "
+              f"of prompts, amplification {frontier['amplification_mean']:.3e}, token agreement "
+              f"{frontier['token_agreement']:.4f}")
+        print(f"  own trajectory, teacher / quantized: mean-disagree {mm['teacher']['mean_disagree']:.4f} / "
+              f"{mm['student']['mean_disagree']:.4f}, never-agree {mm['teacher']['never_agree']:.4f} / "
+              f"{mm['student']['never_agree']:.4f}, lag p90 {frontier['lag_p90']['teacher']} / "
+              f"{frontier['lag_p90']['student']}" + (" (committed positions read re-masked)"
+                                                     if mm["teacher"]["remasked"] else ""))
     if args.out:
         from ..checkpoint import atomic_directory
 
         with atomic_directory(os.path.abspath(args.out), overwrite=args.overwrite) as tmp:
             if "frontier" in results:
-                from ..diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+                from ..diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                                 plot_teacher_forced_prob_mse)
 
                 f = results["frontier"]
                 plot_flip_rate({"quantized": f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
-                plot_amplification({"quantized": f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
+                plot_amplification({"quantized": f["amplification_curve"]}, os.path.join(tmp, "amplification.png"))
+                plot_teacher_forced_prob_mse({"quantized": f["teacher_forced_prob_mse_curve"]},
+                                             os.path.join(tmp, "prob_mse.png"))
                 plot_lag_ccdf(f["lags"], os.path.join(tmp, "lag_ccdf.png"))
             with open(os.path.join(tmp, "results.json"), "w") as handle:
                 json.dump(results, handle, indent=1, default=str)

@@ -40,12 +40,12 @@ def plot_lag_ccdf(lags: dict, path: str, title: str = "Stability lag CCDF") -> s
     return _save(fig, path)
 
 
-def _curves(curves: dict, path: str, ylabel: str, title: str) -> str:
+def _curves(curves: dict, path: str, ylabel: str, title: str, xlabel: str = "decoding step t") -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, values in curves.items():
         ax.plot(range(len(values)), [float(v) for v in values], label=name)
-    ax.set_xlabel("decoding step t")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
@@ -53,8 +53,18 @@ def _curves(curves: dict, path: str, ylabel: str, title: str) -> str:
 
 
 def plot_amplification(curves: dict, path: str) -> str:
-    """``curves``: ``{student name: per-step probability-MSE along the teacher's trajectory}``."""
-    return _curves(curves, path, "Σ_v (p_student − p_teacher)²", "Probability-MSE amplification")
+    """``curves``: ``{student name: probability MSE at offset k from the first false commit, on the student's
+    own trajectory, over still-masked positions}`` (``FrontierReport.amplification_curve``; NaN offsets, where
+    no prompt contributes, are left as gaps)."""
+    return _curves(curves, path, "Σ_v (p_student − p_teacher)², still-masked positions",
+                   "Amplification after the first false commit",
+                   xlabel="steps k after the first false commit (k = 0: the state it was made on)")
+
+
+def plot_teacher_forced_prob_mse(curves: dict, path: str) -> str:
+    """``curves``: ``{student name: per-step probability MSE on the teacher's states, every window position}``
+    (``FrontierReport.teacher_forced_prob_mse_curve``)."""
+    return _curves(curves, path, "Σ_v (p_student − p_teacher)²", "Probability MSE, teacher-forced")
 
 
 def plot_flip_rate(curves: dict, path: str) -> str:
