@@ -85,3 +85,30 @@ def test_fair_minus_flat_pairs_by_seed():
     old = quality.fair_minus_flat([{k: v for k, v in r.items() if k != "correct"} for r in [fp] + flat + fair])
     assert old["mean"] == pytest.approx(0.1875) and old["ci_low"] is None and "not available" in old["ci"]
     assert quality.fair_minus_flat([fp] + flat) is None
+
+
+def test_summary_json_from_result_folders(tmp_path):
+    """summary.json: window fraction, n_test, seeds, mean accuracy per configuration and fair − flat with its
+    interval; a folder without per-problem outcomes gets no interval rather than an invented one."""
+    from fair_calib_hf.bench import summary
+
+    fp = {"model": "m", "config": "fp", "seed": None, "accuracy": 1.0, "correct": [1] * 8, "window": 8,
+          "seq_len": 32}
+    rows = [fp] + [dict(_row("flatquant", s, 0.5), model="m", correct=[1, 0] * 4) for s in (0, 1)] + \
+        [dict(_row("fair_calib", s, 0.75), model="m", correct=[1, 1, 1, 0] * 2) for s in (0, 1)]
+    settings = {"seeds": [0, 1], "n_eval": 8, "n_diag": 4, "calibration": {"n_probe": 512, "epochs": 15}}
+    for name, kept in (("new", rows), ("old", [{k: v for k, v in r.items() if k != "correct"} for r in rows])):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "quality.json").write_text(json.dumps({"settings": settings, "rows": kept}))
+    out = tmp_path / "summary.json"
+    summary.main([str(tmp_path / "new"), str(tmp_path / "old"), "--out", str(out)])
+    got = json.loads(out.read_text())
+    new, old = got["new"], got["old"]
+    assert new["window_fraction"] == 0.25 and new["n_test"] == 8 and new["seeds"] == [0, 1]
+    assert new["accuracy"] == {"fp": 1.0, "flatquant": 0.5, "fair_calib": 0.75}
+    d = new["fair_minus_flat"]
+    assert d["mean"] == pytest.approx(0.25) and d["gap_closed"] == pytest.approx(0.5)
+    assert d["ci_low"] <= 0.25 <= d["ci_high"] and d["ci_high"] > d["ci_low"]
+    assert old["fair_minus_flat"]["mean"] == pytest.approx(0.25) and old["fair_minus_flat"]["ci_low"] is None
+    with pytest.raises(FileNotFoundError, match="quality.json"):
+        summary.main([str(tmp_path / "missing"), "--out", str(out)])

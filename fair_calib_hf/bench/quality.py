@@ -130,6 +130,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     steps = task.gen_length // tokens_per_step
     plain = default_decode_config(task, family, record=False, steps=steps)
     recorded = default_decode_config(task, family, record=True, steps=steps)
+    geometry = calibration_geometry(task, family, steps=steps)
     teacher_result = diffusion_generate(teacher, prompts[:n_diag], config=recorded)
     teacher_own = own_diagnostics(teacher, teacher_result.trajectory)
     if name == "fp":
@@ -143,6 +144,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
                  "never_agree": teacher_own["never_agree"], "lag_p90": teacher_own["lag_p90"],
                  "remasked": teacher_own["remasked"], "false_commit_rate": 0.0, "prob_mse": 0.0,
                  "lags": teacher_own["lags"], "outlier_ratio": outlier_ratio(teacher, calib),
+                 "window": geometry["prior_window"], "seq_len": geometry["seq_len"],
                  "decoding": decode_settings(plain), "parameters": sum(p.numel() for p in teacher.parameters())}]
     method, overrides = CONFIGS[name]
     rows = []
@@ -151,7 +153,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         # Stage I probes with the deployment sampler's block length (LLaDA's blocks of 8 here; the whole window
         # for Dream) and number of steps
         cfg = FairCalibConfig(method=method, calibration_dataset=data, seed=seed,
-                              **calibration_geometry(task, family, steps=steps), **calibration, **overrides)
+                              **geometry, **calibration, **overrides)
         before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
