@@ -172,7 +172,9 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
                                      os.path.join(plots, "prob_mse.png"))
         plot_lag_ccdf(frontier["lags"], os.path.join(plots, "lag_ccdf.png"))
         mm = frontier["mismatch"]
-        remasked = ", committed position re-masked" if mm["teacher"].get("remasked") else ""
+        k = mm["teacher"].get("remask_positions")
+        remasked = (f", committed position re-masked{f', {k} per prompt' if k else ''}"
+                    if mm["teacher"].get("remasked") else "")
         lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}.", "",
                   "| metric | teacher (fp) | quantized |", "|---|---|---|",
                   f"| frontier flip rate (teacher-forced) | 0 | {_fmt(frontier['flip_rate'])} |",

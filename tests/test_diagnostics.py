@@ -181,7 +181,8 @@ def test_post_commit_reading_is_the_remasked_forward(pair, input_ids):
     from fair_calib_hf.decoding import diffusion_generate
 
     fp, _ = pair
-    traj = diffusion_generate(fp, input_ids[:, :6], config=DecodeConfig(gen_length=8, steps=8, block_length=4)).trajectory
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=4)
+    traj = diffusion_generate(fp, input_ids[:, :6], config=cfg).trajectory
     read = read_post_commit(fp, traj, max_rows=5)  # several chunks
     mask_id, p = traj.settings["mask_token_id"], traj.prompt_ids.shape[1]
     checked = 0
@@ -236,3 +237,24 @@ def test_student_amplification_on_its_own_trajectory(pair, input_ids):
     assert bool((amp.curve[amp.counts > 0] > 0).all())
     same = student_amplification(fp, fp, teacher, teacher.tokens)
     assert same.false_commit_rate == 0 and int(same.counts.sum()) == 0
+
+
+def test_tracked_positions_keep_the_per_position_definitions(pair, input_ids):
+    """Measuring k positions per sequence reads exactly those positions re-masked: the same per-position
+    values as reading every position, restricted to the drawn ones."""
+    from fair_calib_hf.decoding import diffusion_generate
+    from fair_calib_hf.diagnostics.frontier import sample_positions
+
+    fp, _ = pair
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=8)
+    traj = diffusion_generate(fp, input_ids[:, :6], config=cfg).trajectory
+    chosen = sample_positions(traj.commit_step, 3, seed=5)
+    assert chosen.sum(1).tolist() == [3] * traj.tokens.shape[0] and bool((traj.commit_step[chosen] >= 0).all())
+    full = read_post_commit(fp, traj)
+    part = read_post_commit(fp, traj, positions=chosen)
+    assert torch.equal(part[:, chosen], full[:, chosen]) and torch.equal(part[:, ~chosen], traj.argmax[:, ~chosen])
+    d = own_diagnostics(fp, traj, remask_positions=3, seed=5)
+    expected = post_commit_mismatch(full, traj.tokens, traj.commit_step.masked_fill(~chosen, -1))
+    assert (d["mean_disagree"], d["never_agree"], d["positions"]) == expected and d["remask_positions"] == 3
+    with pytest.raises(ValueError, match="remask_positions"):
+        own_diagnostics(fp, traj, remask_positions=0)

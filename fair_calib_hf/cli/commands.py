@@ -12,6 +12,10 @@ import time
 
 import torch
 
+REMASK_POSITIONS = 8
+"""LLaDA-style post-commit diagnostics of the report and ``eval``: committed positions measured per prompt, each
+read re-masked at every later step (8 extra rows per prompt and step; :func:`..diagnostics.own_diagnostics`)."""
+
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -295,7 +299,7 @@ def _frontier(path, kwargs, student, tokenizer, eval_set, args):
     teacher = _from_pretrained(path, **kwargs)
     teacher.eval()
     student.eval()
-    report = compare_models(teacher, student, ids, mask, decode_cfg)
+    report = compare_models(teacher, student, ids, mask, decode_cfg, remask_positions=REMASK_POSITIONS)
     accuracy = None
     if task is not None:
         from ..zoo.evaluate import evaluate
@@ -427,8 +431,9 @@ def run_eval(args) -> None:
 
         examples = task.examples(args.split, args.frontier_count, seed=args.seed)
         prompts, _ = task.encode(examples, tokenizer)
-        frontier = compare_models(teacher, model, prompts, None,
-                                  default_decode_config(task, _family(model), record=True)).to_dict()
+        decode_cfg = default_decode_config(task, _family(model), record=True)
+        frontier = compare_models(teacher, model, prompts, None, decode_cfg,
+                                  remask_positions=REMASK_POSITIONS).to_dict()
         results["frontier"] = frontier
         mm = frontier["mismatch"]
         print(f"frontier: flip rate {frontier['flip_rate']:.4f}, teacher-forced prob-MSE "
@@ -438,8 +443,8 @@ def run_eval(args) -> None:
         print(f"  own trajectory, teacher / quantized: mean-disagree {mm['teacher']['mean_disagree']:.4f} / "
               f"{mm['student']['mean_disagree']:.4f}, never-agree {mm['teacher']['never_agree']:.4f} / "
               f"{mm['student']['never_agree']:.4f}, lag p90 {frontier['lag_p90']['teacher']} / "
-              f"{frontier['lag_p90']['student']}" + (" (committed positions read re-masked)"
-                                                     if mm["teacher"]["remasked"] else ""))
+              f"{frontier['lag_p90']['student']}" + (f" ({REMASK_POSITIONS} committed positions per prompt, read "
+                                                     "re-masked)" if mm["teacher"]["remasked"] else ""))
     if args.out:
         from ..checkpoint import atomic_directory
 

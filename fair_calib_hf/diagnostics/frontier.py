@@ -79,15 +79,18 @@ def _window_logits(model, trajectory: Trajectory, attention_mask=None) -> Window
 
 
 @torch.no_grad()
-def read_post_commit(model, trajectory: Trajectory, max_rows: int = 512) -> torch.Tensor:
+def read_post_commit(model, trajectory: Trajectory, max_rows: int = 512,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
     """``model``'s top-1 at every window position and observation of ``trajectory`` (made by ``model``), with
     each committed position read *re-masked*.
 
     At observation ``t`` (state ``S_t``) a position ``i`` with ``τ_i < t`` is read from the canvas ``S_t``
     with only position ``i`` set back to the mask token (leave-one-out): the state in which a model without
-    logit shift was trained to predict ``i``. Still-masked positions keep the recorded top-1. Cost: per
-    observation, one extra batched forward over one canvas per committed position (``Σ_t #committed(t)`` rows,
-    about ``B·G·O/2``; at most ``max_rows`` rows per forward call). Returns int64 ``[O, B, G]``.
+    logit shift was trained to predict ``i``. Still-masked positions, and positions outside ``positions``
+    (``[B, G]`` bool, default all), keep the recorded top-1. Cost: per observation, one extra batched forward
+    over one canvas per committed position read (``Σ_t #read(t)`` rows: about ``B·G·O/2`` for every position,
+    ``B·k·O`` at most for ``k`` positions per sequence; at most ``max_rows`` rows per forward call).
+    Returns int64 ``[O, B, G]``.
     """
     mask_id = trajectory.settings["mask_token_id"]
     p = trajectory.prompt_ids.shape[1]
@@ -95,6 +98,8 @@ def read_post_commit(model, trajectory: Trajectory, max_rows: int = 512) -> torc
     out = trajectory.argmax.clone()
     for t in range(out.shape[0]):
         committed = (trajectory.commit_step >= 0) & (trajectory.commit_step < t)
+        if positions is not None:
+            committed &= positions
         rows, cols = torch.nonzero(committed, as_tuple=True)
         if rows.numel() == 0:
             continue
@@ -109,21 +114,45 @@ def read_post_commit(model, trajectory: Trajectory, max_rows: int = 512) -> torc
     return out
 
 
-def own_diagnostics(model, trajectory: Trajectory, remask: bool | None = None) -> dict:
+def sample_positions(commit_step: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """``[B, G]`` bool: per sequence, ``k`` committed positions drawn uniformly without replacement (all of
+    them when fewer are committed). ``k`` must be positive."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"remask_positions must be None or a positive integer, got {k!r}")
+    gen = torch.Generator().manual_seed(seed)
+    score = torch.rand(commit_step.shape, generator=gen).masked_fill(commit_step < 0, 2.0)
+    rank = score.argsort(-1).argsort(-1)
+    return (rank < k) & (commit_step >= 0)
+
+
+def own_diagnostics(model, trajectory: Trajectory, remask: bool | None = None,
+                    remask_positions: int | None = None, seed: int = 0) -> dict:
     """Post-commit mismatch and stability lags of ``model`` on its own ``trajectory``.
 
     ``remask``: read committed positions re-masked (:func:`read_post_commit`); ``None``: for a model without
     logit shift (LLaDA-style) only (a Dream-style model predicts token ``i`` at ``i − 1`` and reads its
-    committed positions from the recorded outputs). Returns ``{"mean_disagree", "never_agree", "positions",
-    "lags" (list), "lag_p90", "remasked"}`` (definitions in :mod:`.metrics`).
+    committed positions from the recorded outputs). ``remask_positions``: with ``remask``, measure only ``k``
+    committed positions per sequence, drawn uniformly (:func:`sample_positions`, ``seed``), each read
+    re-masked at every post-commit observation: the per-position definitions stay exact and the averages over
+    positions are unbiased, at ``k`` extra rows per sequence and step (``k = 1``: one extra forward of the batch
+    per step) instead of about ``G/2``; ``None``: every position. Returns ``{"mean_disagree", "never_agree",
+    "positions" (measured), "lags" (list), "lag_p90", "remasked", "remask_positions"}`` (definitions in
+    :mod:`.metrics`).
     """
     if remask is None:
         remask = get_adapter(model).logits_shift == 0
-    argmax = read_post_commit(model, trajectory) if remask else trajectory.argmax
-    md, na, n = post_commit_mismatch(argmax, trajectory.tokens, trajectory.commit_step)
-    lags = stability_lags(argmax, trajectory.tokens, trajectory.commit_step)[0]
+    commit_step = trajectory.commit_step
+    argmax = trajectory.argmax
+    if remask:
+        chosen = sample_positions(commit_step, remask_positions, seed) if remask_positions is not None else None
+        argmax = read_post_commit(model, trajectory, positions=chosen)
+        if chosen is not None:
+            commit_step = commit_step.masked_fill(~chosen, -1)  # metrics ignore positions marked never committed
+    md, na, n = post_commit_mismatch(argmax, trajectory.tokens, commit_step)
+    lags = stability_lags(argmax, trajectory.tokens, commit_step)[0]
     return {"mean_disagree": md, "never_agree": na, "positions": n, "lags": lags.tolist(),
-            "lag_p90": lag_quantile(lags, 0.9), "remasked": bool(remask)}
+            "lag_p90": lag_quantile(lags, 0.9), "remasked": bool(remask),
+            "remask_positions": remask_positions if remask else None}
 
 
 @dataclass
@@ -191,7 +220,8 @@ class FrontierReport:
     flip_rate_per_step: list[float]
     teacher_forced_prob_mse_mean: float
     teacher_forced_prob_mse_curve: list[float]
-    mismatch: dict  # {"teacher"/"student": {"mean_disagree", "never_agree", "positions", "remasked"}}
+    mismatch: dict  # {"teacher"/"student": {"mean_disagree", "never_agree", "positions", "remasked",
+    #                                         "remask_positions"}}
     lag_p90: dict  # {"teacher"/"student": p90 of persistent stability lag}
     lags: dict = field(default_factory=dict)  # {"teacher"/"student": list of lags}
     amplification_curve: list[float] = field(default_factory=list)
@@ -209,10 +239,11 @@ class FrontierReport:
 @torch.no_grad()
 def compare_models(teacher, student, input_ids, attention_mask=None, config: DecodeConfig | None = None,
                    teacher_result=None, references: list[str] | None = None, tokenizer=None,
-                   remask: bool | None = None, teacher_diagnostics: dict | None = None) -> FrontierReport:
+                   remask: bool | None = None, remask_positions: int | None = None,
+                   teacher_diagnostics: dict | None = None) -> FrontierReport:
     """Decode with both models (or reuse ``teacher_result``), replay the teacher's trajectory on the student,
-    evaluate both on the student's trajectory, and compute every diagnostic (``remask``: see
-    :func:`own_diagnostics`; ``teacher_diagnostics``: its result for the teacher on ``teacher_result``, reused
+    evaluate both on the student's trajectory, and compute every diagnostic (``remask``, ``remask_positions``:
+    see :func:`own_diagnostics`; ``teacher_diagnostics``: its result for the teacher on ``teacher_result``, reused
     instead of recomputed). With ``references`` and ``tokenizer``, exact match of the decoded windows (cut at
     the first EOS or end-of-turn token) is reported for both models."""
     config = config or DecodeConfig()
@@ -223,8 +254,8 @@ def compare_models(teacher, student, input_ids, attention_mask=None, config: Dec
     tt, st = t_res.trajectory, s_res.trajectory
     replay = teacher_forced_replay(teacher, student, tt)
     rate, per_step = flip_rate(replay.teacher_argmax, replay.student_argmax, tt.commit_step)
-    own = {"teacher": teacher_diagnostics or own_diagnostics(teacher, tt, remask),
-           "student": own_diagnostics(student, st, remask)}
+    own = {"teacher": teacher_diagnostics or own_diagnostics(teacher, tt, remask, remask_positions),
+           "student": own_diagnostics(student, st, remask, remask_positions)}
     amp = student_amplification(teacher, student, st, tt.tokens)
     seq_agree, tok_agree = output_agreement(tt.tokens, st.tokens)
     em = {}
@@ -241,8 +272,8 @@ def compare_models(teacher, student, input_ids, attention_mask=None, config: Dec
         flip_rate_per_step=[float(x) for x in per_step],
         teacher_forced_prob_mse_mean=float(replay.prob_mse.mean()),
         teacher_forced_prob_mse_curve=[float(x) for x in replay.prob_mse],
-        mismatch={name: {k: d[k] for k in ("mean_disagree", "never_agree", "positions", "remasked")}
-                  for name, d in own.items()},
+        mismatch={name: {k: d.get(k) for k in ("mean_disagree", "never_agree", "positions", "remasked",
+                                               "remask_positions")} for name, d in own.items()},
         lag_p90={name: d["lag_p90"] for name, d in own.items()},
         lags={name: d["lags"] for name, d in own.items()},
         amplification_curve=[float(x) for x in amp.curve],
