@@ -422,7 +422,8 @@ def _previous_rows(out: str, settings: dict) -> tuple[list[dict], dict]:
     if record.get("settings") != wanted:
         raise SystemExit(f"--resume: {path} was run with other settings ({record.get('settings')}); "
                          "use another --out folder")
-    meta = {k: v for k, v in record.get("meta", {}).items() if k != "settings"}
+    # (results written before the paired statistics appended the gap closed to the model's note)
+    meta = {k: v.split("; fair_calib closes")[0] for k, v in record.get("meta", {}).items() if k != "settings"}
     return record["rows"], meta
 
 
