@@ -47,16 +47,10 @@ class ReplayResult:
 @torch.no_grad()
 def teacher_forced_replay(teacher, student, trajectory: Trajectory) -> ReplayResult:
     """Replay ``trajectory`` (made by ``teacher``) on both models, one forward per model and observation."""
-    adapter = get_adapter(teacher)
     mask_id = trajectory.settings["mask_token_id"]
-    p, g = trajectory.prompt_ids.shape[1], trajectory.gen_length
-    cfg_scale = trajectory.settings.get("cfg_scale", 0.0)
     device_t = teacher.get_input_embeddings().weight.device
     device_s = student.get_input_embeddings().weight.device
-    mask = trajectory.attention_mask
-    run_t = WindowLogits(teacher, adapter, p, g, None if mask is None else mask.to(device_t), mask_id, cfg_scale)
-    run_s = WindowLogits(student, get_adapter(student), p, g, None if mask is None else mask.to(device_s), mask_id,
-                         cfg_scale)
+    run_t, run_s = _window_logits(teacher, trajectory), _window_logits(student, trajectory)
     t_arg, s_arg, mse = [], [], []
     for t in range(trajectory.argmax.shape[0]):
         canvas = trajectory.canvas(t, mask_id)
