@@ -70,7 +70,8 @@ def main() -> None:
     for name, m in (("FP", fp), ("W4A4", again)):
         texts, _ = generate_answers(m, tok, task, examples, decode)
         acc[name] = task.accuracy(texts, examples)
-    rep = compare_models(fp, again, prompts[:32], config=default_decode_config(task, family))
+    # only the flip rate is printed: skip the re-masked post-commit reading (one extra forward per position)
+    rep = compare_models(fp, again, prompts[:32], config=default_decode_config(task, family), remask=False)
     print(f"[4/4] reloaded ({packed} packed W4A4 linears, kernel backend {fair_calib_hf.ops.active_backend('cpu')}); "
           f"{args.count} test problems, decoding {decode.policy} gen {decode.gen_length} steps {decode.steps} "
           f"block {decode.block_length}:\n"

@@ -162,7 +162,9 @@ class FairCalibConfig(QuantizationConfigMixin):
     Stage I (``fair_calib``; definitions in :mod:`fair_calib_hf.calibration.stage1_prior`):
         n_probe: teacher rollouts (512). prior_window: generation window K (256; capped at ``seq_len − 1``).
         probe_steps: steps per rollout (64; capped at K). probe_block_length: semi-AR block of the rollouts
-            (``None``: 32 for LLaDA-style, the whole window for Dream-style). probe_batch_size: rollouts per
+            (``None``: 32 for LLaDA-style when 32 divides K, else the whole window; the whole window for
+            Dream-style); it must divide K and the steps must be a multiple of the number of blocks, else
+            Stage I raises ``ValueError``. probe_batch_size: rollouts per
             forward (8). prior_schedule: λ0 shape ``early`` / ``late`` / ``flat``; prior_gamma: its boost γ (1.0).
         prior_terms: ``both`` / ``frontier`` / ``reliability`` (ablations). prior_reliability: ``prob`` /
             ``neg_entropy`` / ``margin``. prior_floor: weight outside the window as a fraction of the window
@@ -173,7 +175,8 @@ class FairCalibConfig(QuantizationConfigMixin):
     Stage II (``flatquant``, ``fair_calib``; :mod:`fair_calib_hf.calibration.stage2_fit`):
         epochs (15), lr (5e-3, transforms and diagonal), clip_lr (5e-2, clipping logits), batch_size (4
         sequences per step), add_diag (True), diag_alpha (0.3, SmoothQuant-style init), lwc / lac (learnable
-        weight / activation clipping, True). Stage II sequences are ``seq_len`` tokens each, cut from the
+        weight / activation clipping, True; when off, the clip ratio is fixed at ``w_clip_ratio`` /
+        ``a_clip_ratio``, 1.0 by default: no clipping). Stage II sequences are ``seq_len`` tokens each, cut from the
         concatenated calibration texts.
     """
 

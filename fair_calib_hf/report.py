@@ -122,7 +122,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
     ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
     ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
     from .config import applicable_fields
-    from .diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+    from .diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                    plot_teacher_forced_prob_mse)
 
     plots = os.path.join(folder, PLOTS_DIR)
     lines = [f"# FAIR-Calib quantization report: `{model}`", ""]
@@ -184,23 +185,37 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
     lines += ["", "## Frontier diagnostics vs full precision", ""]
     if frontier:
         plot_flip_rate({QUANTIZED: frontier["flip_rate_per_step"]}, os.path.join(plots, "flip_rate.png"))
-        plot_amplification({QUANTIZED: frontier["prob_mse_curve"]}, os.path.join(plots, "prob_mse.png"))
+        plot_amplification({QUANTIZED: frontier["amplification_curve"]}, os.path.join(plots, "amplification.png"))
+        plot_teacher_forced_prob_mse({QUANTIZED: frontier["teacher_forced_prob_mse_curve"]},
+                                     os.path.join(plots, "prob_mse.png"))
         plot_lag_ccdf(display_names(frontier["lags"]), os.path.join(plots, "lag_ccdf.png"))
         mm = frontier["mismatch"]
+        k = mm["teacher"].get("remask_positions")
+        remasked = (f"; each committed position read with itself re-masked{f', {k} per prompt' if k else ''}"
+                    if mm["teacher"].get("remasked") else "")
         lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}. "
                   f"Two models: the **{FULL_PRECISION}** model (the teacher; `teacher` in the JSON) and the "
                   f"**{QUANTIZED}** W4A4 model (`student` in the JSON). The frontier of a step is the set of "
                   "positions committed at that step. Definitions: `fair_calib_hf/diagnostics/metrics.py`.", "",
                   f"| metric | {FULL_PRECISION} | {QUANTIZED} | definition |", "|---|---|---|---|",
                   f"| frontier flip rate | 0 | {_fmt(frontier['flip_rate'])} | replaying the {FULL_PRECISION} "
-                  f"model's decoding: fraction of each step's frontier where the {QUANTIZED} model's top-1 token "
-                  "differs (mean over sequences and steps) |",
-                  f"| probability MSE | 0 | {_fmt(frontier['prob_mse_mean'])} | Σ_v (p_quantized(v) − "
-                  "p_fp(v))² per masked position (0 to 2), mean along the same replay |",
-                  f"| post-commit mismatch | {_fmt(mm['teacher']['mean_disagree'])} | "
+                  f"model's decoding (teacher-forced): fraction of each step's frontier where the {QUANTIZED} "
+                  "model's top-1 token differs (mean over sequences and steps) |",
+                  f"| probability MSE, teacher-forced | 0 | {_fmt(frontier['teacher_forced_prob_mse_mean'])} | "
+                  "Σ_v (p_quantized(v) − p_fp(v))² per window position (0 to 2), mean along the same replay |",
+                  f"| prompts with a false commit | 0 | {_fmt(frontier['false_commit_rate'])} | the {QUANTIZED} "
+                  f"model decoding on its own: fraction of prompts where it commits a token the {FULL_PRECISION} "
+                  "model's output does not have at that position |",
+                  f"| amplification | 0 | {_fmt(frontier['amplification_mean'])} | on the {QUANTIZED} model's "
+                  "own states after its first false commit: Σ_v (p_quantized(v) − p_fp(v))² over still-masked "
+                  "positions, mean over the later steps |",
+                  f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "
                   f"{_fmt(mm['student']['mean_disagree'])} | each model decoding on its own: per committed "
                   "position, the fraction of later steps at which its top-1 differs from the token it committed "
-                  f"(mean over {mm['teacher']['positions']} / {mm['student']['positions']} positions) |",
+                  f"(mean over {mm['teacher']['positions']} / {mm['student']['positions']} positions{remasked}) |",
+                  f"| post-commit mismatch (never agree) | {_fmt(mm['teacher']['never_agree'])} | "
+                  f"{_fmt(mm['student']['never_agree'])} | fraction of committed positions whose top-1 never "
+                  f"agrees again with the committed token{remasked} |",
                   f"| stability lag p90 (steps) | {_fmt(frontier['lag_p90']['teacher'])} | "
                   f"{_fmt(frontier['lag_p90']['student'])} | steps from a position's commit until the model's "
                   "top-1 agrees with the committed token for good; 90th percentile |",
@@ -213,8 +228,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
                          f"n={accuracy['student']['n']}) | {_fmt(accuracy['teacher']['accuracy'])} | "
                          f"{_fmt(accuracy['student']['accuracy'])} | exact match of the task's answer "
                          "(`fair_calib_hf/zoo/tasks.py`) |")
-        lines += ["", "![flip rate](report/flip_rate.png) ![probability MSE](report/prob_mse.png) "
-                  "![lag CCDF](report/lag_ccdf.png)"]
+        lines += ["", "![flip rate](report/flip_rate.png) ![amplification](report/amplification.png) "
+                  "![teacher-forced probability MSE](report/prob_mse.png) ![lag CCDF](report/lag_ccdf.png)"]
     else:
         lines.append("Not measured: no evaluation set (a zoo model's task, or `--eval-prompts FILE`).")
     md = os.path.join(folder, REPORT_MD)

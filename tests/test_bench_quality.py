@@ -39,24 +39,77 @@ def test_quality_benchmark_end_to_end(tmp_path):
     path = save_reference_model("tiny-arith", model, cfg, [{"step": 1, "loss": 1.0, "seconds": 0.1}],
                                 str(tmp_path / "tiny-arith"))
     out = tmp_path / "results"
-    quality.main(["--quick", "--threads", "1", "--models", path, "--configs", "rtn", "fair_calib", "--out", str(out),
-                  "--json", str(tmp_path / "q.json")])
+    reduced = ["--quick", "--threads", "1", "--n-probe", "8", "--epochs", "1"]
+    quality.main(reduced + ["--models", path, "--configs", "rtn", "flatquant", "fair_calib", "--out", str(out),
+                            "--json", str(tmp_path / "q.json")])
     record = json.load(open(tmp_path / "q.json"))
     configs = [r["config"] for r in record["rows"]]
-    assert configs == ["fp", "rtn", "fair_calib"]
-    fc = record["rows"][2]
+    assert configs == ["fp", "rtn", "flatquant", "fair_calib"]
+    assert record["settings"]["calibration"]["n_probe"] == 8 and record["settings"]["calibration"]["epochs"] == 1
+    fc = record["rows"][3]
+    assert all(len(r["correct"]) == 32 and sum(r["correct"]) == round(32 * r["accuracy"]) for r in record["rows"])
+    fp = record["rows"][0]  # the teacher's own diagnostics, not blanks
+    assert 0 <= fp["mean_disagree"] <= 1 and fp["remasked"] and fp["flip_rate"] == 0.0
+    assert 0 <= fc["false_commit_rate"] <= 1 and len(fc["amplification_curve"]) == len(fc["prob_mse_curve"])
+    paired = record["fair_minus_flat"]["tiny-arith"]
+    assert paired["seeds"] == [0] and paired["n_test"] == 32
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"]
     assert 0.0 <= fc["accuracy"] <= 1.0 and 0.0 <= fc["flip_rate"] <= 1.0 and fc["calib_seconds"] > 0
     assert len(fc["flip_rate_per_step"]) > 0 and fc["stage1_seconds"] > 0
     assert record["rows"][0]["outlier_ratio"] >= 1.0
     for name in ("quality.md", "quality.json", "tiny-arith-flip_rate.png", "tiny-arith-amplification.png",
-                 "tiny-arith-lag_ccdf.png"):
+                 "tiny-arith-tf_prob_mse.png", "tiny-arith-lag_ccdf.png"):
         assert os.path.getsize(out / name) > 0
-    assert "| tiny-arith | fair_calib | 1 |" in (out / "quality.md").read_text()
+    md = (out / "quality.md").read_text()
+    assert "| tiny-arith | fair_calib | 1 |" in md and "fair_calib − flatquant = " in md
     assert fc["log_lik"] < 0 and record["rows"][0]["log_lik"] < 0
 
     # --resume keeps the saved rows and runs only what is missing; other settings are refused
     before = (out / "quality.json").read_text()
-    quality.main(["--quick", "--threads", "1", "--models", path, "--configs", "rtn", "--out", str(out), "--resume"])
+    quality.main(reduced + ["--models", path, "--configs", "rtn", "--out", str(out), "--resume"])
     assert json.loads((out / "quality.json").read_text())["rows"] == json.loads(before)["rows"]
     with pytest.raises(SystemExit, match="other settings"):
         quality.main(["--quick", "--seeds", "2", "--models", path, "--configs", "rtn", "--out", str(out), "--resume"])
+
+
+def test_fair_minus_flat_pairs_by_seed():
+    """Per-problem outcomes pair by seed (seed 2 of fair_calib has no flatquant partner and is left out)."""
+    fp = {"config": "fp", "seed": None, "accuracy": 1.0, "correct": [1] * 8}
+    flat = [dict(_row("flatquant", s, 0.5), correct=[1, 0] * 4) for s in (0, 1)]
+    fair = [dict(_row("fair_calib", 0, 0.75), correct=[1, 1, 1, 0] * 2),
+            dict(_row("fair_calib", 1, 0.625), correct=[1, 0, 1, 1, 1, 0, 1, 0]),
+            dict(_row("fair_calib", 2, 1.0), correct=[1] * 8)]
+    st = quality.fair_minus_flat([fp] + flat + fair, n_boot=500)
+    assert st["seeds"] == [0, 1] and st["per_seed"] == pytest.approx([0.25, 0.125])
+    assert st["mean"] == pytest.approx(0.1875) and st["gap_closed"] == pytest.approx(0.1875 / 0.5)
+    assert st["ci_low"] <= st["mean"] <= st["ci_high"] and "bootstrap" in st["ci"]
+    old = quality.fair_minus_flat([{k: v for k, v in r.items() if k != "correct"} for r in [fp] + flat + fair])
+    assert old["mean"] == pytest.approx(0.1875) and old["ci_low"] is None and "not available" in old["ci"]
+    assert quality.fair_minus_flat([fp] + flat) is None
+
+
+def test_summary_json_from_result_folders(tmp_path):
+    """summary.json: window fraction, n_test, seeds, mean accuracy per configuration and fair − flat with its
+    interval; a folder without per-problem outcomes gets no interval rather than an invented one."""
+    from fair_calib_hf.bench import summary
+
+    fp = {"model": "m", "config": "fp", "seed": None, "accuracy": 1.0, "correct": [1] * 8, "window": 8,
+          "seq_len": 32}
+    rows = [fp] + [dict(_row("flatquant", s, 0.5), model="m", correct=[1, 0] * 4) for s in (0, 1)] + \
+        [dict(_row("fair_calib", s, 0.75), model="m", correct=[1, 1, 1, 0] * 2) for s in (0, 1)]
+    settings = {"seeds": [0, 1], "n_eval": 8, "n_diag": 4, "calibration": {"n_probe": 512, "epochs": 15}}
+    for name, kept in (("new", rows), ("old", [{k: v for k, v in r.items() if k != "correct"} for r in rows])):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "quality.json").write_text(json.dumps({"settings": settings, "rows": kept}))
+    out = tmp_path / "summary.json"
+    summary.main([str(tmp_path / "new"), str(tmp_path / "old"), "--out", str(out)])
+    got = json.loads(out.read_text())
+    new, old = got["new"], got["old"]
+    assert new["window_fraction"] == 0.25 and new["n_test"] == 8 and new["seeds"] == [0, 1]
+    assert new["accuracy"] == {"fp": 1.0, "flatquant": 0.5, "fair_calib": 0.75}
+    d = new["fair_minus_flat"]
+    assert d["mean"] == pytest.approx(0.25) and d["gap_closed"] == pytest.approx(0.5)
+    assert d["ci_low"] <= 0.25 <= d["ci_high"] and d["ci_high"] > d["ci_low"]
+    assert old["fair_minus_flat"]["mean"] == pytest.approx(0.25) and old["fair_minus_flat"]["ci_low"] is None
+    with pytest.raises(FileNotFoundError, match="quality.json"):
+        summary.main([str(tmp_path / "missing"), "--out", str(out)])

@@ -140,14 +140,15 @@ def test_quantize_writes_checkpoint_report_and_inspects(tiny_dirs, calib_txt, tm
     assert {"config.json", "model.safetensors", "fair_calib_report.md", "fair_calib_report.json",
             "fair_calib_prior.safetensors", "tokenizer.json"} <= files
     plots = set(os.listdir(os.path.join(out, "report")))
-    assert {"block_error.png", "layer_error.png", "prior.png", "flip_rate.png", "prob_mse.png", "lag_ccdf.png"} <= plots
+    assert {"block_error.png", "layer_error.png", "prior.png", "flip_rate.png", "prob_mse.png", "amplification.png",
+            "lag_ccdf.png"} <= plots
     report = json.load(open(os.path.join(out, "fair_calib_report.json")))
     blocks = report["calibration"]["blocks"]
     assert len(blocks) == 2 and all(len(b["layers"]) == 7 for b in blocks)
     assert all(0 < v < 1 for b in blocks for v in b["layers"].values())
     assert report["calibration"]["prior"]["positions"] == 48 and report["calibration"]["prior"]["window"] == 16
     assert report["calibration"]["peak_memory"]["cpu_rss_bytes"] > 0 and report["calibration"]["seconds"] > 0
-    assert 0 <= report["frontier"]["flip_rate"] <= 1 and len(report["frontier"]["prob_mse_curve"]) > 0
+    assert 0 <= report["frontier"]["flip_rate"] <= 1 and len(report["frontier"]["teacher_forced_prob_mse_curve"]) > 0
     md = open(os.path.join(out, "fair_calib_report.md")).read()
     for section in ("## Settings", "## Calibration cost", "## Reconstruction error", "## Stage I position prior",
                     "## Frontier diagnostics vs full precision", "report/prior.png"):
@@ -206,7 +207,8 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     results = json.load(open(tmp_path / "ev" / "results.json"))
     assert results["task"] == "arith" and 0 <= results["student"]["accuracy"] <= 1
     assert 0 <= results["frontier"]["flip_rate"] <= 1 and "accuracy" in results["teacher"]
-    assert {"flip_rate.png", "prob_mse.png", "lag_ccdf.png"} <= set(os.listdir(tmp_path / "ev"))
+    assert {"flip_rate.png", "prob_mse.png", "amplification.png", "lag_ccdf.png"} <= set(
+        os.listdir(tmp_path / "ev"))
 
 
 def test_quantize_is_bit_identical_across_runs(tiny_dirs, calib_txt, tmp_path, capsys):

@@ -9,7 +9,12 @@ from transformers import AutoModel
 from fair_calib_hf import FairCalibConfig
 from fair_calib_hf.decoding import DecodeConfig
 from fair_calib_hf.diagnostics import (
+    aligned_amplification,
     compare_models,
+    first_false_commit,
+    own_diagnostics,
+    read_post_commit,
+    student_amplification,
     exact_match,
     flip_rate,
     lag_ccdf,
@@ -18,6 +23,7 @@ from fair_calib_hf.diagnostics import (
     plot_amplification,
     plot_flip_rate,
     plot_lag_ccdf,
+    plot_teacher_forced_prob_mse,
     post_commit_mismatch,
     probability_mse,
     stability_lags,
@@ -105,20 +111,26 @@ def test_same_model_gives_zero_diagnostics(pair, input_ids):
     fp, _ = pair
     cfg = DecodeConfig(gen_length=16, steps=16, block_length=8)
     r = compare_models(fp, fp, input_ids[:, :6], config=cfg)
-    assert r.flip_rate == 0 and r.prob_mse_mean == 0 and all(v == 0 for v in r.prob_mse_curve)
+    assert r.flip_rate == 0 and r.teacher_forced_prob_mse_mean == 0
+    assert all(v == 0 for v in r.teacher_forced_prob_mse_curve)
+    assert r.false_commit_rate == 0 and sum(r.amplification_counts) == 0 and math.isnan(r.amplification_mean)
     assert r.sequence_agreement == 1.0 and r.token_agreement == 1.0
     assert r.mismatch["teacher"] == r.mismatch["student"] and r.lags["teacher"] == r.lags["student"]
+    assert r.mismatch["teacher"]["remasked"]  # LLaDA-style: committed positions read re-masked
 
 
 def test_quantized_student_and_plots(pair, input_ids, tmp_path):
     fp, q = pair
     cfg = DecodeConfig(gen_length=16, steps=16, block_length=8)
     r = compare_models(fp, q, input_ids[:, :6], config=cfg)
-    assert 0 < r.flip_rate <= 1 and r.prob_mse_mean > 0 and len(r.prob_mse_curve) == 17
+    assert 0 < r.flip_rate <= 1 and r.teacher_forced_prob_mse_mean > 0 and len(r.teacher_forced_prob_mse_curve) == 17
+    assert 0 < r.false_commit_rate <= 1 and len(r.amplification_curve) == 17 and r.amplification_counts[0] > 0
+    assert r.amplification_mean > 0
     assert r.settings["policy"] == "low_confidence" and r.settings["block_length"] == 8
     paths = [
         plot_lag_ccdf({"fp": r.lags["teacher"], "rtn": r.lags["student"]}, str(tmp_path / "ccdf.png")),
-        plot_amplification({"rtn": r.prob_mse_curve}, str(tmp_path / "amp.png")),
+        plot_amplification({"rtn": r.amplification_curve}, str(tmp_path / "amp.png")),
+        plot_teacher_forced_prob_mse({"rtn": r.teacher_forced_prob_mse_curve}, str(tmp_path / "tf.png")),
         plot_flip_rate({"rtn": r.flip_rate_per_step}, str(tmp_path / "flip.png")),
     ]
     for path in paths:
@@ -145,3 +157,104 @@ def test_exact_match_through_compare_models(tiny_dirs, pair, input_ids):
     refs = decode_windows(teacher.trajectory.tokens, tok, stops)
     r = compare_models(fp, q, input_ids[:, :6], config=cfg, teacher_result=teacher, references=refs, tokenizer=tok)
     assert r.exact_match["teacher"] == 1.0 and 0 <= r.exact_match["student"] <= 1
+
+
+def test_first_false_commit_and_aligned_amplification_hand_built():
+    commit_step = torch.tensor([[0, 1, 2], [1, 0, 2], [0, 1, -1]])
+    tokens = torch.tensor([[5, 6, 7], [5, 6, 7], [5, 6, 0]])
+    teacher = torch.tensor([[5, 9, 9], [9, 6, 7], [5, 6, 7]])  # row 0: false at steps 1, 2; row 1: at 1; row 2: none
+    first = first_false_commit(commit_step, tokens, teacher)
+    assert first.tolist() == [1, 1, -1]
+    o = 4  # observations t = 0..3 (the last one on the finished canvas)
+    obs = torch.arange(o)[:, None, None]
+    masked = (commit_step[None] < 0) | (commit_step[None] >= obs)
+    mse = torch.arange(o * 3 * 3, dtype=torch.float64).reshape(o, 3, 3)
+    curve, counts = aligned_amplification(mse, masked, first)
+    # row 0: obs 1 masked {1, 2} -> mean(mse[1,0,1:]) = 10.5; obs 2 masked {2} -> 20; obs 3 none
+    # row 1: obs 1 masked {0, 2} -> mean(9+3, 9+5) = 13; obs 2 masked {2} -> 23; row 2 has no false commit
+    assert counts.tolist() == [2, 2, 0, 0]
+    assert curve[:2].tolist() == [(10.5 + 13) / 2, (20 + 23) / 2] and curve[2:].isnan().all()
+
+
+def test_post_commit_reading_is_the_remasked_forward(pair, input_ids):
+    """Every committed position's reading equals a forward of that state with only that position masked."""
+    from fair_calib_hf.decoding import diffusion_generate
+
+    fp, _ = pair
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=4)
+    traj = diffusion_generate(fp, input_ids[:, :6], config=cfg).trajectory
+    read = read_post_commit(fp, traj, max_rows=5)  # several chunks
+    mask_id, p = traj.settings["mask_token_id"], traj.prompt_ids.shape[1]
+    checked = 0
+    for t in (3, 8):
+        canvas = traj.canvas(t, mask_id)
+        for b in range(canvas.shape[0]):
+            for i in range(traj.gen_length):
+                x = canvas[b:b + 1].clone()
+                if 0 <= int(traj.commit_step[b, i]) < t:
+                    x[0, p + i] = mask_id
+                    checked += 1
+                    with torch.no_grad():
+                        assert int(read[t, b, i]) == int(fp(input_ids=x).logits[0, p + i].argmax())
+                else:
+                    assert int(read[t, b, i]) == int(traj.argmax[t, b, i])  # still masked: the recorded top-1
+    assert checked > 0
+    assert torch.equal(read[0], traj.argmax[0])  # nothing committed before the first step
+
+
+def test_fp_teacher_post_commit_floor_on_a_trained_llada():
+    """On the trained LLaDA-style zoo model the teacher's raw output at committed positions disagrees with
+    its own tokens about half of the time (untrained outputs); read re-masked it is near zero."""
+    from fair_calib_hf.decoding import diffusion_generate
+    from fair_calib_hf.reference_models import build_tokenizer
+    from fair_calib_hf.zoo import available, resolve, task_of
+    from fair_calib_hf.zoo.evaluate import default_decode_config
+
+    if "llada-arith" not in available():
+        pytest.skip("zoo model llada-arith is not in this installation")
+    model = AutoModel.from_pretrained(resolve("zoo:llada-arith"), trust_remote_code=True).eval()
+    task = task_of("zoo:llada-arith")
+    prompts, _ = task.encode(task.examples("test", 4, seed=0), build_tokenizer("llada"))
+    traj = diffusion_generate(model, prompts, config=default_decode_config(task, "llada")).trajectory
+    raw = own_diagnostics(model, traj, remask=False)
+    read = own_diagnostics(model, traj)
+    assert read["remasked"] and raw["mean_disagree"] > 0.2
+    assert read["mean_disagree"] < 0.05 and read["never_agree"] < 0.05 and read["lag_p90"] < 4
+
+
+def test_student_amplification_on_its_own_trajectory(pair, input_ids):
+    from fair_calib_hf.decoding import diffusion_generate
+
+    fp, q = pair
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=8)
+    teacher = diffusion_generate(fp, input_ids[:, :6], config=cfg).trajectory
+    student = diffusion_generate(q, input_ids[:, :6], config=cfg).trajectory
+    amp = student_amplification(fp, q, student, teacher.tokens)
+    expected_first = first_false_commit(student.commit_step, student.tokens, teacher.tokens)
+    assert torch.equal(amp.first_false, expected_first)
+    assert amp.false_commit_rate == float((expected_first >= 0).double().mean()) > 0
+    assert int(amp.counts[0]) == int((expected_first >= 0).sum())
+    assert bool((amp.curve[amp.counts > 0] > 0).all())
+    same = student_amplification(fp, fp, teacher, teacher.tokens)
+    assert same.false_commit_rate == 0 and int(same.counts.sum()) == 0
+
+
+def test_tracked_positions_keep_the_per_position_definitions(pair, input_ids):
+    """Measuring k positions per sequence reads exactly those positions re-masked: the same per-position
+    values as reading every position, restricted to the drawn ones."""
+    from fair_calib_hf.decoding import diffusion_generate
+    from fair_calib_hf.diagnostics.frontier import sample_positions
+
+    fp, _ = pair
+    cfg = DecodeConfig(gen_length=8, steps=8, block_length=8)
+    traj = diffusion_generate(fp, input_ids[:, :6], config=cfg).trajectory
+    chosen = sample_positions(traj.commit_step, 3, seed=5)
+    assert chosen.sum(1).tolist() == [3] * traj.tokens.shape[0] and bool((traj.commit_step[chosen] >= 0).all())
+    full = read_post_commit(fp, traj)
+    part = read_post_commit(fp, traj, positions=chosen)
+    assert torch.equal(part[:, chosen], full[:, chosen]) and torch.equal(part[:, ~chosen], traj.argmax[:, ~chosen])
+    d = own_diagnostics(fp, traj, remask_positions=3, seed=5)
+    expected = post_commit_mismatch(full, traj.tokens, traj.commit_step.masked_fill(~chosen, -1))
+    assert (d["mean_disagree"], d["never_agree"], d["positions"]) == expected and d["remask_positions"] == 3
+    with pytest.raises(ValueError, match="remask_positions"):
+        own_diagnostics(fp, traj, remask_positions=0)

@@ -338,3 +338,74 @@ def test_fair_calib_is_deterministic_and_leaves_the_global_rng_alone(tiny_dirs, 
 
     (head_a, data_a), (head_b, data_b) = parts(paths[0]), parts(paths[1])
     assert head_a == head_b and data_a == data_b
+
+
+# -- the prior reaches Stage II; clipping off means no clipping; Stage I geometry is checked -------------------
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_stage2_depends_on_the_prior(tiny_dirs, tmp_path, dtype):
+    """A uniform prior reproduces flatquant bit for bit; a non-uniform prior (all weight on the window, as
+    Stage I shapes it) gives a different checkpoint. Same data, seed and Stage II settings throughout."""
+    seq_len = 96
+    uniform, ramp = tmp_path / "uniform.safetensors", tmp_path / "ramp.safetensors"
+    PositionPrior(torch.ones(seq_len), torch.ones(32), torch.ones(32), {}).save(str(uniform))
+    w = torch.cat([torch.full((seq_len - 32,), 0.1), torch.linspace(2.0, 0.5, 32)])
+    PositionPrior(w / w.mean(), torch.ones(32), torch.ones(32), {}).save(str(ramp))
+
+    def load(method, **kw):
+        return _state(AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, dtype=dtype,
+                                                quantization_config=_cfg(method, epochs=2, **kw)))
+
+    flat = load("flatquant")
+    with_uniform = load("fair_calib", prior_path=str(uniform))
+    with_ramp = load("fair_calib", prior_path=str(ramp))
+    assert flat.keys() == with_uniform.keys() == with_ramp.keys()
+    assert all(torch.equal(flat[k], with_uniform[k]) for k in flat)
+    differ = [k for k in flat if not torch.equal(flat[k], with_ramp[k])]
+    assert any(k.endswith("weight_packed") for k in differ), differ
+
+
+def test_clipping_off_means_no_clipping():
+    """``lwc=False`` / ``lac=False``: the fitted linear quantizes with clip ratio exactly 1 (scale = max|x|/7),
+    not the frozen logit's σ(4) ≈ 0.982."""
+    from fair_calib_hf.calibration.stage2_fit import FitLinear, fake_quant_rows
+
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8, bias=False)
+    x = torch.randn(5, 16)
+    cfg = FairCalibConfig(method="flatquant", calibration_dataset=["x"], add_diag=False, lwc=False, lac=False)
+    site = SiteParams(16, x.abs().amax(0), lin.weight.abs().amax(0), cfg, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        site.left.copy_(torch.eye(site.left.shape[0]))
+        site.right.copy_(torch.eye(site.right.shape[0]))
+    fit = FitLinear(lin, site, cfg)
+    ones = torch.ones(())
+    expected = fake_quant_rows(x, ones) @ fake_quant_rows(lin.weight, ones).t()
+    with torch.no_grad():
+        assert torch.equal(fit(x), expected)
+    assert float(site.input_clip()) == 1.0 and bool((fit.weight_clip() == 1.0).all())
+    learned = FairCalibConfig(method="flatquant", calibration_dataset=["x"], add_diag=False)
+    site_l = SiteParams(16, x.abs().amax(0), lin.weight.abs().amax(0), learned, torch.Generator().manual_seed(1))
+    assert float(site_l.input_clip().detach()) == pytest.approx(1 / (1 + math.exp(-4.0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_clipping_off_packs_clip_ratio_one(tiny_dirs, dtype):
+    model = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True, dtype=dtype,
+                                      quantization_config=_cfg("flatquant", epochs=1, lwc=False, lac=False))
+    packed = [m for m in model.modules() if isinstance(m, W4A4Linear)]
+    assert packed and all(float(m.input_clip) == 1.0 for m in packed)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(probe_block_length=12), "probe_block_length=12 does not divide the probe window K=32"),
+    (dict(probe_block_length=8, probe_steps=6), "probe_steps=6 .* not a multiple of the 4 blocks"),
+])
+def test_stage1_refuses_a_geometry_that_does_not_fit(tiny_dirs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True,
+                                  quantization_config=_cfg("fair_calib", epochs=1, **overrides))

@@ -1,14 +1,21 @@
 """Quantization quality on the trained zoo models: task accuracy and frontier diagnostics per method.
 
 For each zoo model (``fair_calib_hf.zoo``): the full-precision (FP) model, then every configuration of
-:data:`CONFIGS` (``rtn``, ``quarot``, ``flatquant``, ``fair_calib`` and the Stage I ablations of ``fair_calib``)
-calibrated on the task's **calibration split** with each calibration seed (the seed draws the calibration
-sequences and drives the method's own randomness), and scored on the **test split**:
+:data:`CONFIGS` (``rtn``, ``quarot-rtn``, ``flatquant``, ``fair_calib`` and the Stage I ablations of
+``fair_calib``) calibrated on the task's **calibration split** with each calibration seed (the seed draws the
+calibration sequences and drives the method's own randomness), and scored on the **test split**:
 
-* ``accuracy``: exact match over ``n_eval`` test problems (mean ± std over seeds);
+* ``accuracy``: exact match over ``n_eval`` test problems (1024 by default, 5 seeds; mean ± std over seeds);
+  every row keeps the per-problem outcome (``correct``, 1/0 per test problem) for the paired statistics;
+* ``fair_calib − flatquant``: the paired difference per seed, its mean with a 95 % confidence interval and the
+  share of flatquant's gap to FP it closes with its interval, by a bootstrap over test problems and seeds
+  (:func:`fair_calib_hf.bench.paired.paired_bootstrap`);
 * frontier diagnostics on the first ``n_diag`` test prompts (:func:`fair_calib_hf.diagnostics.compare_models`):
-  flip rate (teacher-forced replay), post-commit mismatch (mean-disagree, never-agree) of the student's own
-  trajectory, p90 of the student's stability lag, and the probability MSE along the teacher's trajectory;
+  flip rate (teacher-forced replay), post-commit mismatch (mean-disagree, never-agree) and p90 of the stability
+  lag of each model on its own trajectory (LLaDA-style: committed positions read re-masked; the FP row shows
+  the teacher's own values, the floor), the share of prompts with a false commit and the amplification (the
+  probability MSE on the student's own states after its first false commit, over still-masked positions), and
+  the teacher-forced probability MSE (the teacher's states, every window position);
 * ``log_lik``: Monte-Carlo masked log-likelihood of the reference answers of the same ``n_diag`` test problems,
   nats per answer token (:func:`fair_calib_hf.zoo.evaluate.answer_log_likelihood`, ``MC_NUM`` draws each);
 * calibration wall time (s) and peak resident memory over the loaded float model (MB).
@@ -20,8 +27,10 @@ fresh subprocess so that its peak memory is its own.
 Also reported per model: the activation-outlier ratio at the MLP down-projection input (largest |x| over the
 median |x|, on the calibration sequences, the largest over the blocks), the FP model's test accuracy, and the
 checkpoint sizes. Output: a Markdown table printed and written to ``OUT/quality.md``, ``OUT/quality.json``, and
-per model the plots ``OUT/<model>-flip_rate.png``, ``-amplification.png``, ``-lag_ccdf.png`` (seed 0 of each
-configuration). ``--quick`` runs one seed and small evaluation sets (a smoke test of the whole pipeline).
+per model the plots ``OUT/<model>-flip_rate.png``, ``-amplification.png``, ``-tf_prob_mse.png``,
+``-lag_ccdf.png`` (seed 0 of each configuration). Calibration: the paper's ``n_probe`` 512 and FlatQuant's 15
+epochs unless ``--n-probe`` / ``--epochs`` / ``--num-samples`` reduce them (recorded in the results' settings).
+``--quick`` runs one seed and small evaluation sets (a smoke test of the whole pipeline).
 """
 from __future__ import annotations
 
@@ -37,20 +46,25 @@ import torch
 
 from .common import rss_mb
 
-# name -> (method, FairCalibConfig overrides)
+# name -> (method, FairCalibConfig overrides). QuaRot as its own recipe runs it: RTN weights with a per-channel
+# clip ratio searched for the weight quantization error (QuaRot's --w_clip), activations unclipped.
 CONFIGS = {
     "rtn": ("rtn", {}),
-    "quarot": ("quarot", {}),
+    "quarot-rtn": ("quarot", {"w_clip_search": True}),
     "flatquant": ("flatquant", {}),
     "fair_calib": ("fair_calib", {}),
     "fair_calib/frontier-only": ("fair_calib", {"prior_terms": "frontier"}),
     "fair_calib/reliability-only": ("fair_calib", {"prior_terms": "reliability"}),
     "fair_calib/flat-schedule": ("fair_calib", {"prior_schedule": "flat"}),
 }
-MAIN_CONFIGS = ("rtn", "quarot", "flatquant", "fair_calib")
-CALIBRATION = dict(num_samples=64, epochs=10, n_probe=64, probe_batch_size=16, batch_size=4)
+MAIN_CONFIGS = ("rtn", "quarot-rtn", "flatquant", "fair_calib")
+# The paper's probe budget (512 rollouts, "saturating at 512-1024") and FlatQuant's 15 epochs; --n-probe,
+# --epochs and --num-samples reduce them (the settings are recorded with the results).
+CALIBRATION = dict(num_samples=64, epochs=15, n_probe=512, probe_batch_size=16, batch_size=4)
+N_BOOT = 10_000
 MC_NUM = 16
-FULL = dict(seeds=(0, 1, 2), n_eval=256, n_diag=64, calibration=CALIBRATION)
+# power to rank methods: >= 1,000 test problems (standard error about 1.4 points at 70 % accuracy), 5 seeds
+FULL = dict(seeds=(0, 1, 2, 3, 4), n_eval=1024, n_diag=64, calibration=CALIBRATION)
 QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
              calibration=dict(num_samples=16, epochs=2, n_probe=16, probe_batch_size=16, batch_size=4))
 
@@ -100,7 +114,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
 
     from fair_calib_hf import FairCalibConfig
     from fair_calib_hf.architectures import get_adapter
-    from fair_calib_hf.diagnostics import compare_models
+    from fair_calib_hf.decoding import diffusion_generate
+    from fair_calib_hf.diagnostics import compare_models, own_diagnostics
     from fair_calib_hf.zoo import task_of
     from fair_calib_hf.zoo.evaluate import (answer_log_likelihood, calibration_geometry, decode_settings,
                                             default_decode_config, generate_answers)
@@ -115,50 +130,63 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     steps = task.gen_length // tokens_per_step
     plain = default_decode_config(task, family, record=False, steps=steps)
     recorded = default_decode_config(task, family, record=True, steps=steps)
+    geometry = calibration_geometry(task, family, steps=steps)
+    teacher_result = diffusion_generate(teacher, prompts[:n_diag], config=recorded)
+    teacher_own = own_diagnostics(teacher, teacher_result.trajectory)
     if name == "fp":
         texts, _ = generate_answers(teacher, tokenizer, task, examples, plain)
         calib = torch.tensor(task.calibration_sequences(tokenizer, calibration["num_samples"], seed=0))
+        # the teacher against itself: no flip, no probability gap, no false commit (amplification undefined)
         return [{"config": "fp", "seed": None, "accuracy": task.accuracy(texts, examples),
+                 "correct": [int(task.score(t, e)) for t, e in zip(texts, examples)],
                  "log_lik": answer_log_likelihood(teacher, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
-                 "outlier_ratio": outlier_ratio(teacher, calib), "decoding": decode_settings(plain),
-                 "parameters": sum(p.numel() for p in teacher.parameters())}]
+                 "flip_rate": 0.0, "mean_disagree": teacher_own["mean_disagree"],
+                 "never_agree": teacher_own["never_agree"], "lag_p90": teacher_own["lag_p90"],
+                 "remasked": teacher_own["remasked"], "false_commit_rate": 0.0, "prob_mse": 0.0,
+                 "lags": teacher_own["lags"], "outlier_ratio": outlier_ratio(teacher, calib),
+                 "window": geometry["prior_window"], "seq_len": geometry["seq_len"],
+                 "decoding": decode_settings(plain), "parameters": sum(p.numel() for p in teacher.parameters())}]
     method, overrides = CONFIGS[name]
-    teacher_result = None
     rows = []
     for seed in seeds:
         data = task.calibration_sequences(tokenizer, calibration["num_samples"], seed=seed)
         # Stage I probes with the deployment sampler's block length (LLaDA's blocks of 8 here; the whole window
         # for Dream) and number of steps
         cfg = FairCalibConfig(method=method, calibration_dataset=data, seed=seed,
-                              **calibration_geometry(task, family, steps=steps), **calibration, **overrides)
+                              **geometry, **calibration, **overrides)
         before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         texts, _ = generate_answers(student, tokenizer, task, examples, plain)
-        if teacher_result is None:
-            from fair_calib_hf.decoding import diffusion_generate
-
-            teacher_result = diffusion_generate(teacher, prompts[:n_diag], config=recorded)
-        rep = compare_models(teacher, student, prompts[:n_diag], config=recorded, teacher_result=teacher_result)
+        rep = compare_models(teacher, student, prompts[:n_diag], config=recorded, teacher_result=teacher_result,
+                             teacher_diagnostics=teacher_own)
         report = student.hf_quantizer.calibration_report
         rows.append({
             "config": name, "seed": seed, "accuracy": task.accuracy(texts, examples),
+            "correct": [int(task.score(t, e)) for t, e in zip(texts, examples)],
             "log_lik": answer_log_likelihood(student, tokenizer, task, examples[:n_diag], mc_num=MC_NUM),
             "flip_rate": rep.flip_rate, "mean_disagree": rep.mismatch["student"]["mean_disagree"],
             "never_agree": rep.mismatch["student"]["never_agree"], "lag_p90": rep.lag_p90["student"],
-            "prob_mse": rep.prob_mse_mean, "calib_seconds": round(seconds, 2),
+            "remasked": rep.mismatch["student"]["remasked"], "false_commit_rate": rep.false_commit_rate,
+            "amplification": rep.amplification_mean, "prob_mse": rep.teacher_forced_prob_mse_mean,
+            "calib_seconds": round(seconds, 2),
             "stage1_seconds": round(report.stage1_seconds, 2), "probe_block_length": cfg.probe_block_length,
             "peak_mb": round(max(peak - before, 0.0), 1),
             "block_rel_mse": [round(b.rel_mse, 5) for b in report.blocks],
-            "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.prob_mse_curve,
+            "flip_rate_per_step": rep.flip_rate_per_step, "prob_mse_curve": rep.teacher_forced_prob_mse_curve,
+            "amplification_curve": rep.amplification_curve, "amplification_counts": rep.amplification_counts,
             "lags": rep.lags["student"], "teacher_lags": rep.lags["teacher"],
         })
         if method == "rtn":  # no data, no randomness: one run
             break
         del student
     return rows
+
+
+METRICS = ("accuracy", "log_lik", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "false_commit_rate",
+           "amplification", "prob_mse")
 
 
 def _mean_std(values):
@@ -172,42 +200,41 @@ def summarize(model: str, rows: list[dict]) -> list[dict]:
     """One line per configuration: mean ± std over seeds of every metric."""
     out = []
     fp = next(r for r in rows if r["config"] == "fp")
-    out.append({"model": model, "config": "fp", "seeds": 0, "accuracy": (fp["accuracy"], 0.0),
-                "log_lik": (fp.get("log_lik", float("nan")), 0.0)})
-    for name in CONFIGS:
+    line = {"model": model, "config": "fp", "seeds": 0}
+    for key in METRICS:  # the teacher's own values (diagnostics against itself: 0 by definition)
+        line[key] = (fp.get(key, float("nan")), 0.0)
+    out.append(line)
+    for name in dict.fromkeys(r["config"] for r in rows if r["config"] != "fp"):
         group = [r for r in rows if r["config"] == name]
-        if not group:
-            continue
         line = {"model": model, "config": name, "seeds": len(group)}
-        for key in ("accuracy", "log_lik", "flip_rate", "mean_disagree", "never_agree", "lag_p90", "prob_mse",
-                    "calib_seconds", "peak_mb"):
+        for key in METRICS + ("calib_seconds", "peak_mb"):
             line[key] = _mean_std([r.get(key) for r in group])
         out.append(line)
     return out
 
 
 def _fmt(pair, scale=1.0, digits=1):
-    mean, std = pair
+    mean, std = pair if pair is not None else (float("nan"), float("nan"))
     if mean != mean:
         return "–"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 def markdown(summary: list[dict], meta: dict) -> str:
-    """The results table (accuracy and rates in %)."""
+    """The results table (accuracy and rates in %). The FP row holds the teacher's own values; mismatch and lag
+    are each model on its own trajectory (LLaDA-style: committed positions read re-masked)."""
     head = ("| model | config | seeds | accuracy % | log-lik nats/tok | flip rate % | mean-disagree % | "
-            "never-agree % | lag p90 | prob. MSE ×1e3 | calib. s | peak MB |")
+            "never-agree % | lag p90 | false commits % | amplification ×1e3 | TF prob. MSE ×1e3 | calib. s | "
+            "peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
-        if s["config"] == "fp":
-            lines.append(f"| {s['model']} | FP | – | {_fmt(s['accuracy'], 100)} | {_fmt(s['log_lik'], 1, 3)} "
-                         "| – | – | – | – | – | – | – |")
-            continue
+        fp = s["config"] == "fp"
         lines.append(" | ".join([
-            f"| {s['model']}", s["config"], str(s["seeds"]), _fmt(s["accuracy"], 100), _fmt(s["log_lik"], 1, 3),
-            _fmt(s["flip_rate"], 100, 2),
-            _fmt(s["mean_disagree"], 100, 2), _fmt(s["never_agree"], 100, 2), _fmt(s["lag_p90"], 1, 1),
-            _fmt(s["prob_mse"], 1e3, 2), _fmt(s["calib_seconds"], 1, 0), _fmt(s["peak_mb"], 1, 0)]) + " |")
+            f"| {s['model']}", "FP" if fp else s["config"], "–" if fp else str(s["seeds"]), _fmt(s["accuracy"], 100),
+            _fmt(s["log_lik"], 1, 3), _fmt(s["flip_rate"], 100, 2), _fmt(s["mean_disagree"], 100, 2),
+            _fmt(s["never_agree"], 100, 2), _fmt(s["lag_p90"], 1, 1), _fmt(s.get("false_commit_rate"), 100, 1),
+            _fmt(s.get("amplification"), 1e3, 2), _fmt(s["prob_mse"], 1e3, 2),
+            "–" if fp else _fmt(s["calib_seconds"], 1, 0), "–" if fp else _fmt(s["peak_mb"], 1, 0)]) + " |")
     notes = [f"- **{m}**: {d}" for m, d in meta.items()]
     return "\n".join(lines + [""] + notes) + "\n"
 
@@ -220,8 +247,57 @@ def gap_closed(summary: list[dict], model: str) -> float | None:
     return (acc["fair_calib"] - acc["flatquant"]) / (acc["fp"] - acc["flatquant"])
 
 
+def fair_minus_flat(rows: list[dict], n_boot: int = N_BOOT) -> dict | None:
+    """``fair_calib − flatquant`` on one model's rows: the paired bootstrap
+    (:func:`fair_calib_hf.bench.paired.paired_bootstrap`) over the seeds both ran and the test problems, with the
+    FP row's problems as the reference; ``None`` without both methods. Rows without per-problem outcomes
+    (results written before they were stored) give the mean and per-seed differences of the accuracies with
+    ``ci_low``/``ci_high`` ``None`` and the reason in ``ci``."""
+    from .paired import paired_bootstrap
+
+    by_seed = {name: {r["seed"]: r for r in rows if r["config"] == name} for name in ("fair_calib", "flatquant")}
+    seeds = sorted(set(by_seed["fair_calib"]) & set(by_seed["flatquant"]))
+    if not seeds:
+        return None
+    fair, flat = [by_seed["fair_calib"][s] for s in seeds], [by_seed["flatquant"][s] for s in seeds]
+    fp = next((r for r in rows if r["config"] == "fp"), None)
+    if all("correct" in r for r in fair + flat):
+        result = paired_bootstrap([r["correct"] for r in fair], [r["correct"] for r in flat],
+                                  fp["correct"] if fp is not None and "correct" in fp else None, n_boot=n_boot)
+        result["ci"] = (f"{int(100 * result['level'])} % percentile bootstrap over test problems and seeds "
+                        f"({n_boot} replicates)")
+    else:
+        per_seed = [a["accuracy"] - b["accuracy"] for a, b in zip(fair, flat)]
+        mean = sum(per_seed) / len(per_seed)
+        gap = fp["accuracy"] - sum(r["accuracy"] for r in flat) / len(flat) if fp is not None else 0.0
+        result = {"mean": mean, "per_seed": per_seed, "ci_low": None, "ci_high": None,
+                  "gap_closed": mean / gap if gap > 0 else None, "gap_closed_ci_low": None,
+                  "gap_closed_ci_high": None, "n_seeds": len(seeds), "n_test": None,
+                  "ci": "not available: these rows have no per-problem outcomes (written before they were stored)"}
+    result["seeds"] = seeds
+    return result
+
+
+def _paired_line(model: str, stats: dict) -> str:
+    """One Markdown line stating ``fair_calib − flatquant`` with its interval (percentage points)."""
+    def pts(v):
+        return f"{100 * v:+.1f}"
+
+    text = (f"fair_calib − flatquant = {pts(stats['mean'])} points (per seed "
+            f"{', '.join(pts(v) for v in stats['per_seed'])}")
+    if stats["ci_low"] is not None:
+        text += f"; 95 % CI [{pts(stats['ci_low'])}, {pts(stats['ci_high'])}]"
+    text += ")"
+    if stats["gap_closed"] is not None:
+        text += f"; closes {100 * stats['gap_closed']:.0f} % of flatquant's gap to FP"
+        if stats["gap_closed_ci_low"] is not None:
+            text += f" (95 % CI [{100 * stats['gap_closed_ci_low']:.0f}, {100 * stats['gap_closed_ci_high']:.0f}] %)"
+    return f"- **{model}**: {text}; {stats['ci']}"
+
+
 def _plots(model: str, rows: list[dict], out_dir: str) -> list[str]:
-    from fair_calib_hf.diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+    from fair_calib_hf.diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                                 plot_teacher_forced_prob_mse)
 
     first = {}
     for r in rows:
@@ -231,9 +307,14 @@ def _plots(model: str, rows: list[dict], out_dir: str) -> list[str]:
         return []
     base = os.path.join(out_dir, model)
     lags = {"FP": next(iter(first.values()))["teacher_lags"], **{n: r["lags"] for n, r in first.items()}}
-    return [plot_flip_rate({n: r["flip_rate_per_step"] for n, r in first.items()}, base + "-flip_rate.png"),
-            plot_amplification({n: r["prob_mse_curve"] for n, r in first.items()}, base + "-amplification.png"),
-            plot_lag_ccdf(lags, base + "-lag_ccdf.png", title=f"Stability lag CCDF ({model})")]
+    paths = [plot_flip_rate({n: r["flip_rate_per_step"] for n, r in first.items()}, base + "-flip_rate.png"),
+             plot_teacher_forced_prob_mse({n: r["prob_mse_curve"] for n, r in first.items()},
+                                          base + "-tf_prob_mse.png"),
+             plot_lag_ccdf(lags, base + "-lag_ccdf.png", title=f"Stability lag CCDF ({model})")]
+    amplification = {n: r["amplification_curve"] for n, r in first.items() if "amplification_curve" in r}
+    if amplification:
+        paths.append(plot_amplification(amplification, base + "-amplification.png"))
+    return paths
 
 
 def main(argv=None) -> None:
@@ -242,9 +323,13 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write every row to this JSON file")
     parser.add_argument("--models", nargs="+", help="zoo names or checkpoint folders (default: every zoo model)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="subset of configurations")
-    parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 3; 1 with --quick)")
+    parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 5; 1 with --quick)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
+    parser.add_argument("--n-probe", type=int, help="Stage I rollouts (default 512, the paper's; 16 with --quick)")
+    parser.add_argument("--epochs", type=int, help="Stage II epochs (default 15, FlatQuant's; 2 with --quick)")
+    parser.add_argument("--num-samples", type=int, help="calibration sequences (default 64; 16 with --quick)")
+    parser.add_argument("--n-eval", type=int, help="test problems for accuracy (default 1024; 32 with --quick)")
     parser.add_argument("--tokens-per-step", type=int, default=1,
                         help="tokens committed per decoding step (default 1: steps = answer length)")
     parser.add_argument("--resume", action="store_true",
@@ -256,6 +341,12 @@ def main(argv=None) -> None:
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds:
         settings["seeds"] = tuple(range(args.seeds))
+    settings["calibration"] = dict(settings["calibration"])
+    for flag, key in (("n_probe", "n_probe"), ("epochs", "epochs"), ("num_samples", "num_samples")):
+        if getattr(args, flag) is not None:
+            settings["calibration"][key] = getattr(args, flag)
+    if args.n_eval is not None:
+        settings["n_eval"] = args.n_eval
     if args.tokens_per_step != 1:
         settings["tokens_per_step"] = args.tokens_per_step
     if args.threads:
@@ -331,6 +422,7 @@ def _previous_rows(out: str, settings: dict) -> tuple[list[dict], dict]:
     if record.get("settings") != wanted:
         raise SystemExit(f"--resume: {path} was run with other settings ({record.get('settings')}); "
                          "use another --out folder")
+    # (results written before the paired statistics appended the gap closed to the model's note)
     meta = {k: v.split("; fair_calib closes")[0] for k, v in record.get("meta", {}).items() if k != "settings"}
     return record["rows"], meta
 
@@ -341,16 +433,19 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
     meta = dict(meta)
     summary = [line for model in dict.fromkeys(r["model"] for r in rows)
                for line in summarize(model, [r for r in rows if r["model"] == model])]
+    paired = {}
     for model in dict.fromkeys(r["model"] for r in rows):
-        closed = gap_closed(summary, model)
-        if closed is not None and model in meta:
-            meta[model] += f"; fair_calib closes {100 * closed:.0f} % of flatquant's accuracy gap to FP"
+        stats = fair_minus_flat([r for r in rows if r["model"] == model])
+        if stats is not None:
+            paired[model] = stats
     meta["settings"] = (f"calibration {settings['calibration']} on the calibration split; seeds {list(settings['seeds'])}; "
                         f"accuracy on {settings['n_eval']} test problems, diagnostics and log-likelihood on "
                         f"{settings['n_diag']}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     table = markdown(summary, meta)
+    if paired:
+        table += "\n" + "\n".join(_paired_line(m, st) for m, st in paired.items()) + "\n"
     record = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-              "summary": summary, "rows": rows, "meta": meta}
+              "summary": summary, "fair_minus_flat": paired, "rows": rows, "meta": meta}
     writes = [(os.path.join(out, "quality.md"), table)]
     writes += [(path, json.dumps(record, indent=1)) for path in [os.path.join(out, "quality.json")]
                + ([json_path] if json_path else [])]

@@ -183,8 +183,13 @@ def probe_position_prior(model, sequences: torch.Tensor, config) -> PositionPrio
     steps = min(config.probe_steps, k)
     block = config.probe_block_length
     if block is None:
-        block = min(32, k) if adapter.family == "llada" else k
-    block = block if k % block == 0 and steps % (k // block) == 0 else k
+        block = 32 if adapter.family == "llada" and k % 32 == 0 else k
+    if k % block:
+        raise ValueError(f"Stage I: probe_block_length={block} does not divide the probe window K={k} "
+                         f"(prior_window capped at seq_len - 1); choose a divisor of {k}, or None")
+    if steps % (k // block):
+        raise ValueError(f"Stage I: probe_steps={steps} (capped at K={k}) is not a multiple of the {k // block} "
+                         f"blocks of {block}; choose a multiple of {k // block} or another probe_block_length")
     lam0 = lambda0(steps, config.prior_schedule, config.prior_gamma)
     vocab = model.get_output_embeddings().out_features
     frontier = torch.zeros(k, dtype=torch.float64)

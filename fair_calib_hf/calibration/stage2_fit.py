@@ -5,7 +5,8 @@ Per site (see :mod:`.sites`) the learnable parameters are the Kronecker factors 
 random orthogonal for a size with no Hadamard matrix; inverted directly in fp32), the diagonal
 ``d [in]`` (SmoothQuant-style init ``d = w_max^{1−α} / x_max^α``, α = 0.3) and the activation clip logit
 (LAC, one per site, ``σ(4) ≈ 0.982`` at init); per linear, one weight clip logit per output channel (LWC).
-While training, every quantized linear computes
+With ``lac=False`` / ``lwc=False`` that clip is not learned and is exactly ``a_clip_ratio`` / ``w_clip_ratio``
+(default 1.0: no clipping), not the frozen ``σ(4)``. While training, every quantized linear computes
 
     x̃ = (x ⊙ d)·(L ⊗ R),   W̃ = (W ⊘ d)·(L ⊗ R)^{-T},   y = Q_tok(x̃; σ(lac)) · Q_ch(W̃; σ(lwc))ᵀ + b
 
@@ -71,9 +72,13 @@ class SiteParams(nn.Module):
         else:
             self.diag = None
         self.lac = nn.Parameter(torch.tensor(CLIP_INIT), requires_grad=bool(config.lac))
+        self.fixed_clip = None if config.lac else float(config.a_clip_ratio)
         self._cache = None
 
     def input_clip(self) -> torch.Tensor:
+        """The activation clip ratio: ``σ(lac)`` when learned, else exactly ``a_clip_ratio`` (1.0: none)."""
+        if self.fixed_clip is not None:
+            return torch.tensor(self.fixed_clip, device=self.lac.device)
         return torch.sigmoid(self.lac)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,9 +100,17 @@ class FitLinear(nn.Module):
         super().__init__()
         self.linear, self.site = linear, site
         self.lwc = nn.Parameter(torch.full((linear.out_features, 1), CLIP_INIT), requires_grad=bool(config.lwc))
+        self.fixed_clip = None if config.lwc else float(config.w_clip_ratio)
+
+    def weight_clip(self) -> torch.Tensor:
+        """Per-output-channel clip ratios ``[out, 1]``: ``σ(lwc)`` when learned, else exactly ``w_clip_ratio``
+        (1.0: none)."""
+        if self.fixed_clip is not None:
+            return torch.full_like(self.lwc, self.fixed_clip)
+        return torch.sigmoid(self.lwc)
 
     def forward(self, x):
-        wq = fake_quant_rows(self.site.transform_weight(self.linear.weight), torch.sigmoid(self.lwc))
+        wq = fake_quant_rows(self.site.transform_weight(self.linear.weight), self.weight_clip())
         y = self.site.transform_input(x) @ wq.t()
         if self.linear.bias is not None:
             y = y + self.linear.bias.float()
@@ -199,7 +212,7 @@ def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAda
             wrapper = wrappers[name]
             packed = pack_with_transform(wrapper.linear, sp.left.detach(), sp.right.detach(), diag,
                                          online_diag=diag is not None and fold is None,
-                                         weight_clip=torch.sigmoid(wrapper.lwc.detach()),
+                                         weight_clip=wrapper.weight_clip().detach(),
                                          input_clip=float(sp.input_clip()))
             set_submodule(block, name, packed)
         if fold is not None and fold[0] == "norm":

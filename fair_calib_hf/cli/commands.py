@@ -12,6 +12,10 @@ import time
 
 import torch
 
+REMASK_POSITIONS = 8
+"""LLaDA-style post-commit diagnostics of the report and ``eval``: committed positions measured per prompt, each
+read re-masked at every later step (8 extra rows per prompt and step; :func:`..diagnostics.own_diagnostics`)."""
+
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -312,7 +316,7 @@ def _frontier(path, kwargs, student, tokenizer, eval_set, args):
     teacher = _from_pretrained(path, **kwargs)
     teacher.eval()
     student.eval()
-    report = compare_models(teacher, student, ids, mask, decode_cfg)
+    report = compare_models(teacher, student, ids, mask, decode_cfg, remask_positions=REMASK_POSITIONS)
     accuracy = None
     if task is not None:
         from ..zoo.evaluate import evaluate
@@ -446,24 +450,36 @@ def run_eval(args) -> None:
 
         examples = task.examples(args.split, args.frontier_count, seed=args.seed)
         prompts, _ = task.encode(examples, tokenizer)
-        frontier = compare_models(teacher, model, prompts, None,
-                                  default_decode_config(task, _family(model), record=True)).to_dict()
+        decode_cfg = default_decode_config(task, _family(model), record=True)
+        frontier = compare_models(teacher, model, prompts, None, decode_cfg,
+                                  remask_positions=REMASK_POSITIONS).to_dict()
         results["frontier"] = frontier
+        mm = frontier["mismatch"]
         print(f"frontier (quantized vs full precision; definitions in fair_calib_hf/diagnostics/metrics.py): "
-              f"flip rate {frontier['flip_rate']:.4f}, probability MSE {frontier['prob_mse_mean']:.3e}, "
-              f"token agreement {frontier['token_agreement']:.4f}, stability lag p90 (steps) full precision "
-              f"{frontier['lag_p90']['teacher']} / quantized {frontier['lag_p90']['student']}")
+              f"flip rate {frontier['flip_rate']:.4f}, teacher-forced probability MSE "
+              f"{frontier['teacher_forced_prob_mse_mean']:.3e}, prompts with a false commit "
+              f"{frontier['false_commit_rate']:.4f}, amplification {frontier['amplification_mean']:.3e}, token "
+              f"agreement {frontier['token_agreement']:.4f}")
+        print(f"  each model on its own trajectory, full precision / quantized: post-commit mean-disagree "
+              f"{mm['teacher']['mean_disagree']:.4f} / {mm['student']['mean_disagree']:.4f}, never-agree "
+              f"{mm['teacher']['never_agree']:.4f} / {mm['student']['never_agree']:.4f}, stability lag p90 (steps) "
+              f"{frontier['lag_p90']['teacher']} / {frontier['lag_p90']['student']}"
+              + (f" ({REMASK_POSITIONS} committed positions per prompt, read re-masked)"
+                 if mm["teacher"]["remasked"] else ""))
     if args.out:
         from ..checkpoint import atomic_directory
 
         with atomic_directory(os.path.abspath(args.out), overwrite=args.overwrite) as tmp:
             if "frontier" in results:
-                from ..diagnostics.plots import plot_amplification, plot_flip_rate, plot_lag_ccdf
+                from ..diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
+                                                 plot_teacher_forced_prob_mse)
                 from ..report import QUANTIZED, display_names
 
                 f = results["frontier"]
                 plot_flip_rate({QUANTIZED: f["flip_rate_per_step"]}, os.path.join(tmp, "flip_rate.png"))
-                plot_amplification({QUANTIZED: f["prob_mse_curve"]}, os.path.join(tmp, "prob_mse.png"))
+                plot_amplification({QUANTIZED: f["amplification_curve"]}, os.path.join(tmp, "amplification.png"))
+                plot_teacher_forced_prob_mse({QUANTIZED: f["teacher_forced_prob_mse_curve"]},
+                                             os.path.join(tmp, "prob_mse.png"))
                 plot_lag_ccdf(display_names(f["lags"]), os.path.join(tmp, "lag_ccdf.png"))
             with open(os.path.join(tmp, "results.json"), "w") as handle:
                 json.dump(results, handle, indent=1, default=str)

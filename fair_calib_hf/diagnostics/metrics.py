@@ -36,7 +36,12 @@ def flip_rate(teacher_argmax: torch.Tensor, student_argmax: torch.Tensor, commit
 def post_commit_mismatch(argmax: torch.Tensor, tokens: torch.Tensor, commit_step: torch.Tensor):
     """Post-commit mismatch of a model's top-1 with the committed tokens.
 
-    Post-commit observations of position ``i`` are those with ``t > τ_i``. Over positions with at least one:
+    ``argmax`` must hold a *trained* reading of each committed position: for a model without logit shift
+    (LLaDA-style) the output at a position is supervised only while that position's input is the mask token,
+    so read it with the position re-masked (:func:`fair_calib_hf.diagnostics.frontier.read_post_commit`);
+    the raw output there copies nothing it was trained for (the FP teacher itself then "disagrees" about half
+    of the time). Post-commit observations of position ``i`` are those with ``t > τ_i``. Over positions with at
+    least one:
 
     * ``mean_disagree``: mean over positions of the fraction of post-commit observations with
       ``argmax_{t,i} ≠ y_i``;
@@ -56,7 +61,8 @@ def post_commit_mismatch(argmax: torch.Tensor, tokens: torch.Tensor, commit_step
 
 def stability_lags(argmax: torch.Tensor, tokens: torch.Tensor, commit_step: torch.Tensor,
                    mode: str = "persistent"):
-    """Stability lag ``δ_i = σ_i − τ_i`` of every committed position.
+    """Stability lag ``δ_i = σ_i − τ_i`` of every committed position (``argmax``: a trained reading of the
+    committed positions, as for :func:`post_commit_mismatch`).
 
     ``mode="persistent"``: ``σ_i`` is the first observation ``s ≥ τ_i`` from which the top-1 equals ``y_i``
     at every later observation. ``mode="first"``: the first ``s ≥ τ_i`` with top-1 equal to ``y_i``. If no
@@ -111,3 +117,37 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     if not predictions:
         return float("nan")
     return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(predictions)
+
+
+def first_false_commit(commit_step: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Step of each sequence's first false commit: the earliest ``τ_i`` over window positions whose committed
+    token ``tokens[b, i]`` differs from ``reference[b, i]`` (the teacher's token at that position), ``-1`` where
+    none. ``commit_step``, ``tokens``, ``reference``: ``[B, G]``; returns int64 ``[B]``."""
+    false = (commit_step >= 0) & (tokens != reference)
+    big = torch.iinfo(torch.long).max
+    first = torch.where(false, commit_step, torch.full_like(commit_step, big)).min(-1).values
+    return torch.where(first == big, torch.full_like(first, -1), first)
+
+
+def aligned_amplification(prob_mse: torch.Tensor, masked: torch.Tensor, first_false: torch.Tensor):
+    """Probability MSE aligned at each sequence's first false commit.
+
+    ``prob_mse [O, B, G]``: :func:`probability_mse` between student and teacher evaluated on the same states;
+    ``masked [O, B, G]``: positions still masked at each observation; ``first_false [B]``: the step ``t*_b`` of
+    the first false commit (``-1``: none; such sequences are left out). Offset ``k`` is observation
+    ``t*_b + k``: ``k = 0`` is the state on which the false commit was decided, ``k ≥ 1`` the states after it.
+    A sequence's value at offset ``k`` is the mean over its still-masked positions; ``curve[k]`` is the mean over
+    sequences that have such positions there (NaN where none), ``counts[k]`` how many. Returns ``(curve [O]
+    float64, counts [O] int64)``.
+    """
+    o = prob_mse.shape[0]
+    curve = torch.zeros(o, dtype=torch.float64)
+    counts = torch.zeros(o, dtype=torch.long)
+    for b in torch.nonzero(first_false >= 0).flatten().tolist():
+        start = int(first_false[b])
+        for k in range(o - start):
+            m = masked[start + k, b]
+            if bool(m.any()):
+                curve[k] += float(prob_mse[start + k, b][m].double().mean())
+                counts[k] += 1
+    return torch.where(counts > 0, curve / counts.clamp(min=1), torch.full_like(curve, float("nan"))), counts
