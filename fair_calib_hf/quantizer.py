@@ -138,10 +138,29 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         return False
 
     def _dequantize(self, model, dtype=None):
+        """Replace every ``W4A4Linear`` by the float ``nn.Linear`` it computes (``W4A4Linear.to_linear``), in
+        ``dtype``: a ``torch.dtype`` or its name (``save_pretrained`` leaves ``model.config.dtype`` as the
+        string ``"bfloat16"``, and transformers' ``dequantize()`` passes that on); ``None`` or ``"auto"``: the
+        dtype of the model's float parameters."""
+        dtype = _as_torch_dtype(dtype, model)
         for name, module in list(model.named_modules()):
             if isinstance(module, W4A4Linear):
                 set_submodule(model, name, module.to_linear(dtype))
         return model
+
+
+def _as_torch_dtype(dtype, model) -> torch.dtype:
+    """``dtype`` (a ``torch.dtype``, a name such as ``"bfloat16"`` / ``"torch.float16"``, ``"auto"`` or
+    ``None``) as a ``torch.dtype``; ``"auto"``/``None`` mean the dtype of the model's first float parameter.
+    Raises ``ValueError`` for anything else."""
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise ValueError(f"dequantize: unknown dtype {dtype!r}; pass a float torch.dtype such as torch.bfloat16")
+        return resolved
+    if dtype is None or dtype == "auto":
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return dtype
 
 
 def register() -> None:
