@@ -41,6 +41,7 @@ from .checkpoint import (
 )
 from .config import QUANT_METHOD, FairCalibConfig
 from .modules import W4A4Linear
+from .saving import install_save_compat
 from .targets import set_submodule
 from .version import __version__
 
@@ -127,6 +128,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())
         model.add_model_tags(MODEL_TAGS)
+        install_save_compat(model)  # Dream's remote generation config breaks save_pretrained otherwise
         return model
 
     # -- saving ---------------------------------------------------------------------------------------
