@@ -98,7 +98,8 @@ def test_quantize_save_push_reload_with_the_upstream_remote_code_behaviour(tiny_
     # the user's generation config is the same object, of the same class, afterwards
     assert getattr(q, "generation_config", None) is config and type(config) is config_class
     files = set(uploads) - {"__repo_id__"}
-    assert {"config.json", "model.safetensors", "README.md"} <= files
+    assert {"config.json", "model.safetensors", "README.md", "fair_calib_loader.py"} <= files
+    assert json.loads(uploads["config.json"])["auto_map"]["AutoModel"].startswith("fair_calib_loader.")
     if kind == "dream":
         assert json.loads(uploads["generation_config.json"])["steps"] == config.steps
         with pytest.raises(TypeError, match="strict"):  # validate itself is unchanged outside the save
