@@ -98,6 +98,12 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                                  "fair_calib calibrates full-precision checkpoints only")
         return model
 
+    def update_parallel_plan(self, model, plan):
+        """No tensor-/expert-parallel plan entries for packed modules (5.x calls this on every load with
+        ``model.tp_plan`` / ``model.ep_plan``). The base class would add entries for its serialized names and
+        fails on remote code without a plan (the real LLaDA code: ``model.tp_plan`` is ``None``)."""
+        return None
+
     # -- while loading (4.57 only, via VersionCompatHooks) ---------------------------------------------
     def on_missing_keys(self, model, missing_keys):
         missing = missing_packed_keys(model, missing_keys) if self.pre_quantized else []

@@ -127,3 +127,12 @@ def test_a_copy_of_a_quantized_model_saves_its_own_weights(tiny_dirs, tmp_path):
     twin.save_pretrained(tmp_path)
     saved = load_file(str(tmp_path / "model.safetensors"))["model.embed_tokens.weight"]
     assert torch.equal(saved, twin.model.embed_tokens.weight) and not torch.equal(saved, q.model.embed_tokens.weight)
+
+
+def test_remote_code_without_a_parallel_plan_loads(tiny_dirs):
+    """The real LLaDA remote code never calls post_init, so ``model.tp_plan`` is None; transformers 5.x hands
+    it to the quantizer's ``update_parallel_plan`` on every load."""
+    from fair_calib_hf.quantizer import FairCalibHfQuantizer
+
+    model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    FairCalibHfQuantizer(FairCalibConfig(method="rtn")).update_parallel_plan(model, None)
