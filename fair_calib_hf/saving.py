@@ -133,11 +133,35 @@ def write_loader(save_directory, model_module: str | None = None) -> bool:
     return True
 
 
+def remove_loader_routes(save_directory, model_module: str) -> None:
+    """Point ``auto_map`` entries that still name the loader back at the model's own module ``model_module``
+    (a dequantized model saved from a model loaded from a quantized checkpoint: transformers rewrites only
+    the entry of the auto class the model was loaded with), and remove a stale loader file."""
+    path = os.path.join(str(save_directory), "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    loader = os.path.splitext(LOADER_FILE)[0]
+    auto_map = dict(config.get("auto_map") or {})
+    stale = {k: v for k, v in auto_map.items() if isinstance(v, str) and v.rpartition(".")[0] == loader}
+    if stale:
+        auto_map.update({k: f"{model_module}.{v.rpartition('.')[2]}" for k, v in stale.items()})
+        config["auto_map"] = auto_map
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+    if os.path.isfile(os.path.join(str(save_directory), LOADER_FILE)):
+        os.remove(os.path.join(str(save_directory), LOADER_FILE))
+
+
 def _save_pretrained(model, save_directory, *args, **kwargs):
     with tolerant_generation_config(model):
         result = type(model).save_pretrained(model, save_directory, *args, **kwargs)
-    if getattr(model, "is_quantized", False) and os.path.isfile(os.path.join(str(save_directory), "config.json")):
-        write_loader(save_directory, type(model).__module__.rpartition(".")[2])
+    if os.path.isfile(os.path.join(str(save_directory), "config.json")):
+        model_module = type(model).__module__.rpartition(".")[2]
+        if getattr(model, "is_quantized", False):
+            write_loader(save_directory, model_module)
+        else:  # dequantized: a plain float checkpoint again
+            remove_loader_routes(save_directory, model_module)
     return result
 
 

@@ -87,3 +87,15 @@ def test_a_reloaded_model_saves_the_loader_again(saved, tmp_path):
     again.save_pretrained(tmp_path)
     assert json.load(open(tmp_path / "config.json"))["auto_map"]["AutoModel"] == "fair_calib_loader.DreamModel"
     assert (tmp_path / LOADER_FILE).read_text() == open(os.path.join(saved["dream"][0], LOADER_FILE)).read()
+
+
+def test_a_dequantized_model_saves_as_a_plain_float_checkpoint(saved, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    deq = AutoModel.from_pretrained(saved["dream"][0], trust_remote_code=True).dequantize()
+    deq.save_pretrained(tmp_path)
+    config = json.load(open(tmp_path / "config.json"))
+    assert "quantization_config" not in config and not (tmp_path / LOADER_FILE).exists()
+    assert not any(v.startswith("fair_calib_loader.") for v in config["auto_map"].values())
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
+    assert torch.equal(again.lm_head.weight, deq.lm_head.weight)
