@@ -26,6 +26,8 @@ class ModelAdapter:
             the RMSNorm whose output each group of linears reads (diagonal scales fold into its weight).
         up_feeds_down: ``(up path, down path)`` inside a block: the down-projection reads
             ``act(gate) * up``, so a diagonal scale on its input folds into the up-projection's output rows.
+        max_positions_key: the config key holding the number of positions the model was built for (LLaDA
+            ``max_sequence_length``, 4096 for LLaDA-8B; Dream ``max_position_embeddings``).
     """
 
     family: str
@@ -37,6 +39,13 @@ class ModelAdapter:
     end_of_turn_token: str
     norm_feeds: dict
     up_feeds_down: tuple[str, str]
+    max_positions_key: str = ""
+
+    def max_positions(self, config) -> int | None:
+        """The number of positions (tokens) one forward may cover, from ``config.<max_positions_key>``;
+        ``None`` if the config does not say."""
+        value = getattr(config, self.max_positions_key, None) if self.max_positions_key else None
+        return int(value) if value is not None else None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's transformer blocks, in order."""
@@ -72,6 +81,7 @@ ADAPTERS: dict[str, ModelAdapter] = {
         end_of_turn_token="<|eot_id|>",
         norm_feeds={"attn_norm": ("q_proj", "k_proj", "v_proj"), "ff_norm": ("ff_proj", "up_proj")},
         up_feeds_down=("up_proj", "ff_out"),
+        max_positions_key="max_sequence_length",
     ),
     "dream": ModelAdapter(
         family="dream",
@@ -84,6 +94,7 @@ ADAPTERS: dict[str, ModelAdapter] = {
         norm_feeds={"input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
                     "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj")},
         up_feeds_down=("mlp.up_proj", "mlp.down_proj"),
+        max_positions_key="max_position_embeddings",
     ),
 }
 

@@ -23,6 +23,13 @@ or from the shell, the way the dLLM papers run the harness::
   position when all of them are masked (one forward).
 * ``loglikelihood_rolling``: the same estimator for the whole text given the BOS token.
 
+Inputs longer than the model's positions (LLaDA ``max_sequence_length``, Dream ``max_position_embeddings``)
+are handled as lm-eval's own Hugging Face model handles them: ``loglikelihood_rolling`` sums the estimator over
+the disjoint rolling windows of ``lm_eval.utils.get_rolling_token_windows`` (one token of context each; a
+window and its context fill the model's positions exactly); ``generate_until`` and ``loglikelihood`` cut the
+context from the left (a warning is logged) to leave room for ``gen_length`` / the continuation; a
+continuation that alone does not fit raises ``ValueError``.
+
 Model arguments: ``pretrained`` (folder, hub id or ``zoo:NAME``), ``dtype`` (auto), ``device`` (cpu / cuda;
 a device this torch does not have, such as the harness's default ``cuda:0`` on a CPU-only build, falls back
 to CPU with a warning), ``trust_remote_code`` (true), ``gen_length`` (64), ``steps`` (= gen_length),
@@ -40,6 +47,7 @@ refused, naming the layout.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -53,6 +61,7 @@ from .architectures import get_adapter
 from .decoding import DecodeConfig, diffusion_generate, mc_log_likelihood
 
 MODEL_NAME = "fair_calib_dllm"
+logger = logging.getLogger(__name__)
 
 
 def _bool(v) -> bool:
@@ -149,9 +158,27 @@ class FairCalibDLLM(LM):
             ids = [self.tokenizer.bos_token_id] + ids
         return ids
 
-    def _prompt_batch(self, contexts: list[str]):
+    @property
+    def max_length(self) -> int | None:
+        """Positions one forward may cover (the model config's), ``None`` if the config does not say."""
+        return self.adapter.max_positions(self.model.config)
+
+    def _left_truncate(self, ids: list[int], room: int, what: str) -> list[int]:
+        """``ids`` cut from the left to ``room`` tokens (lm-eval's left truncation), with a warning."""
+        if room < 1:
+            raise ValueError(f"{MODEL_NAME}: {what} leaves no room for a context in the model's "
+                             f"{self.max_length} positions")
+        if len(ids) > room:
+            logger.warning("%s: context of %d tokens cut from the left to its last %d (model positions %d)",
+                           MODEL_NAME, len(ids), room, self.max_length)
+            return ids[-room:]
+        return ids
+
+    def _prompt_batch(self, contexts: list[str], gen_length: int | None = None):
         """``(input_ids [B, W], attention_mask [B, W] or None, W)`` of the contexts: left-padded and masked
-        (generic), or a zoo task's layout (``W = prompt_width``, BOS + text left-padded with EOS, no mask)."""
+        (generic; with ``gen_length``, each context cut from the left to leave ``gen_length`` of the model's
+        positions), or a zoo
+        task's layout (``W = prompt_width``, BOS + text left-padded with EOS, no mask)."""
         task = self.zoo_task
         rows = [self._encode(c, self.add_bos or task is not None) for c in contexts]
         if task is not None:
@@ -164,6 +191,8 @@ class FairCalibDLLM(LM):
 
             ids, _ = task.encode([Example(c, "", "") for c in contexts], self.tokenizer)  # the one layout source
             return ids, None, task.prompt_width
+        if self.max_length is not None and gen_length is not None:
+            rows = [self._left_truncate(r, self.max_length - gen_length, f"gen_length {gen_length}") for r in rows]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -198,7 +227,7 @@ class FairCalibDLLM(LM):
             contexts = [r.args[0] for r in chunk]
             kwargs = [dict(r.args[1]) if len(r.args) > 1 and r.args[1] else {} for r in chunk]
             gen_length = min([self.gen_length] + [int(k["max_gen_toks"]) for k in kwargs if "max_gen_toks" in k])
-            ids, mask, width = self._prompt_batch(contexts)
+            ids, mask, width = self._prompt_batch(contexts, gen_length)
             result = diffusion_generate(self.model, ids, mask, self._decode_config(gen_length), adapter=self.adapter)
             for row, kw in zip(result.sequences[:, width:].tolist(), kwargs):
                 cut = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
@@ -238,19 +267,33 @@ class FairCalibDLLM(LM):
             if answer.numel() == 0:
                 out.append((0.0, True))
                 continue
+            if self.max_length is not None:
+                if answer.numel() >= self.max_length:
+                    raise ValueError(f"{MODEL_NAME}: a continuation of {answer.numel()} tokens does not fit in the "
+                                     f"model's {self.max_length} positions with any context")
+                prompt = torch.tensor(self._left_truncate(prompt.tolist(), self.max_length - answer.numel(),
+                                                          f"a continuation of {answer.numel()} tokens"))
             ll = mc_log_likelihood(self.model, prompt, answer, mc_num=self.mc_num, batch_size=self.mc_batch_size,
                                    seed=self.seed + index, adapter=self.adapter)
             out.append((ll, self._is_greedy(prompt, answer)))
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
         out = []
         for index, req in enumerate(requests):
             bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
-            answer = torch.tensor(self._encode(req.args[0], False), dtype=torch.long)
-            out.append(mc_log_likelihood(self.model, torch.tensor([bos]), answer, mc_num=self.mc_num,
-                                         batch_size=self.mc_batch_size, seed=self.seed + index,
-                                         adapter=self.adapter) if answer.numel() else 0.0)
+            tokens = self._encode(req.args[0], False)
+            # a window of n predicted tokens runs with its context in one forward: n + context ≤ max_length
+            window = max(len(tokens), 1) if self.max_length is None else self.max_length - 1
+            total = 0.0
+            for w, (context, pred) in enumerate(map(make_disjoint_window, get_rolling_token_windows(
+                    token_list=tokens, prefix_token=bos, max_seq_len=window, context_len=1))):
+                total += mc_log_likelihood(self.model, torch.tensor(context), torch.tensor(pred), mc_num=self.mc_num,
+                                           batch_size=self.mc_batch_size, seed=self.seed + index + 100_003 * w,
+                                           adapter=self.adapter)
+            out.append(total)
         return out
 
 

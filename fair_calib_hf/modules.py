@@ -17,6 +17,12 @@ key                         dtype / shape               meaning
 
 Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 quantization of ``x̃``,
 then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
+
+**Dtype casts.** The float32 buffers above stay float32 whatever dtype the module or the model is cast to
+(``.to(torch.bfloat16)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``, a parent's ``.to(dtype)``):
+only ``bias`` follows the cast, as the model's float parts do. Device moves apply to every buffer. Rounding
+the scales or the transform to 16 bits would break the exact inverse between the online transform and the
+weight it was packed for, and the checkpoint format (float32, checked on reload).
 """
 from __future__ import annotations
 
@@ -27,8 +33,24 @@ from . import ops
 from .packing import dequantize_weight, packed_width, quantize_weight_per_channel
 
 
+def _apply_keeping_float32(module: nn.Module, names: tuple[str, ...], fn, recurse: bool) -> nn.Module:
+    """``nn.Module._apply(fn)`` for ``module``, except that its float32 buffers ``names`` keep float32: a
+    buffer that ``fn`` converted to another dtype is replaced by the original float32 values on the device
+    ``fn`` chose (a cast changes the dtype, never the values in place, so the original is intact)."""
+    kept = {n: module._buffers[n] for n in names if module._buffers.get(n) is not None}
+    nn.Module._apply(module, fn, recurse)
+    for name, before in kept.items():
+        after = module._buffers[name]
+        if after is not None and after.dtype != torch.float32:
+            module._buffers[name] = before.to(after.device)
+    return module
+
+
 class InputTransform(nn.Module):
-    """Online input transform ``x ↦ (x ⊙ diag)·(left ⊗ right)``; holds only buffers."""
+    """Online input transform ``x ↦ (x ⊙ diag)·(left ⊗ right)``; holds only float32 buffers, which stay
+    float32 under dtype casts (see the module docstring)."""
+
+    FLOAT32_BUFFERS = ("left", "right", "diag")
 
     def __init__(self, in_features: int, factors: tuple[int, int], has_diag: bool = False, device=None):
         super().__init__()
@@ -42,6 +64,9 @@ class InputTransform(nn.Module):
         else:
             self.diag = None
 
+    def _apply(self, fn, recurse=True):
+        return _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
+
     def matrix(self) -> torch.Tensor:
         """The dense ``[in, in]`` matrix ``diag(d)·(left ⊗ right)`` (for dequantization and tests)."""
         p = torch.kron(self.left.double(), self.right.double())
@@ -51,7 +76,10 @@ class InputTransform(nn.Module):
 
 
 class W4A4Linear(nn.Module):
-    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring)."""
+    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring).
+    ``weight_scale`` and ``input_clip`` stay float32 under dtype casts; ``bias`` follows them."""
+
+    FLOAT32_BUFFERS = ("weight_scale", "input_clip")
 
     def __init__(
         self,
@@ -78,6 +106,9 @@ class W4A4Linear(nn.Module):
             self.input_transform = InputTransform(in_features, transform_factors, transform_diag, device=device)
         else:
             self.input_transform = None
+
+    def _apply(self, fn, recurse=True):
+        return _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
 
     @classmethod
     def from_linear(

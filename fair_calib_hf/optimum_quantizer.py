@@ -43,6 +43,7 @@ class FairCalibQuantizer(_Base):
         ``offload_folder``, ``trust_remote_code``). ``file_name`` is part of optimum's interface and must be
         ``None`` (the checkpoint's own safetensors files are used)."""
         from .cli.commands import preflight, resolve_model
+        from .saving import tolerant_generation_config
 
         if file_name is not None:
             raise ValueError("FairCalibQuantizer.from_pretrained: file_name is not supported (the checkpoint's "
@@ -50,7 +51,8 @@ class FairCalibQuantizer(_Base):
         tmp = None
         if not isinstance(model_or_path, (str, Path)):
             tmp = tempfile.mkdtemp(prefix="fair_calib_src_")
-            model_or_path.save_pretrained(tmp)
+            with tolerant_generation_config(model_or_path):  # Dream's remote generation config (saving.py)
+                model_or_path.save_pretrained(tmp)
             tokenizer = load_options.pop("tokenizer", None)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

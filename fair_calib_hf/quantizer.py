@@ -41,6 +41,7 @@ from .checkpoint import (
 )
 from .config import QUANT_METHOD, FairCalibConfig
 from .modules import W4A4Linear
+from .saving import install_save_compat
 from .targets import set_submodule
 from .version import __version__
 
@@ -97,6 +98,12 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                                  "fair_calib calibrates full-precision checkpoints only")
         return model
 
+    def update_parallel_plan(self, model, plan):
+        """No tensor-/expert-parallel plan entries for packed modules (5.x calls this on every load with
+        ``model.tp_plan`` / ``model.ep_plan``). The base class would add entries for its serialized names and
+        fails on remote code without a plan (the real LLaDA code: ``model.tp_plan`` is ``None``)."""
+        return None
+
     # -- while loading (4.57 only, via VersionCompatHooks) ---------------------------------------------
     def on_missing_keys(self, model, missing_keys):
         missing = missing_packed_keys(model, missing_keys) if self.pre_quantized else []
@@ -127,6 +134,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())
         model.add_model_tags(MODEL_TAGS)
+        install_save_compat(model)  # Dream's remote generation config breaks save_pretrained otherwise
         return model
 
     # -- saving ---------------------------------------------------------------------------------------
@@ -138,10 +146,29 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         return False
 
     def _dequantize(self, model, dtype=None):
+        """Replace every ``W4A4Linear`` by the float ``nn.Linear`` it computes (``W4A4Linear.to_linear``), in
+        ``dtype``: a ``torch.dtype`` or its name (``save_pretrained`` leaves ``model.config.dtype`` as the
+        string ``"bfloat16"``, and transformers' ``dequantize()`` passes that on); ``None`` or ``"auto"``: the
+        dtype of the model's float parameters."""
+        dtype = _as_torch_dtype(dtype, model)
         for name, module in list(model.named_modules()):
             if isinstance(module, W4A4Linear):
                 set_submodule(model, name, module.to_linear(dtype))
         return model
+
+
+def _as_torch_dtype(dtype, model) -> torch.dtype:
+    """``dtype`` (a ``torch.dtype``, a name such as ``"bfloat16"`` / ``"torch.float16"``, ``"auto"`` or
+    ``None``) as a ``torch.dtype``; ``"auto"``/``None`` mean the dtype of the model's first float parameter.
+    Raises ``ValueError`` for anything else."""
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+            raise ValueError(f"dequantize: unknown dtype {dtype!r}; pass a float torch.dtype such as torch.bfloat16")
+        return resolved
+    if dtype is None or dtype == "auto":
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return dtype
 
 
 def register() -> None:

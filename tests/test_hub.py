@@ -73,3 +73,66 @@ def test_push_to_hub_uploads_the_packed_checkpoint(tiny_dirs, uploads):
     assert torch.equal(sd["model.transformer.blocks.0.ff_out.weight_packed"],
                        q.model.transformer.blocks[0].ff_out.weight_packed)
     assert "fair_calib" in uploads["README.md"].decode()  # model-card tag
+
+
+def test_reference_dream_reproduces_the_upstream_generation_config(tiny_dirs, tmp_path):
+    """The behaviour the plugin must survive: the float model, loaded as the real remote code loads it, cannot
+    be saved by plain transformers."""
+    fp = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True)
+    assert type(fp.generation_config).__name__ == "DreamGenerationConfig" and fp.can_generate()
+    with pytest.raises(TypeError, match="strict"):
+        fp.save_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_quantize_save_push_reload_with_the_upstream_remote_code_behaviour(tiny_dirs, uploads, tmp_path, kind):
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    config = getattr(q, "generation_config", None)  # LLaDA's remote code cannot generate (5.x: no attribute)
+    config_class = type(config)
+    ids = torch.randint(5, 90, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = q(input_ids=ids).logits
+    q.save_pretrained(tmp_path / "saved")
+    q.push_to_hub(f"someone/tiny-{kind}-w4a4")
+    # the user's generation config is the same object, of the same class, afterwards
+    assert getattr(q, "generation_config", None) is config and type(config) is config_class
+    files = set(uploads) - {"__repo_id__"}
+    assert {"config.json", "model.safetensors", "README.md", "fair_calib_loader.py"} <= files
+    assert json.loads(uploads["config.json"])["auto_map"]["AutoModel"].startswith("fair_calib_loader.")
+    if kind == "dream":
+        assert json.loads(uploads["generation_config.json"])["steps"] == config.steps
+        with pytest.raises(TypeError, match="strict"):  # validate itself is unchanged outside the save
+            config.validate(strict=True)
+    for folder in (tmp_path / "saved", tmp_path / "resaved"):
+        again = AutoModel.from_pretrained(str(folder), trust_remote_code=True)
+        with torch.no_grad():
+            assert torch.equal(again(input_ids=ids).logits, out)
+        if kind == "dream":
+            assert type(again.generation_config).__name__ == "DreamGenerationConfig"
+        if folder.name == "saved":
+            again.save_pretrained(tmp_path / "resaved")  # a reloaded quantized model saves too
+
+
+def test_a_copy_of_a_quantized_model_saves_its_own_weights(tiny_dirs, tmp_path):
+    import copy
+
+    from safetensors.torch import load_file
+
+    q = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    twin = copy.deepcopy(q)
+    with torch.no_grad():
+        twin.model.embed_tokens.weight.add_(1.0)
+    twin.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(saved, twin.model.embed_tokens.weight) and not torch.equal(saved, q.model.embed_tokens.weight)
+
+
+def test_remote_code_without_a_parallel_plan_loads(tiny_dirs):
+    """The real LLaDA remote code never calls post_init, so ``model.tp_plan`` is None; transformers 5.x hands
+    it to the quantizer's ``update_parallel_plan`` on every load."""
+    from fair_calib_hf.quantizer import FairCalibHfQuantizer
+
+    model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
+    FairCalibHfQuantizer(FairCalibConfig(method="rtn")).update_parallel_plan(model, None)

@@ -115,9 +115,12 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
 
 
 def _safetensors_bytes(model, folder: str, dtype=None) -> int:
+    from ..saving import tolerant_generation_config
+
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(folder, safe_serialization=True)
+    with tolerant_generation_config(model):  # Dream's remote generation config (see saving.py)
+        model.save_pretrained(folder, safe_serialization=True)
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
 
 

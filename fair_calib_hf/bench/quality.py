@@ -69,10 +69,10 @@ QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
              calibration=dict(num_samples=16, epochs=2, n_probe=16, probe_batch_size=16, batch_size=4))
 
 
-def _load(path):
+def _load(path, dtype: str = "float32"):
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=getattr(torch, dtype)).eval()
     return model, AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 
 
@@ -104,9 +104,11 @@ def _task_inputs(task, tokenizer, n_eval):
 
 
 def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, calibration: dict,
-               tokens_per_step: int = 1) -> list[dict]:
+               tokens_per_step: int = 1, dtype: str = "float32") -> list[dict]:
     """Calibrate ``name`` for each seed and score it (FP when ``name == "fp"``); rows as in the module doc.
-    ``tokens_per_step`` commits that many tokens per decoding step (``steps = gen_length / tokens_per_step``)."""
+    ``tokens_per_step`` commits that many tokens per decoding step (``steps = gen_length / tokens_per_step``);
+    ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) is the load dtype of the teacher and the student
+    (calibration runs on the model loaded in that dtype, as a user's ``from_pretrained(..., dtype=...)``)."""
     import resource
 
     from transformers import AutoModel
@@ -121,7 +123,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
                                             default_decode_config, generate_answers)
 
     hf_logging.disable_progress_bar()
-    teacher, tokenizer = _load(model_path)
+    teacher, tokenizer = _load(model_path, dtype)
     task = task_of(model_path)
     family = get_adapter(teacher).family
     examples, prompts = _task_inputs(task, tokenizer, n_eval)
@@ -156,7 +158,8 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
                               **geometry, **calibration, **overrides)
         before = rss_mb()
         started = time.perf_counter()
-        student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg).eval()
+        student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg,
+                                            dtype=getattr(torch, dtype)).eval()
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         texts, _ = generate_answers(student, tokenizer, task, examples, plain)
@@ -332,6 +335,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n-eval", type=int, help="test problems for accuracy (default 1024; 32 with --quick)")
     parser.add_argument("--tokens-per-step", type=int, default=1,
                         help="tokens committed per decoding step (default 1: steps = answer length)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="load dtype of the FP teacher and of the model calibrated (default float32)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of OUT/quality.json (same settings, same model weights) and run only "
                              "the missing (model, configuration) pairs")
@@ -349,6 +354,8 @@ def main(argv=None) -> None:
         settings["n_eval"] = args.n_eval
     if args.tokens_per_step != 1:
         settings["tokens_per_step"] = args.tokens_per_step
+    if args.dtype != "float32":
+        settings["dtype"] = args.dtype
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
@@ -440,7 +447,8 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
             paired[model] = stats
     meta["settings"] = (f"calibration {settings['calibration']} on the calibration split; seeds {list(settings['seeds'])}; "
                         f"accuracy on {settings['n_eval']} test problems, diagnostics and log-likelihood on "
-                        f"{settings['n_diag']}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+                        f"{settings['n_diag']}; load dtype {settings.get('dtype', 'float32')}; torch {torch.__version__}, "
+                        f"{torch.get_num_threads()} threads")
     table = markdown(summary, meta)
     if paired:
         table += "\n" + "\n".join(_paired_line(m, st) for m, st in paired.items()) + "\n"

@@ -113,7 +113,14 @@ def _tokenizer_for(model, tokenizer):
                          "pass FairCalibConfig(tokenizer=...)")
     # a model loaded through remote code was already trusted by the user; its tokenizer may need the same
     trusted = type(model).__module__.startswith("transformers_modules")
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
+    except Exception as err:  # noqa: BLE001 - KeyError/ValueError/OSError, depending on what the folder lacks
+        raise ValueError(
+            f"calibration_dataset holds text, but no tokenizer could be loaded from {path} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); pass one with "
+            "FairCalibConfig(tokenizer=AutoTokenizer.from_pretrained(...)), or give the calibration data as "
+            "token-id sequences instead of text") from err
 
 
 def _chunk(samples: list[torch.Tensor], config, eos) -> list[torch.Tensor]:

@@ -226,6 +226,9 @@ def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
 
     ``attention_mask [B, P]`` marks real prompt tokens (1) and left padding (0); it is extended with ones
     over the window and passed to the model only when it contains padding.
+
+    Raises ``ValueError`` when ``P + gen_length`` exceeds the positions the model was built for
+    (:meth:`ModelAdapter.max_positions`): every step runs one forward over the whole canvas.
     """
     cfg = config or DecodeConfig()
     adapter = adapter or get_adapter(model)
@@ -238,6 +241,11 @@ def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     if bool((prompt == mask_id).any()):
         raise ValueError(f"the prompt contains the mask token id {mask_id}")
     g = cfg.gen_length
+    limit = adapter.max_positions(model.config)
+    if limit is not None and p + g > limit:
+        raise ValueError(f"prompt length {p} + gen_length {g} = {p + g} tokens exceeds the model's {limit} "
+                         f"positions ({adapter.max_positions_key}); shorten the prompt (keep its last "
+                         f"{max(limit - g, 0)} tokens) or lower gen_length")
     full_mask = None
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask.to(device), torch.ones(b, g, dtype=attention_mask.dtype, device=device)], 1)

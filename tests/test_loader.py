@@ -1,0 +1,101 @@
+"""No silent mis-load: a saved quantized checkpoint loads correctly in a fresh process that never imports
+fair_calib_hf (its ``auto_map`` goes through the loader module written by the save), and fails with an
+``ImportError`` saying ``pip install fair_calib_hf`` where the package is missing."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from fair_calib_hf import FairCalibConfig
+from fair_calib_hf.saving import LOADER_FILE
+
+KINDS = ("llada", "dream")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOAD = """
+import sys, torch
+from transformers import AutoModel
+for path, ids_path in zip(sys.argv[1::2], sys.argv[2::2]):
+    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    with torch.no_grad():
+        torch.save(model(input_ids=torch.load(ids_path)).logits, ids_path + ".out")
+    print("imported fair_calib_hf:", "fair_calib_hf" in sys.modules)
+"""
+HIDE = """
+import importlib.abc, sys
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "fair_calib_hf" or name.startswith("fair_calib_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Hide())
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_dirs, tmp_path_factory):
+    """Per family: (saved folder, input ids file, in-process logits)."""
+    out = {}
+    for kind in KINDS:
+        q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
+                                      quantization_config=FairCalibConfig(method="rtn"))
+        folder = tmp_path_factory.mktemp(f"q-{kind}")
+        q.save_pretrained(folder / "model")
+        ids = torch.randint(5, 90, (1, 10), generator=torch.Generator().manual_seed(1))
+        torch.save(ids, folder / "ids.pt")
+        with torch.no_grad():
+            out[kind] = (str(folder / "model"), str(folder / "ids.pt"), q(input_ids=ids).logits)
+    return out
+
+
+def _run(code, args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=ROOT)
+
+
+def test_the_saved_folder_routes_auto_classes_through_the_loader(saved):
+    for kind in KINDS:
+        folder = saved[kind][0]
+        auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]
+        assert auto_map["AutoModel"].startswith("fair_calib_loader.")
+        assert auto_map["AutoModelForCausalLM"].startswith("fair_calib_loader.")
+        assert not auto_map["AutoConfig"].startswith("fair_calib_loader.")
+        assert "pip install fair_calib_hf" in open(os.path.join(folder, LOADER_FILE)).read()
+
+
+def test_a_fresh_process_without_the_import_loads_the_quantized_model(saved):
+    args = [a for kind in KINDS for a in saved[kind][:2]]
+    proc = _run(LOAD, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("imported fair_calib_hf: True") == len(KINDS)
+    for kind in KINDS:
+        assert torch.equal(torch.load(saved[kind][1] + ".out"), saved[kind][2])
+
+
+def test_without_the_package_loading_fails_with_pip_install(saved):
+    proc = _run(HIDE + LOAD, list(saved["llada"][:2]))
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "pip install fair_calib_hf" in proc.stderr, proc.stderr[-3000:]
+    assert "imported fair_calib_hf" not in proc.stdout
+
+
+def test_a_reloaded_model_saves_the_loader_again(saved, tmp_path):
+    again = AutoModel.from_pretrained(saved["dream"][0], trust_remote_code=True)
+    again.save_pretrained(tmp_path)
+    assert json.load(open(tmp_path / "config.json"))["auto_map"]["AutoModel"] == "fair_calib_loader.DreamModel"
+    assert (tmp_path / LOADER_FILE).read_text() == open(os.path.join(saved["dream"][0], LOADER_FILE)).read()
+
+
+def test_a_dequantized_model_saves_as_a_plain_float_checkpoint(saved, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    deq = AutoModel.from_pretrained(saved["dream"][0], trust_remote_code=True).dequantize()
+    deq.save_pretrained(tmp_path)
+    config = json.load(open(tmp_path / "config.json"))
+    assert "quantization_config" not in config and not (tmp_path / LOADER_FILE).exists()
+    assert not any(v.startswith("fair_calib_loader.") for v in config["auto_map"].values())
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
+    assert torch.equal(again.lm_head.weight, deq.lm_head.weight)
