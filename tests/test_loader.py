@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOAD = """
 import sys, torch
 from transformers import AutoModel
-for path, ids_path in zip(sys.argv[1::2], sys.argv[2::2]):
+torch.set_num_threads(int(sys.argv[1]))  # the parent's: fp32 sums, hence logits, depend on the thread count
+for path, ids_path in zip(sys.argv[2::2], sys.argv[3::2]):
     model = AutoModel.from_pretrained(path, trust_remote_code=True)
     with torch.no_grad():
         torch.save(model(input_ids=torch.load(ids_path)).logits, ids_path + ".out")
@@ -36,8 +37,9 @@ sys.meta_path.insert(0, Hide())
 
 @pytest.fixture(scope="module")
 def saved(tiny_dirs, tmp_path_factory):
-    """Per family: (saved folder, input ids file, in-process logits)."""
-    out = {}
+    """Per family: (saved folder, input ids file, in-process logits); ``out["threads"]``: the thread count
+    the logits were computed with (earlier tests may have changed it)."""
+    out = {"threads": str(torch.get_num_threads())}
     for kind in KINDS:
         q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
                                       quantization_config=FairCalibConfig(method="rtn"))
@@ -67,7 +69,7 @@ def test_the_saved_folder_routes_auto_classes_through_the_loader(saved):
 
 
 def test_a_fresh_process_without_the_import_loads_the_quantized_model(saved):
-    args = [a for kind in KINDS for a in saved[kind][:2]]
+    args = [saved["threads"]] + [a for kind in KINDS for a in saved[kind][:2]]
     proc = _run(LOAD, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("imported fair_calib_hf: True") == len(KINDS)
@@ -76,7 +78,7 @@ def test_a_fresh_process_without_the_import_loads_the_quantized_model(saved):
 
 
 def test_without_the_package_loading_fails_with_pip_install(saved):
-    proc = _run(HIDE + LOAD, list(saved["llada"][:2]))
+    proc = _run(HIDE + LOAD, [saved["threads"]] + list(saved["llada"][:2]))
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr and "pip install fair_calib_hf" in proc.stderr, proc.stderr[-3000:]
     assert "imported fair_calib_hf" not in proc.stdout
