@@ -148,6 +148,50 @@ class BlockInput:
         return BlockInput(self.args, {**self.kwargs, "hidden_states": hidden})
 
 
+class _NotBatchable(Exception):
+    """Raised by :func:`stack_block_inputs` for captured calls that cannot run as one batch."""
+
+
+def _merge(values: list):
+    first = values[0]
+    if torch.is_tensor(first):
+        if not all(torch.is_tensor(v) for v in values):
+            raise _NotBatchable
+        if all(v is first for v in values):
+            return first
+        if first.dim() >= 1 and first.shape[0] == 1 and all(v.shape == first.shape for v in values):
+            return torch.cat(values, 0)  # a per-sample tensor: batch dimension first
+        if all(v.shape == first.shape and torch.equal(v, first) for v in values):
+            return first  # the same value for every sample, without a batch dimension
+        raise _NotBatchable
+    if isinstance(first, (tuple, list)):
+        if not all(type(v) is type(first) and len(v) == len(first) for v in values):
+            raise _NotBatchable
+        return type(first)(_merge([v[i] for v in values]) for i in range(len(first)))
+    if isinstance(first, dict):
+        if not all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+            raise _NotBatchable
+        return {key: _merge([v[key] for v in values]) for key in first}
+    if all(v is first or (isinstance(v, (bool, int, float, str)) and type(v) is type(first) and v == first)
+           for v in values):
+        return first
+    raise _NotBatchable
+
+
+def stack_block_inputs(inputs: list[BlockInput]) -> BlockInput | None:
+    """The captured calls ``inputs`` (batch 1 each) as one call over a batch of ``len(inputs)`` samples, so a
+    block runs them in one forward: tensors whose first dimension is 1 are concatenated along it (hidden
+    states, position ids, per-sample masks), tensors equal in every sample are passed once, other values must
+    be the same object or an equal plain value. ``None`` when the calls cannot be batched that way (e.g.
+    samples of different lengths); the caller then runs them one at a time."""
+    if len(inputs) == 1:
+        return inputs[0]
+    try:
+        return BlockInput(_merge([i.args for i in inputs]), _merge([i.kwargs for i in inputs]))
+    except _NotBatchable:
+        return None
+
+
 def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
     """The block's output hidden state for one captured input."""
     out = block(*inp.args, **inp.kwargs)
