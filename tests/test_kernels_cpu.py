@@ -91,10 +91,11 @@ def test_isa_environment_variable(value):
         assert "FAIR_CALIB_CPU_ISA" in out.stderr
 
 
+@pytest.mark.parametrize("m", [3, 50])  # 50 tokens: full and partial register tiles of 16-token vectors
 @pytest.mark.parametrize("value", [-8, 7])
-def test_extreme_tiles(isa, value):
+def test_extreme_tiles(isa, value, m):
     k = 9000  # crosses the int16 widening boundary (4096 codes) twice, plus a tail
-    x = torch.full((3, k), value, dtype=torch.int8)
+    x = torch.full((m, k), value, dtype=torch.int8)
     w = torch.full((5, k), -8, dtype=torch.int8)
     w[1::2] = 7
     acc = cpu.int4_matmul_int32(pack_int4(x), pack_int4(w))

@@ -198,6 +198,20 @@ def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def run_block_batched(block: nn.Module, inputs: list[BlockInput], batch: int) -> list[torch.Tensor]:
+    """``[run_block(block, i) for i in inputs]``, computed ``batch`` samples per forward where the calls stack
+    (:func:`stack_block_inputs`); each output keeps its batch dimension of 1."""
+    outputs = []
+    for start in range(0, len(inputs), max(1, batch)):
+        chunk = inputs[start:start + max(1, batch)]
+        stacked = stack_block_inputs(chunk) if len(chunk) > 1 else None
+        if stacked is None:
+            outputs.extend(run_block(block, i) for i in chunk)
+        else:
+            outputs.extend(run_block(block, stacked).split(1, dim=0))
+    return outputs
+
+
 @torch.no_grad()
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, samples: list[torch.Tensor]) -> list[BlockInput]:
     """Run every sample (batch 1) through ``model`` up to ``first_block`` and return its captured inputs."""
@@ -285,11 +299,13 @@ def calibrate_blocks(
     chain: str = "fp",
     layer_names: Callable[[nn.Module, str], list[str]] | None = None,
     rescaled_layers: Callable[[nn.Module, str, dict], list[str]] | None = None,
+    batch_size: int = 1,
 ) -> list[BlockStats]:
     """Quantize ``blocks`` one at a time (see the module docstring). ``quantize_block(block, path, inputs,
     fp_outputs)`` converts the block in place and may return extra statistics. ``layer_names(block, path)``
     lists the linears (paths relative to the block) whose output error is recorded (none without it);
-    ``rescaled_layers(block, path, extra)`` those whose output rows were rescaled by folding."""
+    ``rescaled_layers(block, path, extra)`` those whose output rows were rescaled by folding. The float and
+    quantized block outputs are computed ``batch_size`` samples per forward where the captured calls stack."""
     inputs = [BlockInput(move_to(i.args, device), move_to(i.kwargs, device))
               for i in capture_block_inputs(model, blocks[0], samples)]
     stats = []
@@ -299,7 +315,7 @@ def calibrate_blocks(
         names = layer_names(block, name) if layer_names is not None else []
         reference = copy.deepcopy(block) if names else None
         with torch.no_grad():
-            fp_out = [run_block(block, inp) for inp in inputs]
+            fp_out = run_block_batched(block, inputs, batch_size)
         extra = quantize_block(block, name, inputs, fp_out) or {}
         rescaled = set(rescaled_layers(block, name, extra)) if (names and rescaled_layers is not None) else set()
         layers = _LayerErrors(names)
@@ -308,14 +324,19 @@ def calibrate_blocks(
         next_hidden = []
         try:
             with torch.no_grad():
-                for inp, h_fp in zip(inputs, fp_out):
-                    h_q = run_block(block, inp)
-                    if reference is not None:
-                        run_block(reference, inp)
-                        layers.accumulate(rescaled)
-                    err += (h_q.float() - h_fp.float()).pow(2).sum().item()
-                    ref += h_fp.float().pow(2).sum().item()
-                    next_hidden.append(h_fp if chain == "fp" else h_q)
+                for start in range(0, len(inputs), max(1, batch_size)):
+                    chunk = inputs[start:start + max(1, batch_size)]
+                    stacked = stack_block_inputs(chunk)
+                    for inp in [stacked] if stacked is not None else chunk:
+                        h_q = run_block(block, inp)
+                        if reference is not None:
+                            run_block(reference, inp)
+                            layers.accumulate(rescaled)
+                        for h in h_q.split(1, dim=0):
+                            h_fp = fp_out[len(next_hidden)]
+                            err += (h.float() - h_fp.float()).pow(2).sum().item()
+                            ref += h_fp.float().pow(2).sum().item()
+                            next_hidden.append(h_fp if chain == "fp" else h)
         finally:
             for h in handles:
                 h.remove()

@@ -32,7 +32,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
+from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors
 
 CLIP_INIT = 4.0
 
@@ -73,6 +73,7 @@ class SiteParams(nn.Module):
             self.diag = None
         self.lac = nn.Parameter(torch.tensor(CLIP_INIT), requires_grad=bool(config.lac))
         self._cache = None
+        self._inverse = None
 
     def input_clip(self) -> torch.Tensor:
         return torch.sigmoid(self.lac)
@@ -85,8 +86,18 @@ class SiteParams(nn.Module):
         self._cache = (x, xq)
         return xq
 
+    def inverse_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L⁻ᵀ, R⁻ᵀ)``, computed once per optimizer step and shared by the site's linears (cleared with the
+        input cache after each step)."""
+        if self._inverse is None:
+            self._inverse = (torch.linalg.inv(self.left).t(), torch.linalg.inv(self.right).t())
+        return self._inverse
+
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        return transform_weight(w.float(), self.left, self.right, self.diag)
+        """``(W ⊘ d)·(L ⊗ R)^{-T}`` (as :func:`.transforms.transform_weight`, with the step's cached inverses)."""
+        w = w.float() / self.diag[None, :] if self.diag is not None else w.float()
+        left_inv_t, right_inv_t = self.inverse_factors()
+        return kron_apply(w, left_inv_t, right_inv_t)
 
 
 class FitLinear(nn.Module):
@@ -192,7 +203,7 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
                 idx = order[start:start + batch]
                 loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], weights)
                 for sp in params:
-                    sp._cache = None
+                    sp._cache = sp._inverse = None
                 opt.zero_grad(set_to_none=True)
                 (loss / loss.detach().clamp_min(1e-30)).backward()
                 opt.step()
