@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #ifdef _OPENMP
@@ -209,8 +210,8 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
 void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
                    float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (threads <= 0) threads = default_threads();
-  std::vector<int32_t> acc(static_cast<size_t>(m * n));
-  int4_gemm_acc(xq, wq, acc.data(), m, n, kb, threads);
+  std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>(m * n)]);  // every entry is written
+  int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
