@@ -59,6 +59,31 @@ std::tuple<torch::Tensor, torch::Tensor> quantize_pack(const torch::Tensor& x, d
   return {packed, scale};
 }
 
+std::tuple<torch::Tensor, torch::Tensor> transform_quantize_pack(const torch::Tensor& x, const torch::Tensor& left,
+                                                                const torch::Tensor& right,
+                                                                const c10::optional<torch::Tensor>& diag,
+                                                                double clip) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
+  auto x32 = x.to(torch::kFloat32).contiguous();
+  auto l32 = left.to(torch::kFloat32).contiguous();
+  auto r32 = right.to(torch::kFloat32).contiguous();
+  const int64_t m = x32.size(0), k = x32.size(1), a = l32.size(0), b = r32.size(0);
+  TORCH_CHECK(l32.dim() == 2 && l32.size(1) == a && r32.dim() == 2 && r32.size(1) == b,
+              "left and right must be square matrices");
+  TORCH_CHECK(a * b == k, "Kronecker factors ", a, "x", b, " do not multiply to the input width ", k);
+  torch::Tensor d32;
+  if (diag.has_value()) {
+    d32 = diag->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(d32.numel() == k, "diag has ", d32.numel(), " entries, expected ", k);
+  }
+  auto packed = torch::empty({m, (k + 1) / 2}, torch::dtype(torch::kUInt8));
+  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
+  fair_calib::transform_quantize_rows(x32.data_ptr<float>(), m, a, b, l32.data_ptr<float>(), r32.data_ptr<float>(),
+                                      diag.has_value() ? d32.data_ptr<float>() : nullptr, static_cast<float>(clip),
+                                      packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), at::get_num_threads());
+  return {packed, scale};
+}
+
 std::vector<std::string> supported_isas() {
   const char* names[8];
   const int count = std::min(fair_calib::supported_gemm_isas(names, 8), 8);
@@ -82,6 +107,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int4_matmul_int32", &int4_matmul_int32, "exact int32 accumulators of packed int4 x packed int4");
   m.def("w4a4_gemm_f32", &w4a4_gemm_f32, "W4A4 GEMM with the fp32 epilogue (acc*sx)*sw (+bias)");
   m.def("quantize_pack", &quantize_pack, "per-row symmetric int4 quantization and packing");
+  m.def("transform_quantize_pack", &transform_quantize_pack,
+        "fused online Kronecker transform (x*diag)(left kron right) + per-row int4 quantization and packing");
   m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the CPU GEMM now");
   m.def("supported_isas", &supported_isas, "CPU GEMM instruction sets this CPU can run, best last");
   m.def("set_isa", &set_isa, "force the CPU GEMM instruction set by name, or 'auto'");

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from fair_calib_hf import W4A4Linear, ops
+from fair_calib_hf.calibration.transforms import kronecker_factors
 from fair_calib_hf.ops import cpu, reference
-from fair_calib_hf.packing import pack_int4
+from fair_calib_hf.ops.exactness import assert_quantize_act_close
+from fair_calib_hf.packing import pack_int4, unpack_int4
 
 if cpu._C is None:
     if os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
@@ -89,10 +91,11 @@ def test_isa_environment_variable(value):
         assert "FAIR_CALIB_CPU_ISA" in out.stderr
 
 
+@pytest.mark.parametrize("m", [3, 50])  # 50 tokens: full and partial register tiles of 16-token vectors
 @pytest.mark.parametrize("value", [-8, 7])
-def test_extreme_tiles(isa, value):
+def test_extreme_tiles(isa, value, m):
     k = 9000  # crosses the int16 widening boundary (4096 codes) twice, plus a tail
-    x = torch.full((3, k), value, dtype=torch.int8)
+    x = torch.full((m, k), value, dtype=torch.int8)
     w = torch.full((5, k), -8, dtype=torch.int8)
     w[1::2] = 7
     acc = cpu.int4_matmul_int32(pack_int4(x), pack_int4(w))
@@ -112,20 +115,56 @@ def test_gemm_output_identical(isa, dtype, with_bias, m, n, k):
     assert torch.equal(got, reference.w4a4_gemm_reference(xp, sx, wp, sw, bias, k, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("transform", [False, True])
-@pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (64, 96), (7, 4097)])
-def test_quantize_identical(transform, m, k):
+@pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (64, 96), (7, 4097), (9, 4096), (3, 18944)])
+def test_quantize_matches_reference(isa, dtype, transform, m, k):
+    """Bit-identical without a Kronecker transform; with one (the fused kernel), within the stated tolerance."""
     g = torch.Generator().manual_seed(m * k)
-    x = torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
     x[0] = 0.0  # zero row: scale 1
-    left = right = diag = None
+    left = right = None
+    diag = torch.rand(k, generator=g) + 0.5
     if transform and k % 8 == 0:
-        left, right = torch.randn(8, 8, generator=g), torch.randn(k // 8, k // 8, generator=g)
-        diag = torch.rand(k, generator=g) + 0.5
+        a, b = kronecker_factors(k)
+        left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
     clip = torch.tensor(0.93)
-    got = ops.quantize_act_int4(x, left, right, diag, clip)
-    ref = reference.quantize_act_reference(x, left, right, diag, clip)
-    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    for d, c in ((diag, clip), (None, None)):
+        assert_quantize_act_close(ops.quantize_act_int4(x, left, right, d, c), x, left, right, d, c)
+
+
+@pytest.mark.parametrize("a,b", [(8, 8), (64, 64), (96, 128), (128, 148), (112, 128), (2, 300), (7, 13), (1, 5)])
+def test_fused_transform_within_tolerance(isa, a, b):
+    """Random factor sizes (register-tile tails in rows and columns) and extreme magnitudes."""
+    k, m = a * b, 11
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, k)[torch.randperm(k, generator=g)][None]
+    x[1] = 0.0
+    x[2, :] = 1e30
+    left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
+    diag, clip = torch.rand(k, generator=g) + 0.5, torch.tensor(0.9)
+    assert_quantize_act_close(ops.quantize_act_int4(x, left, right, diag, clip), x, left, right, diag, clip)
+
+
+def test_exactness_check_rejects_real_errors():
+    """The tolerance check is not vacuous: a code moved far from a tie, two steps, or a scale off fails it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 64, generator=g)
+    left, right = torch.randn(8, 8, generator=g), torch.randn(8, 8, generator=g)
+    packed, scale = reference.quantize_act_reference(x, left, right, None, None)
+    assert_quantize_act_close((packed, scale), x, left, right)
+    codes = unpack_int4(packed, 64)
+    xt = (x.double() @ torch.kron(left.double(), right.double())) / scale.double()[:, None]
+    far = int((((xt.abs() - xt.abs().floor()) - 0.5).abs() > 0.1).flatten().nonzero()[0])
+    for delta in (1, 2):
+        moved = codes.clone().flatten()
+        moved[far] = moved[far] + (delta if moved[far] < 0 else -delta)
+        with pytest.raises(AssertionError, match="not at a rounding tie" if delta == 1 else "by 2 steps"):
+            assert_quantize_act_close((pack_int4(moved.reshape(codes.shape)), scale), x, left, right)
+    with pytest.raises(AssertionError, match="relative"):
+        assert_quantize_act_close((packed, scale * (1 + 1e-4)), x, left, right)
+    with pytest.raises(AssertionError, match="must be equal"):
+        assert_quantize_act_close((packed, scale), x)
 
 
 def test_packed_linear_uses_the_compiled_backend_and_matches_reference():

@@ -7,7 +7,9 @@
   and per-batch int8 activations, fbgemm/x86);
 * ``W4A4 GEMM``: the packed GEMM alone (packed int4 activations × packed int4 weights, fp32 epilogue);
 * ``W4A4 layer``: the whole :class:`~fair_calib_hf.modules.W4A4Linear` forward as Stage II leaves it: online
-  Kronecker transform with the diagonal, per-token int4 quantization and packing, GEMM.
+  Kronecker transform with the diagonal, per-token int4 quantization and packing, GEMM;
+* ``transform share``: the layer's activation side alone (transform + quantization + packing, the
+  ``quantize_act_int4`` op) over the whole layer's time.
 
 **Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
@@ -92,6 +94,7 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
         wp, ws = quantize_weight_per_channel(w)
         int8 = int8_dynamic_linear(w)
         layer = transformed_w4a4_linear(w, g)
+        tr = layer.input_transform
         for m in ms:
             x = torch.randn(m, k, generator=g)
             xp, sx = ops.quantize_act_int4(x, None, None, None, None)
@@ -103,9 +106,13 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
                     try:
                         t_gemm = best_time(lambda: ops.w4a4_gemm(xp, sx, wp, ws, None, k, torch.float32), repeats)
                         t_layer = best_time(lambda: layer(x), repeats)
+                        t_quant = best_time(lambda: ops.quantize_act_int4(x, tr.left, tr.right, tr.diag,
+                                                                          layer.input_clip), repeats)
                         rows.append({"shape": name, "M": m, "isa": ops.active_backend("cpu"),
                                      "fp32_ms": round(t_fp * 1e3, 3), "int8_ms": round(t_int8 * 1e3, 3),
                                      "w4a4_gemm_ms": round(t_gemm * 1e3, 3), "w4a4_layer_ms": round(t_layer * 1e3, 3),
+                                     "w4a4_quant_ms": round(t_quant * 1e3, 3),
+                                     "transform_share": round(min(1.0, t_quant / t_layer), 3),
                                      "fp32_over_w4a4": round(t_fp / t_layer, 2),
                                      "int8_over_w4a4": round(t_int8 / t_layer, 2)})
                     finally:
@@ -239,6 +246,7 @@ def main(argv=None) -> None:
            {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "ISA": lambda r: r["isa"],
             "fp32 ms": lambda r: r["fp32_ms"], "int8 dyn. ms": lambda r: r["int8_ms"],
             "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 layer ms": lambda r: r["w4a4_layer_ms"],
+            "transform share": lambda r: f"{100 * r['transform_share']:.0f} %",
             "fp32/W4A4": lambda r: r["fp32_over_w4a4"], "int8/W4A4": lambda r: r["int8_over_w4a4"]}, layers)
     steps = model_rows(models, batches, repeats) if models else []
     if steps:

@@ -184,7 +184,8 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
     if samples:
         stats = calibrate_blocks(model, blocks, adapter.blocks_path, samples, quantize_block, device,
                                  chain=config.block_inputs, layer_names=_layer_names(config),
-                                 rescaled_layers=_rescaled_layers(config, adapter))
+                                 rescaled_layers=_rescaled_layers(config, adapter),
+                                 batch_size=max(1, config.batch_size))
     else:  # data-free RTN: nothing to measure, convert directly
         stats = []
         for index, block in enumerate(hf_logging.tqdm(blocks, desc="fair_calib: quantizing blocks")):

@@ -148,10 +148,68 @@ class BlockInput:
         return BlockInput(self.args, {**self.kwargs, "hidden_states": hidden})
 
 
+class _NotBatchable(Exception):
+    """Raised by :func:`stack_block_inputs` for captured calls that cannot run as one batch."""
+
+
+def _merge(values: list):
+    first = values[0]
+    if torch.is_tensor(first):
+        if not all(torch.is_tensor(v) for v in values):
+            raise _NotBatchable
+        if all(v is first for v in values):
+            return first
+        if first.dim() >= 1 and first.shape[0] == 1 and all(v.shape == first.shape for v in values):
+            return torch.cat(values, 0)  # a per-sample tensor: batch dimension first
+        if all(v.shape == first.shape and torch.equal(v, first) for v in values):
+            return first  # the same value for every sample, without a batch dimension
+        raise _NotBatchable
+    if isinstance(first, (tuple, list)):
+        if not all(type(v) is type(first) and len(v) == len(first) for v in values):
+            raise _NotBatchable
+        return type(first)(_merge([v[i] for v in values]) for i in range(len(first)))
+    if isinstance(first, dict):
+        if not all(isinstance(v, dict) and v.keys() == first.keys() for v in values):
+            raise _NotBatchable
+        return {key: _merge([v[key] for v in values]) for key in first}
+    if all(v is first or (isinstance(v, (bool, int, float, str)) and type(v) is type(first) and v == first)
+           for v in values):
+        return first
+    raise _NotBatchable
+
+
+def stack_block_inputs(inputs: list[BlockInput]) -> BlockInput | None:
+    """The captured calls ``inputs`` (batch 1 each) as one call over a batch of ``len(inputs)`` samples, so a
+    block runs them in one forward: tensors whose first dimension is 1 are concatenated along it (hidden
+    states, position ids, per-sample masks), tensors equal in every sample are passed once, other values must
+    be the same object or an equal plain value. ``None`` when the calls cannot be batched that way (e.g.
+    samples of different lengths); the caller then runs them one at a time."""
+    if len(inputs) == 1:
+        return inputs[0]
+    try:
+        return BlockInput(_merge([i.args for i in inputs]), _merge([i.kwargs for i in inputs]))
+    except _NotBatchable:
+        return None
+
+
 def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
     """The block's output hidden state for one captured input."""
     out = block(*inp.args, **inp.kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_block_batched(block: nn.Module, inputs: list[BlockInput], batch: int) -> list[torch.Tensor]:
+    """``[run_block(block, i) for i in inputs]``, computed ``batch`` samples per forward where the calls stack
+    (:func:`stack_block_inputs`); each output keeps its batch dimension of 1."""
+    outputs = []
+    for start in range(0, len(inputs), max(1, batch)):
+        chunk = inputs[start:start + max(1, batch)]
+        stacked = stack_block_inputs(chunk) if len(chunk) > 1 else None
+        if stacked is None:
+            outputs.extend(run_block(block, i) for i in chunk)
+        else:
+            outputs.extend(run_block(block, stacked).split(1, dim=0))
+    return outputs
 
 
 @torch.no_grad()
@@ -241,11 +299,13 @@ def calibrate_blocks(
     chain: str = "fp",
     layer_names: Callable[[nn.Module, str], list[str]] | None = None,
     rescaled_layers: Callable[[nn.Module, str, dict], list[str]] | None = None,
+    batch_size: int = 1,
 ) -> list[BlockStats]:
     """Quantize ``blocks`` one at a time (see the module docstring). ``quantize_block(block, path, inputs,
     fp_outputs)`` converts the block in place and may return extra statistics. ``layer_names(block, path)``
     lists the linears (paths relative to the block) whose output error is recorded (none without it);
-    ``rescaled_layers(block, path, extra)`` those whose output rows were rescaled by folding."""
+    ``rescaled_layers(block, path, extra)`` those whose output rows were rescaled by folding. The float and
+    quantized block outputs are computed ``batch_size`` samples per forward where the captured calls stack."""
     inputs = [BlockInput(move_to(i.args, device), move_to(i.kwargs, device))
               for i in capture_block_inputs(model, blocks[0], samples)]
     stats = []
@@ -255,7 +315,7 @@ def calibrate_blocks(
         names = layer_names(block, name) if layer_names is not None else []
         reference = copy.deepcopy(block) if names else None
         with torch.no_grad():
-            fp_out = [run_block(block, inp) for inp in inputs]
+            fp_out = run_block_batched(block, inputs, batch_size)
         extra = quantize_block(block, name, inputs, fp_out) or {}
         rescaled = set(rescaled_layers(block, name, extra)) if (names and rescaled_layers is not None) else set()
         layers = _LayerErrors(names)
@@ -264,14 +324,19 @@ def calibrate_blocks(
         next_hidden = []
         try:
             with torch.no_grad():
-                for inp, h_fp in zip(inputs, fp_out):
-                    h_q = run_block(block, inp)
-                    if reference is not None:
-                        run_block(reference, inp)
-                        layers.accumulate(rescaled)
-                    err += (h_q.float() - h_fp.float()).pow(2).sum().item()
-                    ref += h_fp.float().pow(2).sum().item()
-                    next_hidden.append(h_fp if chain == "fp" else h_q)
+                for start in range(0, len(inputs), max(1, batch_size)):
+                    chunk = inputs[start:start + max(1, batch_size)]
+                    stacked = stack_block_inputs(chunk)
+                    for inp in [stacked] if stacked is not None else chunk:
+                        h_q = run_block(block, inp)
+                        if reference is not None:
+                            run_block(reference, inp)
+                            layers.accumulate(rescaled)
+                        for h in h_q.split(1, dim=0):
+                            h_fp = fp_out[len(next_hidden)]
+                            err += (h.float() - h_fp.float()).pow(2).sum().item()
+                            ref += h_fp.float().pow(2).sum().item()
+                            next_hidden.append(h_fp if chain == "fp" else h)
         finally:
             for h in handles:
                 h.remove()

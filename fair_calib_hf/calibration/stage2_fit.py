@@ -22,6 +22,7 @@ adapter knows how, the Kronecker factors and any unfoldable ``d`` into the modul
 from __future__ import annotations
 
 import math
+import time
 import zlib
 
 import torch
@@ -30,9 +31,9 @@ from torch import nn
 from ..architectures import ModelAdapter
 from ..packing import QMAX, QMIN
 from ..targets import set_submodule
-from .block_loop import BlockInput, run_block
+from .block_loop import BlockInput, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
+from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors
 
 CLIP_INIT = 4.0
 
@@ -74,6 +75,7 @@ class SiteParams(nn.Module):
         self.lac = nn.Parameter(torch.tensor(CLIP_INIT), requires_grad=bool(config.lac))
         self.fixed_clip = None if config.lac else float(config.a_clip_ratio)
         self._cache = None
+        self._inverse = None
 
     def input_clip(self) -> torch.Tensor:
         """The activation clip ratio: ``σ(lac)`` when learned, else exactly ``a_clip_ratio`` (1.0: none)."""
@@ -89,8 +91,18 @@ class SiteParams(nn.Module):
         self._cache = (x, xq)
         return xq
 
+    def inverse_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L⁻ᵀ, R⁻ᵀ)``, computed once per optimizer step and shared by the site's linears (cleared with the
+        input cache after each step)."""
+        if self._inverse is None:
+            self._inverse = (torch.linalg.inv(self.left).t(), torch.linalg.inv(self.right).t())
+        return self._inverse
+
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        return transform_weight(w.float(), self.left, self.right, self.diag)
+        """``(W ⊘ d)·(L ⊗ R)^{-T}`` (as :func:`.transforms.transform_weight`, with the step's cached inverses)."""
+        w = w.float() / self.diag[None, :] if self.diag is not None else w.float()
+        left_inv_t, right_inv_t = self.inverse_factors()
+        return kron_apply(w, left_inv_t, right_inv_t)
 
 
 class FitLinear(nn.Module):
@@ -117,9 +129,19 @@ class FitLinear(nn.Module):
         return y.to(x.dtype)
 
 
+def _batched_loss(block, inputs: list[BlockInput], targets: list[torch.Tensor], weights) -> torch.Tensor:
+    """Mean weighted MSE over the samples ``inputs`` (one forward for all of them when their calls stack,
+    :func:`.block_loop.stack_block_inputs`; one per sample otherwise)."""
+    stacked = stack_block_inputs(inputs)
+    if stacked is not None:
+        return weighted_mse(run_block(block, stacked), torch.cat(targets, 0), weights)
+    return sum(weighted_mse(run_block(block, i), t, weights) for i, t in zip(inputs, targets)) / len(inputs)
+
+
 @torch.no_grad()
-def _input_absmax(block, names, inputs: list[BlockInput]) -> dict:
-    """Per-channel max |x| of each named linear's input over all calibration samples."""
+def _input_absmax(block, names, inputs: list[BlockInput], batch: int) -> dict:
+    """Per-channel max |x| of each named linear's input over all calibration samples (``batch`` samples per
+    forward when their calls stack)."""
     out, handles = {}, []
     for name in names:
         def hook(mod, args, name=name):
@@ -127,8 +149,11 @@ def _input_absmax(block, names, inputs: list[BlockInput]) -> dict:
             out[name] = torch.maximum(out[name], m) if name in out else m
         handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        for inp in inputs:
-            run_block(block, inp)
+        for start in range(0, len(inputs), batch):
+            chunk = inputs[start:start + batch]
+            stacked = stack_block_inputs(chunk)
+            for inp in [stacked] if stacked is not None else chunk:
+                run_block(block, inp)
     finally:
         for h in handles:
             h.remove()
@@ -142,7 +167,10 @@ def _cosine(step: int, total: int, floor: float = 1e-3) -> float:
 def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targets: list[torch.Tensor],
               weights: torch.Tensor | None, config, adapter: ModelAdapter) -> dict:
     """Calibrate and pack one block in place (see the module docstring); returns the number of sites and
-    optimizer steps and the mean weighted loss of each epoch (fake-quantized block, before packing)."""
+    optimizer steps, the mean weighted loss of each epoch (fake-quantized block, before packing) and the
+    optimization loop's wall time in seconds (``fit_seconds``). Each optimizer step runs the block once on its
+    whole batch of samples (one forward and one backward; per sample only when the captured calls do not
+    stack), so every transformed, fake-quantized weight is built once per step."""
     dtype = next(block.parameters()).dtype
     block.float()
     inputs = [BlockInput(tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in i.args),
@@ -151,7 +179,8 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     targets = [t.float() for t in targets]
     sites = discover_sites(block, block_path, config.modules_to_not_convert, inputs[0])
     generator = torch.Generator().manual_seed(config.seed * 7919 + zlib.crc32(block_path.encode()))
-    x_absmax = _input_absmax(block, [s.names[0] for s in sites], inputs)
+    batch = max(1, config.batch_size)
+    x_absmax = _input_absmax(block, [s.names[0] for s in sites], inputs, batch)
     linears = {name: block.get_submodule(name) for s in sites for name in s.names}
     device = next(block.parameters()).device
     params, wrappers = [], {}
@@ -173,21 +202,21 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
         groups.append({"params": clip_params, "lr": config.clip_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     base = [g["lr"] for g in opt.param_groups]
-    batch = max(1, config.batch_size)
     per_epoch = math.ceil(len(inputs) / batch)
     total = config.epochs * per_epoch
     order_gen = torch.Generator().manual_seed(config.seed)
     epoch_losses = []
     step = 0
+    start_time = time.perf_counter()
     with torch.enable_grad():
         for _ in range(config.epochs):
             epoch_sum = 0.0
             order = torch.randperm(len(inputs), generator=order_gen).tolist()
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
-                loss = sum(weighted_mse(run_block(block, inputs[i]), targets[i], weights) for i in idx) / len(idx)
+                loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], weights)
                 for sp in params:
-                    sp._cache = None
+                    sp._cache = sp._inverse = None
                 opt.zero_grad(set_to_none=True)
                 (loss / loss.detach().clamp_min(1e-30)).backward()
                 opt.step()
@@ -196,9 +225,10 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
                     g["lr"] = lr * _cosine(step, total)
                 epoch_sum += float(loss.detach()) * len(idx)
             epoch_losses.append(epoch_sum / len(inputs))
+    fit_seconds = time.perf_counter() - start_time
     _fold_and_pack(block, sites, params, wrappers, adapter)
     block.to(dtype)
-    return {"sites": len(sites), "steps": step, "epoch_losses": epoch_losses}
+    return {"sites": len(sites), "steps": step, "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
 
 
 @torch.no_grad()

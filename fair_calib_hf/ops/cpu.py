@@ -1,15 +1,16 @@
 """Compiled CPU kernels (``fair_calib_hf._C``), registered on top of the reference ops when built.
 
-The quantize op applies the input transform with the same torch code as the reference and quantizes and
-packs in C++. The transform stays in torch on purpose: it is two small batched fp32 matmuls that MKL runs
-near peak, and because it is the very same computation as the reference's, the codes stay bit-identical to
-the reference (a hand-written C++ transform would sum in another order and could flip a code on a rounding
-tie, for no speed gain). The GEMM runs the best int4 kernel this CPU supports (AVX-512 VNNI ``vpdpbusd``,
-AVX2 ``vpmaddubsw``, or scalar), chosen at run time, with the reference's fp32 epilogue order.
+The quantize op with a Kronecker transform runs one fused C++ kernel per token (``x ⊙ diag``, ``Lᵀ·X·R`` as two
+small register-tiled fp32 GEMMs in cache, then quantization and packing); without one it multiplies by the
+diagonal in torch and quantizes and packs in C++ (bit-identical to the reference). The fused transform sums in
+another order than the reference's torch matmuls, so it meets the reference within the tolerance stated in
+:mod:`.reference` (checked by :func:`fair_calib_hf.ops.exactness.assert_quantize_act_close`). The GEMM runs
+the best int4 kernel this CPU supports (AVX-512 VNNI ``vpdpbusd``, AVX2 ``vpmaddubsw``, or scalar), chosen at
+run time, with the reference's fp32 epilogue order; it is bit-exact.
 
 Environment: ``FAIR_CALIB_BACKEND=reference`` keeps the reference ops; ``FAIR_CALIB_CPU_ISA=avx512vnni|avx2|
-scalar`` forces the GEMM's instruction set (one the CPU lacks is refused with a warning, and the best
-supported one is used). :func:`set_isa` does the same at run time (the tests use it to check every variant).
+scalar`` forces the instruction set of the GEMM and the fused transform (one the CPU lacks is refused with a
+warning, and the best supported one is used). :func:`set_isa` does the same at run time (the tests use it to check every variant).
 """
 from __future__ import annotations
 
@@ -71,8 +72,10 @@ def register(quantize_op, gemm_op) -> None:
 
     @quantize_op.register_kernel("cpu")
     def _(x, left, right, diag, clip):
-        xf = reference.apply_input_transform(x, left, right, diag)
-        return _C.quantize_pack(xf, 1.0 if clip is None else float(clip))
+        clip = 1.0 if clip is None else float(clip)
+        if left is not None:
+            return _C.transform_quantize_pack(x, left, right, diag, clip)
+        return _C.quantize_pack(reference.apply_input_transform(x, None, None, diag), clip)
 
     @gemm_op.register_kernel("cpu")
     def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):

@@ -4,6 +4,15 @@
   packing (definitions in :mod:`fair_calib_hf.packing`).
 * ``w4a4_gemm_reference``: exact int32 accumulation of int4 × int4 dot products, then the fp32 epilogue
   ``y[m, n] = (acc[m, n] · s_x[m]) · s_w[n] (+ bias[n])``, evaluated in that order, stored in ``out_dtype``.
+
+**Exactness of the compiled kernels** (CPU and CUDA) against these definitions:
+
+* the integer GEMM and its epilogue are **bit-identical** given the packed codes and scales;
+* quantization without a Kronecker transform (diagonal only, or nothing) is **bit-identical**;
+* transform + quantization may sum the transform in another order (fused kernels): the scales agree to a
+  relative 1e-5 and a code may differ by one step, only where the exact value ``x̃/s`` is within 1e-3 of a
+  rounding tie. One check implements this contract for every test:
+  :func:`fair_calib_hf.ops.exactness.assert_quantize_act_close`.
 """
 from __future__ import annotations
 

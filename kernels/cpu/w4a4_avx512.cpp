@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../w4a4_common.h"
@@ -24,9 +25,6 @@ namespace fair_calib {
 namespace {
 
 constexpr int64_t kChunk = 64;   // bytes per zmm (128 codes)
-constexpr int64_t kNBlock = 4;   // output channels per register block
-constexpr int64_t kMBlock = 4;   // tokens per register block (16 accumulators + 8 activation vectors)
-constexpr int64_t kMTile = 64;   // tokens per cache tile
 
 FC_AVX512_TARGET inline __m512i load_bytes(const uint8_t* p, int64_t k, int64_t kb) {
   if (k + kChunk <= kb) return _mm512_loadu_si512(reinterpret_cast<const void*>(p + k));
@@ -64,64 +62,125 @@ FC_AVX512_TARGET inline void unpack_row(const uint8_t* src, int64_t kb, uint8_t*
   }
 }
 
+// Register tile: kNr output channels × TV·16 tokens, the tokens in the vector lanes. Per quad of K codes, a
+// vector holds 16 tokens × 4 activation codes (signed) and each channel's 4 weight codes (unsigned, + 8) are
+// broadcast, so vpdpbusd adds 4 products straight into the (token, channel) lane: no horizontal sums, and the
+// weight side is one 4-byte broadcast per channel per quad.
+constexpr int kNr = 8;              // output channels per register tile
+constexpr int kTvMax = 3;           // token vectors (16 tokens each) per register tile: 8 × 3 = 24 accumulators
+constexpr int64_t kKChunks = 16;    // packed 64-byte chunks per K block: 2048 codes, 8 rows = 16 KB unpacked
+
+// Adds the tile's products over `quads` quads to the partial sums part[v][r][16] (int32, kept between K blocks).
+// The 24 accumulators are named variables (macros): with an array of vectors gcc 12 kept copying them to the
+// stack inside the loop.
+#define FC_PART(v, r) (part + ((v) * kNr + (r)) * 16)
+#define FC_LOAD_ROW(r)                                                                        \
+  __m512i a##r##0 = _mm512_loadu_si512(FC_PART(0, r));                                       \
+  __m512i a##r##1 = TV > 1 ? _mm512_loadu_si512(FC_PART(1, r)) : _mm512_setzero_si512();     \
+  __m512i a##r##2 = TV > 2 ? _mm512_loadu_si512(FC_PART(2, r)) : _mm512_setzero_si512();
+#define FC_STEP_ROW(r)                                                                        \
+  {                                                                                           \
+    int32_t wq4;                                                                              \
+    std::memcpy(&wq4, wu + (r) * wu_stride + 4 * q, 4);                                       \
+    const __m512i wb = _mm512_set1_epi32(wq4);                                                \
+    a##r##0 = _mm512_dpbusd_epi32(a##r##0, wb, x0);                                           \
+    if (TV > 1) a##r##1 = _mm512_dpbusd_epi32(a##r##1, wb, x1);                               \
+    if (TV > 2) a##r##2 = _mm512_dpbusd_epi32(a##r##2, wb, x2);                               \
+  }
+#define FC_STORE_ROW(r)                                \
+  _mm512_storeu_si512(FC_PART(0, r), a##r##0);         \
+  if (TV > 1) _mm512_storeu_si512(FC_PART(1, r), a##r##1); \
+  if (TV > 2) _mm512_storeu_si512(FC_PART(2, r), a##r##2);
+
+template <int TV>
+FC_AVX512_TARGET inline void vnni_tile(const uint8_t* xpanel, int64_t group_stride, const uint8_t* wu,
+                                       int64_t wu_stride, int64_t quads, int32_t* part) {
+  static_assert(kNr == 8 && TV >= 1 && TV <= kTvMax, "the macros below spell out 8 rows and 3 vectors");
+  FC_LOAD_ROW(0) FC_LOAD_ROW(1) FC_LOAD_ROW(2) FC_LOAD_ROW(3)
+  FC_LOAD_ROW(4) FC_LOAD_ROW(5) FC_LOAD_ROW(6) FC_LOAD_ROW(7)
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m512i x0 = _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + 64 * q));
+    const __m512i x1 = TV > 1 ? _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + group_stride + 64 * q))
+                              : _mm512_setzero_si512();
+    const __m512i x2 = TV > 2
+                           ? _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + 2 * group_stride + 64 * q))
+                           : _mm512_setzero_si512();
+    FC_STEP_ROW(0) FC_STEP_ROW(1) FC_STEP_ROW(2) FC_STEP_ROW(3)
+    FC_STEP_ROW(4) FC_STEP_ROW(5) FC_STEP_ROW(6) FC_STEP_ROW(7)
+  }
+  FC_STORE_ROW(0) FC_STORE_ROW(1) FC_STORE_ROW(2) FC_STORE_ROW(3)
+  FC_STORE_ROW(4) FC_STORE_ROW(5) FC_STORE_ROW(6) FC_STORE_ROW(7)
+}
+#undef FC_PART
+#undef FC_LOAD_ROW
+#undef FC_STEP_ROW
+#undef FC_STORE_ROW
+
 }  // namespace
 
-// Both operands are unpacked to bytes once, outside the dot-product loop: the activations of an M tile once
-// per call, the weights of an N block once per M tile (reused by every token block of the tile), so the
-// inner loop is loads and vpdpbusd only, like an int8 GEMM.
+// Activations: unpacked to signed bytes (unpack_row's code order) and interleaved once per call into groups
+// of 16 tokens: group g, quad q holds 64 bytes = 16 tokens × 4 codes. Weights: each thread takes kNr rows at a
+// time and, per K block of 2048 codes, unpacks them to unsigned bytes (codes + 8) in a private 16 KB buffer
+// (stays in L1) used by every token group; the int32 partial sums of the kNr channels × all tokens live in a
+// per-thread buffer between K blocks. Memory stays the packed 0.5 byte per weight (the buffers are per call).
 FC_AVX512_TARGET void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n,
                                       int64_t kb, int threads) {
-  std::vector<int32_t> xsum(m, 0);  // sum of every activation code of the row
-  for (int64_t i = 0; i < m; ++i) {
-    int32_t s = 0;
-    for (int64_t j = 0; j < kb; ++j) s += low_code(xq[i * kb + j]) + high_code(xq[i * kb + j]);
-    xsum[i] = s;
-  }
   const int64_t kpad = (kb + kChunk - 1) / kChunk * kChunk;
-  const int64_t row_bytes = 2 * kpad;
-  const int64_t chunks = kpad / kChunk;
-  std::vector<uint8_t> xu(static_cast<size_t>(m * row_bytes));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < m; ++i) unpack_row(xq + i * kb, kb, xu.data() + i * row_bytes, false);
-  const int64_t nblocks = (n + kNBlock - 1) / kNBlock;
+  const int64_t row_bytes = 2 * kpad;  // unpacked codes per row (padding codes are 0)
+  const int64_t quads = row_bytes / 4;
+  const int64_t groups = (m + 15) / 16;
+  const int64_t group_stride = 16 * row_bytes;
+  std::vector<int32_t> xsum(m, 0);  // sum of every activation code of the row
+  std::vector<uint8_t> xi(static_cast<size_t>(groups * group_stride), 0);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<uint8_t> wu(static_cast<size_t>(kNBlock * row_bytes));
-    for (int64_t mt = 0; mt < m; mt += kMTile) {
-      const int64_t mt_end = std::min(m, mt + kMTile);
+    std::vector<uint8_t> row(static_cast<size_t>(row_bytes));
 #pragma omp for schedule(static)
-      for (int64_t b = 0; b < nblocks; ++b) {
-        const int64_t n0 = b * kNBlock;
-        const int64_t nb = std::min(kNBlock, n - n0);
-        for (int64_t j = 0; j < kNBlock; ++j)
-          unpack_row(wq + (n0 + std::min(j, nb - 1)) * kb, kb, wu.data() + j * row_bytes, true);
-        for (int64_t i0 = mt; i0 < mt_end; i0 += kMBlock) {
-          const int64_t mb = std::min(kMBlock, mt_end - i0);
-          const uint8_t* xr[kMBlock];
-          for (int64_t r = 0; r < kMBlock; ++r) xr[r] = xu.data() + (i0 + std::min(r, mb - 1)) * row_bytes;
-          __m512i a[kMBlock][kNBlock];
-          for (int64_t r = 0; r < kMBlock; ++r)
-            for (int64_t j = 0; j < kNBlock; ++j) a[r][j] = _mm512_setzero_si512();
-          for (int64_t c = 0; c < chunks; ++c) {
-            __m512i xlo[kMBlock], xhi[kMBlock];
-            for (int64_t r = 0; r < kMBlock; ++r) {
-              xlo[r] = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[r] + 128 * c));
-              xhi[r] = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[r] + 128 * c + 64));
-            }
-            for (int64_t j = 0; j < kNBlock; ++j) {
-              const uint8_t* w = wu.data() + j * row_bytes + 128 * c;
-              const __m512i wlo = _mm512_loadu_si512(reinterpret_cast<const void*>(w));
-              const __m512i whi = _mm512_loadu_si512(reinterpret_cast<const void*>(w + 64));
-              for (int64_t r = 0; r < kMBlock; ++r) {
-                a[r][j] = _mm512_dpbusd_epi32(a[r][j], wlo, xlo[r]);
-                a[r][j] = _mm512_dpbusd_epi32(a[r][j], whi, xhi[r]);
-              }
-            }
+    for (int64_t i = 0; i < m; ++i) {
+      unpack_row(xq + i * kb, kb, row.data(), false);
+      int32_t s = 0;
+      for (int64_t j = 0; j < row_bytes; ++j) s += static_cast<int8_t>(row[j]);
+      xsum[i] = s;
+      uint8_t* dst = xi.data() + (i / 16) * group_stride + (i % 16) * 4;
+      for (int64_t q = 0; q < quads; ++q) std::memcpy(dst + 64 * q, row.data() + 4 * q, 4);
+    }
+  }
+  const int64_t nblocks = (n + kNr - 1) / kNr;
+  const int64_t block_bytes = kKChunks * kChunk;  // packed bytes per K block
+  const int64_t wu_stride = 2 * block_bytes;      // unpacked bytes per row per K block
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<uint8_t> wu(static_cast<size_t>(kNr * wu_stride));
+    std::vector<int32_t> part(static_cast<size_t>(groups * kNr * 16));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t n0 = b * kNr;
+      const int64_t nb = std::min<int64_t>(kNr, n - n0);
+      std::fill(part.begin(), part.end(), 0);
+      for (int64_t k0 = 0; k0 < kb; k0 += block_bytes) {
+        const int64_t kbytes = std::min(block_bytes, kb - k0);
+        const int64_t kquads = (kbytes + kChunk - 1) / kChunk * kChunk * 2 / 4;
+        for (int64_t j = 0; j < kNr; ++j)
+          unpack_row(wq + (n0 + std::min(j, nb - 1)) * kb + k0, kbytes, wu.data() + j * wu_stride, true);
+        const uint8_t* xblock = xi.data() + 2 * k0 * 16;  // quad index 2 * k0 / 4, 64 bytes per quad
+        for (int64_t g0 = 0; g0 < groups; g0 += kTvMax) {
+          const int tv = static_cast<int>(std::min<int64_t>(kTvMax, groups - g0));
+          const uint8_t* xpanel = xblock + g0 * group_stride;
+          int32_t* p = part.data() + g0 * kNr * 16;
+          if (tv == 3) {
+            vnni_tile<3>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
+          } else if (tv == 2) {
+            vnni_tile<2>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
+          } else {
+            vnni_tile<1>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
           }
-          for (int64_t r = 0; r < mb; ++r)
-            for (int64_t j = 0; j < nb; ++j)
-              acc[(i0 + r) * n + n0 + j] = _mm512_reduce_add_epi32(a[r][j]) - 8 * xsum[i0 + r];
         }
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t tn = std::min<int64_t>(16, m - 16 * g);
+        for (int64_t r = 0; r < nb; ++r)
+          for (int64_t t = 0; t < tn; ++t)
+            acc[(16 * g + t) * n + n0 + r] = part[(g * kNr + r) * 16 + t] - 8 * xsum[16 * g + t];
       }
     }
   }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #ifdef _OPENMP
@@ -209,8 +210,8 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
 void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
                    float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (threads <= 0) threads = default_threads();
-  std::vector<int32_t> acc(static_cast<size_t>(m * n));
-  int4_gemm_acc(xq, wq, acc.data(), m, n, kb, threads);
+  std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>(m * n)]);  // every entry is written
+  int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
@@ -222,23 +223,16 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
   }
 }
 
+int current_isa_level() { return current_isa(); }
+
+int default_cpu_threads() { return default_threads(); }
+
 void quantize_pack_rows(const float* x, float clip, uint8_t* packed, float* scale, int64_t m, int64_t k,
                         int threads) {
   if (threads <= 0) threads = default_threads();
   const int64_t kb = (k + 1) / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    const float* row = x + i * k;
-    float amax = 0.0f;
-    for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-    const float s = symmetric_scale(amax, clip);
-    scale[i] = s;
-    for (int64_t j = 0; j < kb; ++j) {
-      const int lo = quantize_code(row[2 * j], s);
-      const int hi = 2 * j + 1 < k ? quantize_code(row[2 * j + 1], s) : 0;
-      packed[i * kb + j] = static_cast<uint8_t>((lo & 0x0F) | ((hi & 0x0F) << 4));
-    }
-  }
+  for (int64_t i = 0; i < m; ++i) quantize_pack_row(x + i * k, k, clip, packed + i * kb, scale + i);
 }
 
 }  // namespace fair_calib

@@ -17,6 +17,14 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
 void quantize_pack_rows(const float* x, float clip, uint8_t* packed, float* scale, int64_t m, int64_t k,
                         int threads);
 
+// Fused online transform + quantization (w4a4_quantize.cpp): for each row of x [m, a*b] (fp32), X = the
+// row reshaped row-major to [a, b] (times diag [a*b] elementwise, if not null), Z = leftᵀ · X · right (left
+// [a, a], right [b, b], row-major), then vec(Z) quantized and packed as quantize_pack_rows does. Uses the
+// instruction set the GEMM uses (AVX-512, AVX2+FMA or scalar).
+void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, const float* left,
+                             const float* right, const float* diag, float clip, uint8_t* packed, float* scale,
+                             int threads);
+
 // Name of the instruction set the GEMM uses ("avx512vnni", "avx2" or "scalar"): the best this CPU
 // supports unless another one was forced with set_gemm_isa.
 const char* gemm_isa();

@@ -8,4 +8,14 @@ namespace fair_calib {
 void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
                      int threads);
 
+// The GEMM's instruction set now: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (w4a4_cpu.cpp); the transform follows it.
+int current_isa_level();
+
+// The OpenMP default thread count (1 without OpenMP).
+int default_cpu_threads();
+
+// Symmetric int4 quantization and packing of one fp32 row of k values: packed[ceil(k/2)], *scale
+// (w4a4_quantize.cpp; vectorized for the current instruction set, bit-identical to the scalar rule).
+void quantize_pack_row(const float* row, int64_t k, float clip, uint8_t* packed, float* scale);
+
 }  // namespace fair_calib
