@@ -292,3 +292,20 @@ def test_optimum_cli_registers_fair_calib(tiny_dirs, tmp_path):
     proc = subprocess.run([cli, "fair-calib", "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("fair-calib quantize: error:")
+
+
+def test_prior_mismatch_says_probed_vs_used_in_cli_words(tiny_dirs, calib_txt, tmp_path, capsys):
+    """A prior probed at another seq_len: the error says what it was probed with, what this run uses, and how
+    to fix it, in option names (no "--prior / --prior")."""
+    prior_file = str(tmp_path / "prior.safetensors")
+    PositionPrior(torch.ones(44), torch.ones(16), torch.ones(16),
+                  {"family": "llada", "logits_shift": 0, "seq_len": 44, "window": 16}).save(prior_file)
+    code, _, err = _run(capsys, "quantize", tiny_dirs["llada"], "--out", str(tmp_path / "q"), "--dataset", calib_txt,
+                        "--seq-len", "48", "--num-samples", "2", "--prior-window", "16", "--prior", prior_file,
+                        "--no-report", *FAST)
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and line == (
+        "fair-calib quantize: error: the reused position prior was probed with --seq-len 44, but this calibration "
+        "uses --seq-len 48; probe again with the same model, --seq-len and --prior-window (fair-calib probe), or "
+        "drop --prior")
+    assert not os.path.exists(tmp_path / "q")

@@ -202,10 +202,11 @@ def test_prior_of_another_family_or_geometry_is_refused(tiny_dirs, tmp_path):
     llada = PositionPrior(torch.ones(96), torch.ones(32), torch.ones(32),
                           {"family": "llada", "logits_shift": 0, "seq_len": 96, "window": 32})
     llada.save(str(tmp_path / "llada.safetensors"))
-    with pytest.raises(ValueError, match=r"family 'llada' \(needed: 'dream'\), logits_shift 0 \(needed: 1\)"):
+    with pytest.raises(ValueError, match=r"probed with model family 'llada', logit shift 0, but this "
+                                         r"calibration uses model family 'dream', logit shift 1"):
         AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True, quantization_config=_cfg(
             "fair_calib", prior_path=str(tmp_path / "llada.safetensors")))
-    with pytest.raises(ValueError, match=r"window 32 \(needed: 16\)"):
+    with pytest.raises(ValueError, match=r"probed with prior_window 32, but this calibration uses prior_window 16"):
         AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(
             "fair_calib", prior_path=str(tmp_path / "llada.safetensors"), prior_window=16))
 

@@ -127,12 +127,15 @@ class PositionPrior:
         geometry the wrong window."""
         wanted = {"family": family, "logits_shift": logits_shift, "seq_len": seq_len, "window": window}
         recorded = {**self.metadata, "seq_len": self.metadata.get("seq_len", int(self.weights.numel()))}
-        wrong = [f"{key} {recorded[key]!r} (needed: {value!r})" for key, value in wanted.items()
-                 if key in recorded and recorded[key] != value]
+        names = {"family": "model family", "logits_shift": "logit shift", "seq_len": "seq_len",
+                 "window": "prior_window"}
+        wrong = [key for key in wanted if key in recorded and recorded[key] != wanted[key]]
         if wrong:
-            raise ValueError(f"the reused position prior does not fit this calibration: {', '.join(wrong)}; probe "
-                             "this model with the same seq_len and prior_window (fair-calib probe), or drop "
-                             "--prior / prior_path")
+            probed = ", ".join(f"{names[k]} {recorded[k]!r}" for k in wrong)
+            used = ", ".join(f"{names[k]} {wanted[k]!r}" for k in wrong)
+            raise ValueError(f"the reused position prior was probed with {probed}, but this calibration uses "
+                             f"{used}; probe again with the same model, seq_len and prior_window "
+                             "(fair-calib probe), or drop prior_path")
 
     @classmethod
     def load(cls, path: str) -> "PositionPrior":
