@@ -168,8 +168,17 @@ keep their name, which is what ``--set FIELD=VALUE`` takes."""
 
 
 def cli_wording(text: str) -> str:
-    """``text`` with the parameters of :data:`CLI_NAMES` written as options: ``name=True`` → ``--option``,
+    """``text`` with the parameters of :data:`CLI_NAMES` written as options:
+    ``FairCalibConfig(name='value')`` → ``--option value``, ``name=True`` → ``--option``,
     ``name=value`` → ``--option value``, a bare ``name`` → ``--option`` (whole words only)."""
+    def call(match):  # FairCalibConfig(name=value) with an option for name → "--option value"
+        name, value = match.group(1), match.group(2).strip()
+        if name not in CLI_NAMES:
+            return match.group(0)
+        value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+        return CLI_NAMES[name] if value == "True" else f"{CLI_NAMES[name]} {value}"
+
+    text = re.sub(r"FairCalibConfig\((\w+)=([^(),]*)\)", call, text)
     for name, option in CLI_NAMES.items():
         text = re.sub(rf"(?<![\w./-]){name}=True\b", option, text)
         text = re.sub(rf"(?<![\w./-]){name}=(?=\S)", option + " ", text)

@@ -45,7 +45,8 @@ def test_local_file_with_split_slicing_and_text_column(model_tok, tmp_path):
     datasets.Dataset.from_dict({"body": CALIB_TEXTS}).to_json(str(path), lines=True)
     got = _samples(model, tok, calibration_dataset=str(path), dataset_text_column="body", dataset_split="train[:2]")
     assert [s.tolist() for s in got] == [tok(t)["input_ids"] for t in CALIB_TEXTS[:2]]
-    with pytest.raises(ValueError, match=r"no column 'text'.*columns: \['body'\]"):
+    with pytest.raises(ValueError, match=r"no column 'text'.*columns: \['body'\]; "
+                                         r"pass FairCalibConfig\(dataset_text_column='body'\)$"):
         _samples(model, tok, calibration_dataset=str(path))
 
 
@@ -110,7 +111,8 @@ def test_cli_dataset_errors_are_one_line(tiny_dirs, tmp_path, capsys):
     assert main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", "flatquant",
                  "--dataset", str(path), "--seq-len", "64", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("fair-calib quantize: error: ") and "no column 'text'" in err
+    assert err.startswith("fair-calib quantize: error: calibration dataset ") and err.endswith(
+        "has no column 'text' (nor 'input_ids'); columns: ['body']; pass --text-column body")
     assert main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", "flatquant",
                  "--no-progress"]) == 1
     assert "needs calibration data" in capsys.readouterr().err

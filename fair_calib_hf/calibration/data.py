@@ -80,10 +80,10 @@ def _samples_from_dataset(ds, text_column: str, name: str = "calibration dataset
     if "input_ids" in ds.column_names:
         return list(ds["input_ids"])
     if text_column not in ds.column_names:
-        raise ValueError(
-            f"{name} has no column {text_column!r} (nor 'input_ids'); columns: {ds.column_names}. "
-            "Set FairCalibConfig(dataset_text_column=...) (CLI: --text-column)."
-        )
+        texts = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        column = texts[0] if len(texts) == 1 else "<one of them>"
+        raise ValueError(f"{name} has no column {text_column!r} (nor 'input_ids'); columns: {ds.column_names}; "
+                         f"pass FairCalibConfig(dataset_text_column={column!r})")
     return list(ds[text_column])
 
 
