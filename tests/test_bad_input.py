@@ -213,3 +213,19 @@ def test_atomic_directory_on_success_and_error(tmp_path):
             open(os.path.join(tmp, "a"), "w").write("2")
             raise RuntimeError("boom")
     assert (target / "a").read_text() == "1" and os.listdir(tmp_path) == ["d"]
+
+
+def test_missing_dataset_file_is_reported_before_the_seq_len_check(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """A --dataset path that does not exist is the first thing said (not that the default seq_len 1024 exceeds
+    the model's 512 positions), before any weight is loaded."""
+    from fair_calib_hf.cli import commands
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights loaded despite a missing --dataset")
+
+    monkeypatch.setattr(commands, "_from_pretrained", no_load)
+    missing = str(tmp_path / "nope.jsonl")
+    line = _fail(capsys, "quantize", tiny_dirs["dream"], "--out", str(tmp_path / "o"), "--method", "flatquant",
+                 "--dataset", missing)
+    assert line == f"fair-calib quantize: error: --dataset {missing} does not exist (no such file or folder)"
+    assert not (tmp_path / "o").exists()

@@ -309,3 +309,14 @@ def test_prior_mismatch_says_probed_vs_used_in_cli_words(tiny_dirs, calib_txt, t
         "uses --seq-len 48; probe again with the same model, --seq-len and --prior-window (fair-calib probe), or "
         "drop --prior")
     assert not os.path.exists(tmp_path / "q")
+
+
+def test_zoo_model_with_a_local_dataset_keeps_the_zoo_geometry(fake_zoo, calib_txt, tmp_path, capsys):
+    """zoo:NAME --dataset FILE: the defaults (seq_len, prior_window) stay the zoo task's layout, not 1024."""
+    out = str(tmp_path / "q")
+    code, _, err = _run(capsys, "quantize", "zoo:llada-arith", "--out", out, "--method", "flatquant", "--dataset",
+                        calib_txt, "--num-samples", "2", "--no-report", *FAST)
+    assert code == 0, err
+    task = get_task("arith")
+    qc = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    assert qc["seq_len"] == task.prompt_width + task.gen_length and qc["prior_window"] == task.gen_length

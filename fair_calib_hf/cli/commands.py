@@ -142,9 +142,10 @@ def _parse_set(items: list[str]) -> dict:
 
 def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
     """The ``FairCalibConfig`` for ``quantize`` / ``probe`` from the parsed arguments. A zoo model without
-    ``--dataset`` calibrates on its task's calibration split, with defaults fitted to how the task is decoded
-    (:func:`~fair_calib_hf.zoo.evaluate.calibration_geometry`: ``seq_len = prompt_width + gen_length``,
-    ``prior_window = gen_length``, the sampler's steps and block length for Stage I)."""
+    ``--dataset`` calibrates on its task's calibration split; with or without it, a zoo model's defaults are
+    fitted to how its task is decoded (:func:`~fair_calib_hf.zoo.evaluate.calibration_geometry`:
+    ``seq_len = prompt_width + gen_length``, ``prior_window = gen_length``, the sampler's steps and block length
+    for Stage I). ``FileNotFoundError`` for a local ``--dataset`` or ``--prior`` that does not exist."""
     from ..config import FairCalibConfig
     from ..zoo.evaluate import calibration_geometry
 
@@ -160,6 +161,10 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
         kw["prior_path"] = args.prior
     source = None
     if args.dataset:
+        from ..calibration.data import _looks_like_path
+
+        if _looks_like_path(args.dataset) and not os.path.exists(os.path.expanduser(args.dataset)):
+            raise FileNotFoundError(f"--dataset {args.dataset} does not exist (no such file or folder)")
         kw.update(calibration_dataset=args.dataset, dataset_config=args.dataset_config, dataset_split=args.split,
                   dataset_text_column=args.text_column, apply_chat_template=args.chat_template)
         source = args.dataset
@@ -171,10 +176,13 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
             raise ValueError(f"zoo model {path} has no tokenizer")
         count = kw.get("num_samples", 128)
         kw["calibration_dataset"] = task.calibration_sequences(tokenizer, count, seed=args.seed)
-        for field, value in calibration_geometry(task, zoo.family_of(path)).items():
-            kw.setdefault(field, value)
         kw["num_samples"] = count
         source = f"zoo task {task.name!r}, calibration split ({count} sequences)"
+    if is_zoo:  # a zoo model is trained on its task's layout: its defaults hold for any calibration data
+        from .. import zoo
+
+        for field, value in calibration_geometry(zoo.task_of(path), zoo.family_of(path)).items():
+            kw.setdefault(field, value)
     kw.update(_parse_set(getattr(args, "set", [])))
     if tokenizer is not None:
         kw["tokenizer"] = tokenizer
