@@ -229,3 +229,24 @@ def test_missing_dataset_file_is_reported_before_the_seq_len_check(tiny_dirs, tm
                  "--dataset", missing)
     assert line == f"fair-calib quantize: error: --dataset {missing} does not exist (no such file or folder)"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("method", ["rtn", "quarot", "flatquant"])
+def test_prior_with_a_method_other_than_fair_calib_is_refused(tiny_dirs, tmp_path, capsys, monkeypatch, method):
+    """--prior only applies to fair_calib: refused in one line before any work (the file is not even read),
+    and in Python at calibration time, instead of recording prior_* fields in config.json."""
+    from fair_calib_hf.cli import commands
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started despite --prior with a method other than fair_calib")
+
+    monkeypatch.setattr(commands, "resolve_model", no_work)
+    line = _fail(capsys, "quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", method,
+                 "--prior", str(tmp_path / "prior.safetensors"))
+    assert line == (f"fair-calib quantize: error: --prior applies to --method fair_calib only (the Stage I position "
+                    f"prior), not --method {method}: drop --prior or use --method fair_calib")
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=rf"FairCalibConfig\(method='{method}'\) with prior_path: the Stage I"):
+        AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
+            method=method, prior_path=str(tmp_path / "prior.safetensors"), calibration_dataset=["a b c"] * 2))
+    assert not (tmp_path / "o").exists()

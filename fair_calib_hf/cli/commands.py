@@ -256,6 +256,9 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
 
     if args is not None:
         _parse_set(args.set)  # a typo in --set fails here, before any loading
+        if getattr(args, "prior", None) and args.method != "fair_calib":
+            raise ValueError(f"--prior applies to --method fair_calib only (the Stage I position prior), not "
+                             f"--method {args.method}: drop --prior or use --method fair_calib")
     path, is_local, is_zoo = resolve_model(model_spec)
     trust = bool(is_local or (args is not None and args.trust_remote_code)
                  or (load_options or {}).get("trust_remote_code"))
