@@ -23,6 +23,7 @@ command.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import os
 import re
@@ -216,9 +217,27 @@ def run_command(name: str, args: argparse.Namespace) -> int:
         return 1
 
 
+def unrecognized_message(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's ``unrecognized arguments: ...`` with, for each unknown option, the closest option of
+    ``parser`` (``difflib``): ``; did you mean --method?``."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    hints = []
+    for extra in extras:
+        if extra.startswith("-"):
+            close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1)
+            if close and close[0] not in hints:
+                hints.append(close[0])
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    return message + (f"; did you mean {' or '.join(hints)}?" if hints else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # reported by the subcommand's parser: its usage, and the closest option for a typo (exit 2)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        target = subparsers.choices.get(args.command) or parser
+        target.error(unrecognized_message(extras, target))
     if not args.command:
         parser.print_help()
         return 2

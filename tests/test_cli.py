@@ -98,6 +98,15 @@ def test_exit_statuses_usage_error_2_failure_1(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope")]) == 1  # parsed, then refused by the work
 
 
+def test_option_typo_shows_the_subcommand_usage_and_the_closest_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "zoo:llada-arith", "--out", "/nonexistent/q", "--methd", "rtn"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: fair-calib quantize ")
+    assert err.rstrip().endswith("fair-calib quantize: error: unrecognized arguments: --methd rtn; "
+                                 "did you mean --method?")
+
+
 def test_unknown_set_field_fails_before_any_work(tmp_path, capsys, monkeypatch):
     from fair_calib_hf.cli import commands
 
