@@ -37,12 +37,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
 
 
-def _model_args(parser: argparse.ArgumentParser) -> None:
+def _model_args(parser: argparse.ArgumentParser, calibrates: bool = True) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype of the float parts when loading (default: the checkpoint's)")
     parser.add_argument("--device-map", default=None,
                         help="accelerate device map: 'auto', a device ('cpu', 'cuda:0'), or a JSON object "
-                             "{module: device|'cpu'|'disk'} (blocks then stream to --calibration-device)")
+                             "{module: device|'cpu'|'disk'}"
+                             + (" (blocks then stream to --calibration-device)" if calibrates else ""))
     parser.add_argument("--offload-folder", default=None, help="folder for weights offloaded to 'disk'")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="trust the modeling code of a hub checkpoint (local folders and zoo models are "
@@ -119,7 +120,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for results.json and the diagnostic plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    _model_args(parser)
+    _model_args(parser, calibrates=False)
     _common(parser)
 
 

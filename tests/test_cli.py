@@ -71,6 +71,23 @@ def test_help_on_every_subcommand(sub, capsys):
         assert "--push-to-hub" in out and "--dataset" in out and "--prior" in out and "--overwrite" in out
 
 
+@pytest.mark.parametrize("sub", ["quantize", "probe", "eval", "inspect"])
+def test_help_mentions_only_options_of_its_subcommand(sub, capsys):
+    """Each subcommand's --help names only options it has (e.g. eval has no --calibration-device)."""
+    import re
+
+    from fair_calib_hf_cli import build_parser
+
+    parser = build_parser()
+    subparser = next(a for a in parser._actions if a.dest == "command").choices[sub]
+    own = {o for action in subparser._actions for o in action.option_strings}
+    with pytest.raises(SystemExit):
+        main([sub, "--help"])
+    out = capsys.readouterr().out
+    out = out.replace(subparser.description or "", "")  # the description may point to another command's option
+    assert set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out)) <= own
+
+
 def test_help_imports_neither_torch_nor_transformers():
     """``--help`` must be instant (issue 17: 7-10 s before): parsing imports no heavy module. Checked by what is
     imported, not by timing (timings live in BENCHMARKS.md)."""
