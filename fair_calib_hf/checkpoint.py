@@ -302,6 +302,24 @@ def refuse_existing_output(path: str, overwrite: bool) -> None:
                               "pass overwrite=True to replace it")
 
 
+def chmod_to_umask(*paths: str) -> None:
+    """Give each file (and each file under each folder) of ``paths`` the mode a plain ``open(path, "w")``
+    gives under the process umask (0666 minus the umask): ``safetensors`` writes its files 0600, which would
+    hide a checkpoint or a prior from others on a shared machine. Folders are left as they are."""
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    for path in paths:
+        if os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                for name in names:
+                    full = os.path.join(root, name)
+                    if os.path.isfile(full) and not os.path.islink(full):
+                        os.chmod(full, mode)
+        elif os.path.isfile(path):
+            os.chmod(path, mode)
+
+
 def _mkdir_unique(parent: str, prefix: str) -> str:
     """Create and return a new folder ``parent/prefix<random>`` with ``os.mkdir``'s default mode (0777 minus
     the umask)."""
@@ -322,7 +340,8 @@ class atomic_directory:
     moves it into place as ``path`` (replacing an existing folder only with ``overwrite``). On any error the
     temporary folder is removed and ``path`` is left exactly as it was. The folder gets the mode a plain
     ``mkdir`` gives under the user's umask, or the mode of the empty folder the user created beforehand (not
-    ``tempfile.mkdtemp``'s 0700, which would hide the checkpoint from others on a shared machine)::
+    ``tempfile.mkdtemp``'s 0700, which would hide the checkpoint from others on a shared machine), and its
+    files the mode ``open`` gives under the umask (:func:`chmod_to_umask`)::
 
         with atomic_directory("out/llada-w4a4", overwrite=False) as tmp:
             model.save_pretrained(tmp)
@@ -352,6 +371,7 @@ class atomic_directory:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         try:
+            chmod_to_umask(self.tmp)
             if os.path.isdir(self.path):
                 refuse_existing_output(self.path, self.overwrite)  # appeared meanwhile?
                 old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.old-", dir=os.path.dirname(self.path))

@@ -346,3 +346,24 @@ def test_zoo_model_with_a_local_dataset_keeps_the_zoo_geometry(fake_zoo, calib_t
     task = get_task("arith")
     qc = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
     assert qc["seq_len"] == task.prompt_width + task.gen_length and qc["prior_window"] == task.gen_length
+
+
+def test_written_files_follow_the_umask(tiny_dirs, calib_txt, tmp_path, capsys):
+    """probe's prior file and quantize's checkpoint files get 0666 minus the umask (safetensors writes 0600)."""
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        prior_file = str(tmp_path / "prior.safetensors")
+        code, _, err = _run(capsys, "probe", tiny_dirs["llada"], "--out", prior_file, "--dataset", calib_txt,
+                            "--seq-len", "48", "--num-samples", "2", "--prior-window", "16", *FAST[:5])
+        assert code == 0, err
+        assert stat.S_IMODE(os.stat(prior_file).st_mode) == 0o640
+        out = str(tmp_path / "q")
+        code, _, err = _run(capsys, "quantize", tiny_dirs["llada"], "--out", out, "--method", "rtn", "--no-report",
+                            "--no-progress")
+        assert code == 0, err
+        modes = {name: stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) for name in os.listdir(out)}
+        assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
+    finally:
+        os.umask(old)

@@ -399,7 +399,10 @@ def run_probe(args) -> None:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
+        from ..checkpoint import chmod_to_umask
+
         prior.save(tmp)
+        chmod_to_umask(tmp)  # safetensors writes 0600
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
