@@ -66,7 +66,9 @@ class FairCalibQuantizer(_Base):
     def quantize(self, save_dir, file_prefix: str | None = None, quantization_config=None, overwrite: bool = False,
                  report: bool = True, **kwargs) -> str:
         """Calibrate, pack and save into ``save_dir`` (refused if it exists, unless ``overwrite``); returns the
-        folder. ``quantization_config`` is a ``FairCalibConfig`` (default: data-free RTN)."""
+        folder. ``quantization_config`` is a ``FairCalibConfig`` (default: data-free RTN). With ``report``, a
+        zoo model's report also measures the frontier diagnostics and task accuracy against the full-precision
+        model on 16 test-split examples of its task, as ``fair-calib quantize`` does."""
         from .cli.commands import quantize_to_folder
         from .config import FairCalibConfig
 

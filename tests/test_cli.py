@@ -367,3 +367,20 @@ def test_written_files_follow_the_umask(tiny_dirs, calib_txt, tmp_path, capsys):
         assert "model.safetensors" in modes and set(modes.values()) == {0o640}, modes
     finally:
         os.umask(old)
+
+
+def test_fair_calib_quantizer_on_a_zoo_model_evaluates_its_task(fake_zoo, tiny_dirs, tmp_path, capfd):
+    """FairCalibQuantizer.from_pretrained("zoo:NAME").quantize(...) measures the report's frontier diagnostics on
+    the zoo task like the CLI, and its progress steps count 1..3 (1..2 without an evaluation set)."""
+    from fair_calib_hf.optimum_quantizer import FairCalibQuantizer
+
+    out = FairCalibQuantizer.from_pretrained("zoo:llada-arith").quantize(
+        tmp_path / "q", quantization_config=FairCalibConfig(method="rtn"))
+    err = capfd.readouterr().err
+    assert [s for s in ("[1/3]", "[2/3]", "[3/3]") if s in err] == ["[1/3]", "[2/3]", "[3/3]"], err
+    report = json.load(open(os.path.join(out, "fair_calib_report.json")))
+    assert report["frontier"] is not None and "zoo task 'arith'" in report["eval_source"]
+    assert "Not measured" not in open(os.path.join(out, "fair_calib_report.md")).read()
+    FairCalibQuantizer.from_pretrained(tiny_dirs["llada"]).quantize(tmp_path / "q2")
+    err = capfd.readouterr().err
+    assert "[1/2]" in err and "[2/2] saving" in err and "/3]" not in err, err

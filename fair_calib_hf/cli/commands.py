@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -269,8 +270,6 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     if args is not None:
         config, source = build_config(args, path, is_zoo, args.method, tokenizer)
         kwargs = load_kwargs(args, is_local)
-        from types import SimpleNamespace
-
         from ..calibration import check_positions
         from ..checkpoint import read_config_json
 
@@ -281,20 +280,22 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
             config.tokenizer = tokenizer
         source = config.calibration_dataset if isinstance(config.calibration_dataset, str) else None
         kwargs = {"trust_remote_code": trust, "dtype": "auto", **(load_options or {})}
-    _say(f"[1/3] calibrating {model_spec} with method={config.method}"
+    # the report's evaluation: --eval-prompts, or a zoo model's task (the Python entry point uses the defaults)
+    eval_args = args if args is not None else SimpleNamespace(eval_prompts=None, eval_count=16, gen_length=32)
+    evaluates = report and (bool(eval_args.eval_prompts) or (is_zoo and tokenizer is not None))
+    steps = 3 if evaluates else 2
+    _say(f"[1/{steps}] calibrating {model_spec} with method={config.method}"
          + (f" on {source}" if source else "") + " ...")
     started = time.perf_counter()
     model = _from_pretrained(path, quantization_config=config, **kwargs)
     cal = model.hf_quantizer.calibration_report
     summary = calibration_summary(cal)
     frontier = accuracy = eval_source = None
-    if report and args is not None:
-        family = _family(model)
-        eval_set = _eval_set(args, path, is_zoo, tokenizer, family)
-        if eval_set is not None:
-            _say("[2/3] frontier diagnostics against the full-precision model ...")
-            frontier, accuracy, eval_source = _frontier(path, kwargs, model, tokenizer, eval_set, args)
-    _say(f"[3/3] saving to {out} ...")
+    if evaluates:
+        eval_set = _eval_set(eval_args, path, is_zoo, tokenizer, _family(model))
+        _say(f"[2/{steps}] frontier diagnostics against the full-precision model ...")
+        frontier, accuracy, eval_source = _frontier(path, kwargs, model, tokenizer, eval_set, eval_args)
+    _say(f"[{steps}/{steps}] saving to {out} ...")
     with atomic_directory(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
