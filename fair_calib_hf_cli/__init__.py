@@ -232,11 +232,32 @@ def unrecognized_message(extras: list[str], parser: argparse.ArgumentParser) -> 
     return message + (f"; did you mean {' or '.join(hints)}?" if hints else "")
 
 
+def _unknown_options(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The ``--options`` of ``argv`` that ``parser`` does not have (nor abbreviates, when it allows that)."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    unknown = []
+    for token in argv:
+        if token == "--":
+            break
+        name = token.split("=", 1)[0]
+        if token.startswith("--") and name not in options and not (
+                parser.allow_abbrev and any(o.startswith(name) for o in options)):
+            unknown.append(token)
+    return unknown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    # an unknown option is reported by the subcommand's parser, with its usage and the closest option (exit 2),
+    # before a missing required argument that the typo may have caused (--ot for --out)
+    if argv and argv[0] in subparsers.choices:
+        unknown = _unknown_options(argv[1:], subparsers.choices[argv[0]])
+        if unknown:
+            subparsers.choices[argv[0]].error(unrecognized_message(unknown, subparsers.choices[argv[0]]))
     args, extras = parser.parse_known_args(argv)
-    if extras:  # reported by the subcommand's parser: its usage, and the closest option for a typo (exit 2)
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if extras:
         target = subparsers.choices.get(args.command) or parser
         target.error(unrecognized_message(extras, target))
     if not args.command:

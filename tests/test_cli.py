@@ -120,8 +120,14 @@ def test_option_typo_shows_the_subcommand_usage_and_the_closest_option(capsys):
         main(["quantize", "zoo:llada-arith", "--out", "/nonexistent/q", "--methd", "rtn"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("usage: fair-calib quantize ")
-    assert err.rstrip().endswith("fair-calib quantize: error: unrecognized arguments: --methd rtn; "
+    assert err.rstrip().endswith("fair-calib quantize: error: unrecognized arguments: --methd; "
                                  "did you mean --method?")
+    with pytest.raises(SystemExit) as exc:  # the typo is reported, not the --out it may have hidden
+        main(["quantize", "zoo:llada-arith", "--ot", "/nonexistent/q", "--methd=rtn"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("usage: fair-calib quantize ")
+    assert err.rstrip().endswith("fair-calib quantize: error: unrecognized arguments: --ot --methd=rtn; "
+                                 "did you mean --out or --method?")
 
 
 def test_unknown_set_field_fails_before_any_work(tmp_path, capsys, monkeypatch):
