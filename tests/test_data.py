@@ -117,3 +117,14 @@ def test_cli_dataset_errors_are_one_line(tiny_dirs, tmp_path, capsys):
                  "--no-progress"]) == 1
     assert "needs calibration data" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_chat_messages_without_chat_template_say_the_fix_in_each_wording(model_tok):
+    """The error names apply_chat_template=True in Python and --chat-template in the CLI (not both at once)."""
+    from fair_calib_hf_cli import cli_wording
+
+    model, tok = model_tok
+    with pytest.raises(ValueError) as err:
+        _samples(model, tok, calibration_dataset=[[{"role": "user", "content": "hi"}]])
+    assert str(err.value).endswith("set apply_chat_template=True to render it")
+    assert cli_wording(str(err.value)).endswith("set --chat-template to render it")

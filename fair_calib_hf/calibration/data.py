@@ -178,7 +178,7 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
             ids = torch.tensor(tokenizer(item)["input_ids"], dtype=torch.long)
         elif _is_messages(item):
             raise ValueError(f"calibration sample {index} is a list of chat messages; set apply_chat_template=True "
-                             "(CLI: --chat-template) to render it")
+                             "to render it")
         elif isinstance(item, torch.Tensor) or (isinstance(item, (list, tuple)) and all(isinstance(t, int) for t in item)):
             if chat:
                 raise ValueError(f"calibration sample {index} is already tokenized; apply_chat_template needs texts "
