@@ -2,7 +2,7 @@
 
     python examples/quickstart.py [--model zoo:llada-arith] [--method fair_calib] [--count 128] [--out DIR]
 
-Everything runs offline on the CPU in a few minutes. The model is ``zoo:llada-arith``, a small LLaDA-style
+Everything runs offline on the CPU (215 s of CPU time measured; see BENCHMARKS.md). The model is ``zoo:llada-arith``, a small LLaDA-style
 masked-diffusion LM trained by this project on multi-step arithmetic (see its card in
 ``fair_calib_hf/zoo/models/llada-arith/README.md``); it loads exactly as users load the real LLaDA checkpoints
 (``AutoModel.from_pretrained(..., trust_remote_code=True)``). Calibration uses the task's calibration split;
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 
 from transformers import AutoModel, AutoTokenizer
 
@@ -34,7 +33,11 @@ def main() -> None:
     parser.add_argument("--method", default="fair_calib", choices=["rtn", "quarot", "flatquant", "fair_calib"])
     parser.add_argument("--count", type=int, default=128, help="test problems to score")
     parser.add_argument("--out", default=None, help="where to write the quantized checkpoint (default: a temp dir)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     args = parser.parse_args()
+    if args.out and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        parser.error(f"--out {args.out!r} already exists and is not empty; pass --overwrite to replace it, or "
+                     "choose another folder")
     path = resolve(args.model)
     task = task_of(path)
     if task is None:
@@ -49,10 +52,8 @@ def main() -> None:
     cfg = FairCalibConfig(method=args.method, calibration_dataset=task.calibration_sequences(tok, 64, seed=0),
                           num_samples=64, n_probe=64, probe_batch_size=16, epochs=10,
                           **calibration_geometry(task, family))
-    started = time.perf_counter()
     model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg).eval()
-    print(f"[2/4] calibrated on load in {time.perf_counter() - started:.0f} s: "
-          f"{model.hf_quantizer.calibration_report.summary()}")
+    print(f"[2/4] calibrated on load: {model.hf_quantizer.calibration_report.summary()}")
 
     out = args.out or os.path.join(tempfile.mkdtemp(prefix="fair_calib_quickstart_"), "w4a4")
     model.save_pretrained(out)
@@ -76,7 +77,9 @@ def main() -> None:
           f"{args.count} test problems, decoding {decode.policy} gen {decode.gen_length} steps {decode.steps} "
           f"block {decode.block_length}:\n"
           f"      accuracy FP {100 * acc['FP']:.1f} %  vs  W4A4 {args.method} {100 * acc['W4A4']:.1f} %; "
-          f"frontier flip rate {100 * rep.flip_rate:.2f} % (32 prompts)")
+          f"frontier flip rate {100 * rep.flip_rate:.2f} % (32 prompts)\n"
+          f"      (frontier flip rate: replaying the FP model's decoding, the share of the positions it commits at "
+          f"each step where the W4A4 model's top-1 token differs)")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ Zoo models (:mod:`fair_calib_hf.zoo`) were trained on one fixed prompt layout: `
 the prompt text, **left-padded with EOS**, no attention mask (:mod:`fair_calib_hf.zoo.tasks`); with the generic
 layout (unpadded, masked) they decode garbage. A zoo folder (``zoo:NAME``, or any folder with the zoo's
 ``training.json``) gets that layout and its task's decoding (:func:`fair_calib_hf.zoo.evaluate.default_decode_config`)
-automatically, so the harness scores what ``fair-calib eval`` scores; a quantized copy of a zoo model has no
-``training.json``: pass ``zoo_task=arith`` (or ``code``). A context longer than ``prompt_width − 1`` tokens is
+automatically, so the harness scores what ``fair-calib eval`` scores; a quantized copy of a zoo model saved by
+this version carries the recipe too (:func:`fair_calib_hf.saving.copy_zoo_recipe`); for an older copy pass
+``zoo_task=arith`` (or ``code``). A context longer than ``prompt_width − 1`` tokens is
 refused, naming the layout.
 """
 from __future__ import annotations

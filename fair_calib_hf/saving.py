@@ -21,8 +21,9 @@
    ``with`` block, for a subclass whose ``validate`` drops the keywords the original does not accept, and
    swapped back afterwards (also on error).
 
-:func:`install_save_compat` makes a model's own ``save_pretrained`` (hence ``push_to_hub``) do both; the
-quantizer installs it on every model it calibrates or loads.
+:func:`install_save_compat` makes a model's own ``save_pretrained`` (hence ``push_to_hub``) do both, and copy
+a zoo model's recipe (:func:`copy_zoo_recipe`) into its quantized copy; the quantizer installs it on every model
+it calibrates or loads.
 """
 from __future__ import annotations
 
@@ -160,9 +161,31 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
         model_module = type(model).__module__.rpartition(".")[2]
         if getattr(model, "is_quantized", False):
             write_loader(save_directory, model_module)
+            copy_zoo_recipe(model, save_directory)
         else:  # dequantized: a plain float checkpoint again
             remove_loader_routes(save_directory, model_module)
     return result
+
+
+ZOO_RECIPE_FILE = "training.json"
+"""A zoo model's recipe (:func:`fair_calib_hf.zoo.recipe_of`): the task, and with it the prompt layout and
+decoding, that ``fair-calib eval``, the lm-eval model and the quickstart read."""
+
+
+def copy_zoo_recipe(model, save_directory) -> bool:
+    """Copy the zoo recipe of the folder ``model`` was loaded from (``config._name_or_path``) into a saved
+    quantized checkpoint, so that the quantized copy of a zoo model still names its task (no ``--task`` needed
+    to evaluate it). Returns whether it did; a model not loaded from a zoo folder is left alone."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
+    recipe = os.path.join(source, ZOO_RECIPE_FILE)
+    target = os.path.join(str(save_directory), ZOO_RECIPE_FILE)
+    if not os.path.isfile(recipe) or os.path.abspath(recipe) == os.path.abspath(target):
+        return False
+    with open(recipe) as f:
+        text = f.read()
+    with open(target, "w") as f:
+        f.write(text)
+    return True
 
 
 def install_save_compat(model) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the package (with its compiled CPU kernels) and its test extras into two virtual environments,
 # one per supported transformers line (5.x, and 4.57 which the real LLaDA/Dream remote code needs), and run
-# the test suite in each. TORCH_SPEC overrides the torch requirement (default: the small CPU build).
+# the test suite in each. TORCH_SPEC overrides the torch requirement (default torch==2.13.0: the CPU build on
+# this project's package mirror; from the public index that pin is the CUDA build, see the README).
 # FAIR_CALIB_REQUIRE_EXT=1 makes the kernel tests fail (not skip) if the native extension did not build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

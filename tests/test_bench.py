@@ -54,3 +54,11 @@ def test_gpu_check_without_a_gpu_stops_before_building(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no GPU visible"):
         gpu.main(["--out", str(tmp_path / "g")])
     assert not (tmp_path / "g").exists()
+
+
+def test_kernel_bench_models_none_skips_the_denoising_step(tmp_path):
+    """`--models none` (as the help says) skips the denoising step instead of looking up a model named none."""
+    kernels.main(["--shapes", "4096x4096", "--m", "2", "--repeats", "1", "--models", "none",
+                  "--json", str(tmp_path / "k.json")])
+    record = json.load(open(tmp_path / "k.json"))
+    assert len(record["layers"]) == 1 and record.get("denoising_step", []) == []

@@ -262,3 +262,17 @@ def test_unsupported_architecture_is_refused(tmp_path):
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="supported families: llada.*dream"):
         AutoModelForCausalLM.from_pretrained(str(tmp_path), quantization_config=FairCalibConfig(method="rtn"))
+
+
+def test_quantized_copy_of_a_zoo_model_keeps_its_task(quantized, tmp_path):
+    """A zoo model's quantized copy carries the zoo recipe, so eval / lm-eval / the quickstart find its task
+    without --task; a model not loaded from a zoo folder gets no recipe."""
+    from fair_calib_hf.zoo import resolve, task_of
+
+    path = resolve("zoo:llada-arith")
+    _load(path, FairCalibConfig(method="rtn")).save_pretrained(tmp_path / "q")
+    assert task_of(str(tmp_path / "q")).name == "arith"
+    assert json.load(open(tmp_path / "q" / "training.json")) == json.load(open(os.path.join(path, "training.json")))
+    _load(str(tmp_path / "q")).save_pretrained(tmp_path / "q2")  # reloaded from the copy: the recipe travels on
+    assert task_of(str(tmp_path / "q2")).name == "arith"
+    assert not os.path.exists(os.path.join(quantized["llada"][2], "training.json"))

@@ -225,7 +225,8 @@ def main(argv=None) -> None:
                         help="GEMM instruction sets to time (default: the active one), e.g. avx512vnni avx2")
     parser.add_argument("--models", nargs="*", default=None,
                         help="models for the denoising step: zoo names, checkpoint folders and/or wide-llada "
-                             "(default: zoo:llada-arith zoo:dream-arith wide-llada; none to skip)")
+                             "(default: zoo:llada-arith zoo:dream-arith wide-llada; `--models none` or `--models` "
+                             "alone skips the denoising step)")
     parser.add_argument("--batches", type=int, nargs="+", default=None,
                         help="denoising-step batch sizes (default 1 16)")
     parser.add_argument("--json", default=None)
@@ -235,6 +236,8 @@ def main(argv=None) -> None:
     shapes = args.shapes or (["4096x4096"] if args.quick else list(SHAPES))
     ms = args.m or ([16, 64] if args.quick else [16, 64, 256, 1024])
     repeats = args.repeats or (2 if args.quick else 5)
+    if args.models is not None and [m.lower() for m in args.models] == ["none"]:
+        args.models = []
     models = args.models if args.models is not None else (
         ["zoo:llada-arith"] if args.quick else ["zoo:llada-arith", "zoo:dream-arith", "wide-llada"])
     batches = args.batches or ([1] if args.quick else [1, 16])
