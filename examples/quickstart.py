@@ -2,7 +2,7 @@
 
     python examples/quickstart.py [--model zoo:llada-arith] [--method fair_calib] [--count 128] [--out DIR]
 
-Everything runs offline on the CPU (215–300 s of CPU time measured on a 2-core machine; see BENCHMARKS.md). The model is ``zoo:llada-arith``, a small LLaDA-style
+Everything runs offline on the CPU (21 s measured on an idle 2-core machine; see BENCHMARKS.md). The model is ``zoo:llada-arith``, a small LLaDA-style
 masked-diffusion LM trained by this project on multi-step arithmetic (see its card in
 ``fair_calib_hf/zoo/models/llada-arith/README.md``); it loads exactly as users load the real LLaDA checkpoints
 (``AutoModel.from_pretrained(..., trust_remote_code=True)``). Calibration uses the task's calibration split;
