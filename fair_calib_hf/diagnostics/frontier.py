@@ -47,19 +47,25 @@ class ReplayResult:
 @torch.no_grad()
 def teacher_forced_replay(teacher, student, trajectory: Trajectory) -> ReplayResult:
     """Replay ``trajectory`` (made by ``teacher``) on both models, one forward per model and observation."""
-    mask_id = trajectory.settings["mask_token_id"]
-    device_t = teacher.get_input_embeddings().weight.device
-    device_s = student.get_input_embeddings().weight.device
-    run_t, run_s = _window_logits(teacher, trajectory), _window_logits(student, trajectory)
     t_arg, s_arg, mse = [], [], []
-    for t in range(trajectory.argmax.shape[0]):
-        canvas = trajectory.canvas(t, mask_id)
-        lt = run_t(canvas.to(device_t)).float()
-        ls = run_s(canvas.to(device_s)).float().to(lt.device)
+    for lt, ls in _logits_on_states(teacher, student, trajectory):
         t_arg.append(lt.argmax(-1).cpu())
         s_arg.append(ls.argmax(-1).cpu())
         mse.append(probability_mse(lt.softmax(-1), ls.softmax(-1)).mean().cpu())
     return ReplayResult(torch.stack(t_arg), torch.stack(s_arg), torch.stack(mse))
+
+
+def _logits_on_states(teacher, student, trajectory: Trajectory):
+    """Per observation ``t`` of ``trajectory``, the fp32 window logits ``[B, G, V]`` of ``teacher`` and
+    ``student`` on the same state ``S_t`` (one forward each; the student's moved to the teacher's device)."""
+    mask_id = trajectory.settings["mask_token_id"]
+    device_t = teacher.get_input_embeddings().weight.device
+    device_s = student.get_input_embeddings().weight.device
+    run_t, run_s = _window_logits(teacher, trajectory), _window_logits(student, trajectory)
+    for t in range(trajectory.argmax.shape[0]):
+        canvas = trajectory.canvas(t, mask_id)
+        lt = run_t(canvas.to(device_t)).float()
+        yield lt, run_s(canvas.to(device_s)).float().to(lt.device)
 
 
 def _window_logits(model, trajectory: Trajectory, attention_mask=None) -> WindowLogits:
@@ -180,17 +186,8 @@ def student_amplification(teacher, student, student_trajectory: Trajectory,
     aligned at the first false commit (:func:`.metrics.aligned_amplification`).
     """
     traj = student_trajectory
-    mask_id = traj.settings["mask_token_id"]
-    run_t, run_s = _window_logits(teacher, traj), _window_logits(student, traj)
-    device_t = teacher.get_input_embeddings().weight.device
-    device_s = student.get_input_embeddings().weight.device
-    mse = []
-    for t in range(traj.argmax.shape[0]):
-        canvas = traj.canvas(t, mask_id)
-        lt = run_t(canvas.to(device_t)).float()
-        ls = run_s(canvas.to(device_s)).float().to(lt.device)
-        mse.append(probability_mse(lt.softmax(-1), ls.softmax(-1)).cpu())
-    mse = torch.stack(mse)
+    mse = torch.stack([probability_mse(lt.softmax(-1), ls.softmax(-1)).cpu()
+                       for lt, ls in _logits_on_states(teacher, student, traj)])
     obs = torch.arange(mse.shape[0])[:, None, None]
     masked = (traj.commit_step[None] < 0) | (traj.commit_step[None] >= obs)
     first = first_false_commit(traj.commit_step, traj.tokens, teacher_tokens.to(traj.tokens))
