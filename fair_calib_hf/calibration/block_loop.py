@@ -198,18 +198,21 @@ def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def block_batches(inputs: list[BlockInput], batch: int):
+    """The calls to run for ``inputs`` in order, ``batch`` samples per call where they stack
+    (:func:`stack_block_inputs`; a chunk that does not stack is yielded one input at a time). Splitting each
+    call's output along dimension 0 gives the per-sample outputs in the order of ``inputs``."""
+    step = max(1, batch)
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start:start + step]
+        stacked = stack_block_inputs(chunk)
+        yield from [stacked] if stacked is not None else chunk
+
+
 def run_block_batched(block: nn.Module, inputs: list[BlockInput], batch: int) -> list[torch.Tensor]:
     """``[run_block(block, i) for i in inputs]``, computed ``batch`` samples per forward where the calls stack
-    (:func:`stack_block_inputs`); each output keeps its batch dimension of 1."""
-    outputs = []
-    for start in range(0, len(inputs), max(1, batch)):
-        chunk = inputs[start:start + max(1, batch)]
-        stacked = stack_block_inputs(chunk) if len(chunk) > 1 else None
-        if stacked is None:
-            outputs.extend(run_block(block, i) for i in chunk)
-        else:
-            outputs.extend(run_block(block, stacked).split(1, dim=0))
-    return outputs
+    (:func:`block_batches`); each output keeps its batch dimension of 1."""
+    return [h for inp in block_batches(inputs, batch) for h in run_block(block, inp).split(1, dim=0)]
 
 
 @torch.no_grad()
@@ -324,19 +327,16 @@ def calibrate_blocks(
         next_hidden = []
         try:
             with torch.no_grad():
-                for start in range(0, len(inputs), max(1, batch_size)):
-                    chunk = inputs[start:start + max(1, batch_size)]
-                    stacked = stack_block_inputs(chunk)
-                    for inp in [stacked] if stacked is not None else chunk:
-                        h_q = run_block(block, inp)
-                        if reference is not None:
-                            run_block(reference, inp)
-                            layers.accumulate(rescaled)
-                        for h in h_q.split(1, dim=0):
-                            h_fp = fp_out[len(next_hidden)]
-                            err += (h.float() - h_fp.float()).pow(2).sum().item()
-                            ref += h_fp.float().pow(2).sum().item()
-                            next_hidden.append(h_fp if chain == "fp" else h)
+                for inp in block_batches(inputs, batch_size):
+                    h_q = run_block(block, inp)
+                    if reference is not None:
+                        run_block(reference, inp)
+                        layers.accumulate(rescaled)
+                    for h in h_q.split(1, dim=0):
+                        h_fp = fp_out[len(next_hidden)]
+                        err += (h.float() - h_fp.float()).pow(2).sum().item()
+                        ref += h_fp.float().pow(2).sum().item()
+                        next_hidden.append(h_fp if chain == "fp" else h)
         finally:
             for h in handles:
                 h.remove()

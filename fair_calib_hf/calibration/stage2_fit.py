@@ -33,7 +33,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors
+from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
 CLIP_INIT = 4.0
 
@@ -99,10 +99,8 @@ class SiteParams(nn.Module):
         return self._inverse
 
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``(W ⊘ d)·(L ⊗ R)^{-T}`` (as :func:`.transforms.transform_weight`, with the step's cached inverses)."""
-        w = w.float() / self.diag[None, :] if self.diag is not None else w.float()
-        left_inv_t, right_inv_t = self.inverse_factors()
-        return kron_apply(w, left_inv_t, right_inv_t)
+        """``(W ⊘ d)·(L ⊗ R)^{-T}`` (:func:`.transforms.transform_weight`, with the step's cached inverses)."""
+        return transform_weight(w.float(), self.left, self.right, self.diag, self.inverse_factors())
 
 
 class FitLinear(nn.Module):
