@@ -31,7 +31,7 @@ from torch import nn
 from ..architectures import ModelAdapter
 from ..packing import QMAX, QMIN
 from ..targets import set_submodule
-from .block_loop import BlockInput, run_block, stack_block_inputs
+from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
 from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
@@ -139,7 +139,7 @@ def _batched_loss(block, inputs: list[BlockInput], targets: list[torch.Tensor], 
 @torch.no_grad()
 def _input_absmax(block, names, inputs: list[BlockInput], batch: int) -> dict:
     """Per-channel max |x| of each named linear's input over all calibration samples (``batch`` samples per
-    forward when their calls stack)."""
+    forward when their calls stack, :func:`.block_loop.block_batches`)."""
     out, handles = {}, []
     for name in names:
         def hook(mod, args, name=name):
@@ -147,11 +147,8 @@ def _input_absmax(block, names, inputs: list[BlockInput], batch: int) -> dict:
             out[name] = torch.maximum(out[name], m) if name in out else m
         handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        for start in range(0, len(inputs), batch):
-            chunk = inputs[start:start + batch]
-            stacked = stack_block_inputs(chunk)
-            for inp in [stacked] if stacked is not None else chunk:
-                run_block(block, inp)
+        for inp in block_batches(inputs, batch):
+            run_block(block, inp)
     finally:
         for h in handles:
             h.remove()
