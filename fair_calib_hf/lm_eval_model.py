@@ -59,7 +59,7 @@ from lm_eval.api.registry import register_model
 import fair_calib_hf  # noqa: F401  (registers the quantizer: quantized checkpoints must load)
 
 from .architectures import get_adapter
-from .decoding import DecodeConfig, diffusion_generate, mc_log_likelihood
+from .decoding import DecodeConfig, diffusion_generate, left_pad, mc_log_likelihood
 
 MODEL_NAME = "fair_calib_dllm"
 logger = logging.getLogger(__name__)
@@ -177,9 +177,9 @@ class FairCalibDLLM(LM):
 
     def _prompt_batch(self, contexts: list[str], gen_length: int | None = None):
         """``(input_ids [B, W], attention_mask [B, W] or None, W)`` of the contexts: left-padded and masked
-        (generic; with ``gen_length``, each context cut from the left to leave ``gen_length`` of the model's
-        positions), or a zoo
-        task's layout (``W = prompt_width``, BOS + text left-padded with EOS, no mask)."""
+        (generic, :func:`~fair_calib_hf.decoding.left_pad`; with ``gen_length``, each context cut from the left to
+        leave ``gen_length`` of the model's positions), or a zoo task's layout (``W = prompt_width``, BOS + text
+        left-padded with EOS, no mask)."""
         task = self.zoo_task
         rows = [self._encode(c, self.add_bos or task is not None) for c in contexts]
         if task is not None:
@@ -195,13 +195,8 @@ class FairCalibDLLM(LM):
         if self.max_length is not None and gen_length is not None:
             rows = [self._left_truncate(r, self.max_length - gen_length, f"gen_length {gen_length}") for r in rows]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        return ids, mask, width
+        ids, mask = left_pad(rows, pad)
+        return ids, mask, ids.shape[1]
 
     def _decode_config(self, gen_length: int) -> DecodeConfig:
         steps = min(self.steps or gen_length, gen_length)

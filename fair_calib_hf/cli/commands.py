@@ -199,7 +199,7 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
 def _eval_set(args, path: str, is_zoo: bool, tokenizer, family: str):
     """``(input_ids, attention_mask, DecodeConfig, description, task)`` for the report's frontier diagnostics,
     or ``None`` when no evaluation set is available."""
-    from ..decoding import DecodeConfig
+    from ..decoding import DecodeConfig, left_pad
 
     if getattr(args, "eval_prompts", None):
         if tokenizer is None:
@@ -208,13 +208,8 @@ def _eval_set(args, path: str, is_zoo: bool, tokenizer, family: str):
         rows = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         bos = tokenizer.bos_token_id
         rows = [([bos] if bos is not None else []) + r for r in rows]
-        width = max(len(r) for r in rows)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        ids, mask = left_pad(rows, pad)
         g = args.gen_length
         block = 8 if (family == "llada" and g % 8 == 0) else g
         policy = "low_confidence" if family == "llada" else "maskgit_plus"

@@ -219,6 +219,19 @@ class _Recorder:
 
 
 @torch.no_grad()
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one batch, the layout :func:`diffusion_generate` expects: token-id
+    ``rows`` right-aligned in ``input_ids`` int64 ``[B, W]`` (``W`` the longest row) after ``pad_id``, and
+    ``attention_mask`` int64 ``[B, W]``, 1 on the real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
 def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        config: DecodeConfig | None = None, adapter: ModelAdapter | None = None,
                        mask_token_id: int | None = None) -> DecodeResult:
