@@ -32,6 +32,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 
 _COMPAT_CLASSES: dict[type, type] = {}
 
@@ -181,10 +182,7 @@ def copy_zoo_recipe(model, save_directory) -> bool:
     target = os.path.join(str(save_directory), ZOO_RECIPE_FILE)
     if not os.path.isfile(recipe) or os.path.abspath(recipe) == os.path.abspath(target):
         return False
-    with open(recipe) as f:
-        text = f.read()
-    with open(target, "w") as f:
-        f.write(text)
+    shutil.copyfile(recipe, target)
     return True
 
 
