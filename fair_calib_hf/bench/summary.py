@@ -33,13 +33,15 @@ def _window(label: str, fp_row: dict) -> tuple[int, int]:
     the answer is the window, prompt + answer the calibration sequence)."""
     if "window" in fp_row and "seq_len" in fp_row:
         return int(fp_row["window"]), int(fp_row["seq_len"])
-    from ..zoo import task_of
+    from ..zoo import family_of, task_of
+    from ..zoo.evaluate import calibration_geometry
 
     task = task_of(f"zoo:{label}")
     if task is None:
         raise ValueError(f"summary: {label!r} is not a zoo model and its FP row has no window/seq_len; rerun it "
                          "with the current quality benchmark")
-    return task.gen_length, task.prompt_width + task.gen_length
+    geometry = calibration_geometry(task, family_of(f"zoo:{label}"))
+    return geometry["prior_window"], geometry["seq_len"]
 
 
 def summarize_folder(folder: str, n_boot: int | None = None) -> dict:
