@@ -43,9 +43,9 @@ class ModelAdapter:
 
     def max_positions(self, config) -> int | None:
         """The number of positions (tokens) one forward may cover, from ``config.<max_positions_key>``;
-        ``None`` if the config does not say."""
+        ``None`` if the config does not say (or states no positive integer)."""
         value = getattr(config, self.max_positions_key, None) if self.max_positions_key else None
-        return int(value) if value is not None else None
+        return value if isinstance(value, int) and value > 0 else None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The model's transformer blocks, in order."""
@@ -100,14 +100,11 @@ ADAPTERS: dict[str, ModelAdapter] = {
 
 
 def max_positions(model_or_config) -> int | None:
-    """Positions the model was built for: LLaDA's ``max_sequence_length``, Dream's (Qwen2's)
-    ``max_position_embeddings``; ``None`` when the config states neither."""
+    """Positions the model was built for (:meth:`ModelAdapter.max_positions` of its family: LLaDA's
+    ``max_sequence_length``, Dream's (Qwen2's) ``max_position_embeddings``); ``None`` when the config does not
+    state it. ``ValueError`` for an unsupported family (:func:`get_adapter`)."""
     config = getattr(model_or_config, "config", model_or_config)
-    for name in ("max_sequence_length", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return get_adapter(config).max_positions(config)
 
 
 def get_adapter(model_or_config) -> ModelAdapter:
