@@ -18,17 +18,17 @@ from fair_calib_hf.zoo.tasks import SPLITS, Example, get_task, split_of, stdlib_
 from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, make_batch, train
 
 
-@pytest.mark.parametrize("name", ["arith", "code"])
+@pytest.mark.parametrize("name", ["arith", "arith-fewshot", "code"])
 def test_splits_are_disjoint_and_consistent(name):
     task = get_task(name)
     drawn = {split: task.examples(split, 300, seed=1) for split in SPLITS}
-    keys = {split: {(e.prompt, e.answer) for e in exs} for split, exs in drawn.items()}
+    keys = {split: {task.split_key(e) for e in exs} for split, exs in drawn.items()}
     assert all(len(k) == 300 for k in keys.values())  # distinct within a split
     assert not keys["train"] & keys["calibration"]
     assert not keys["train"] & keys["test"]
     assert not keys["calibration"] & keys["test"]
     for split, exs in drawn.items():
-        assert all(split_of(task.name, e.prompt, e.answer) == split for e in exs)
+        assert all(split_of(*task.split_key(e)) == split for e in exs)
     assert task.examples("test", 20, seed=3) == task.examples("test", 20, seed=3)
     assert task.examples("test", 20, seed=3) != task.examples("test", 20, seed=4)
 
@@ -61,6 +61,43 @@ def test_arithmetic_scoring():
     assert not task.score("12+30=42;#43", ex)
     assert not task.score("42", ex)  # no final-answer marker
     assert task.accuracy(["12+30=42;#42", "#43"], [ex, ex]) == 0.5
+
+
+def test_fewshot_arithmetic_layout_and_splits():
+    """3 solved train-split problems then an ``arith`` question of the same split; the answer window is at most
+    30 % of a calibration sequence (the paper's regime: 256 of 1,024 tokens)."""
+    task, arith = get_task("arith-fewshot"), get_task("arith")
+    assert task.gen_length / (task.prompt_width + task.gen_length) <= 0.3
+    test_questions = {(e.prompt, e.answer) for e in arith.examples("test", 2000, seed=0)}
+    for split in SPLITS:
+        for ex in task.examples(split, 200, seed=2):
+            *shots, question = ex.prompt.split("\n")
+            assert len(shots) == task.shots
+            assert split_of("arith", question, ex.answer) == split
+            assert str(eval(question[:-1])) == ex.reference  # noqa: S307 - digits and +/- only
+            for shot in shots:
+                q, a = shot[:shot.index("=") + 1], shot[shot.index("=") + 1:]
+                assert split_of("arith", q, a) == "train" and a.endswith("#" + str(eval(q[:-1])))  # noqa: S307
+                assert (q, a) not in test_questions
+    for kind in ("llada", "dream"):  # every example fits the fixed width
+        prompts, _ = task.encode(task.examples("test", 300, seed=0), build_tokenizer(kind))
+        assert prompts.shape == (300, task.prompt_width)
+
+
+def test_fine_tuning_recipe_starts_from_the_zoo_model():
+    from fair_calib_hf.zoo.train import build_model
+
+    for name, recipe in RECIPES.items():
+        if recipe.init_from is None or recipe.init_from not in available():
+            continue
+        model = build_model(recipe).eval()
+        source = AutoModel.from_pretrained(resolve(f"zoo:{recipe.init_from}"), trust_remote_code=True).eval()
+        x = torch.randint(0, 60, (2, 12))
+        assert torch.equal(model(input_ids=x).logits, source(input_ids=x).logits), name
+        layers = "n_layers" if recipe.kind == "llada" else "num_hidden_layers"
+        wrong = TrainConfig(**{**vars(recipe), "model": {**recipe.model, layers: 2}})
+        with pytest.raises(ValueError, match="architecture"):
+            build_model(wrong)
 
 
 def test_code_examples_come_from_the_standard_library():

@@ -80,8 +80,13 @@ class Task:
         """Fraction of ``predictions`` (decoded answer texts) that :meth:`score` counts correct."""
         return sum(map(self.score, predictions, examples)) / len(examples)
 
+    def split_key(self, example: Example) -> tuple[str, str, str]:
+        """The ``(task, prompt, answer)`` texts whose hash decides ``example``'s split (:func:`split_of`)."""
+        return self.name, example.prompt, example.answer
+
     def examples(self, split: str, count: int, seed: int = 0, level: float = 1.0) -> list[Example]:
-        """``count`` distinct examples of ``split``, drawn with ``seed`` (deterministic)."""
+        """``count`` distinct examples of ``split`` (distinct by :meth:`split_key`), drawn with ``seed``
+        (deterministic)."""
         _check_split(split)
         rng = random.Random(f"{self.name}|{split}|{seed}")
         seen, out = set(), []
@@ -91,9 +96,10 @@ class Task:
             if attempts > 200 * count + 10_000:
                 raise ValueError(f"task {self.name!r}: split {split!r} has fewer than {count} distinct examples")
             ex = self.sample(rng, level)
-            if (ex.prompt, ex.answer) in seen or split_of(self.name, ex.prompt, ex.answer) != split:
+            key = self.split_key(ex)
+            if key in seen or split_of(*key) != split:
                 continue
-            seen.add((ex.prompt, ex.answer))
+            seen.add(key)
             out.append(ex)
         return out
 
@@ -161,6 +167,37 @@ class ArithmeticTask(Task):
         return prediction.rsplit("#", 1)[-1].strip() == example.reference if "#" in prediction else False
 
 
+class FewShotArithmeticTask(ArithmeticTask):
+    """:class:`ArithmeticTask` in the few-shot layout of GSM8K evaluation: the prompt is ``shots`` solved problems
+    (question then worked answer, one per line) followed by the question, e.g.
+    ``"23+4-7+2=23+4=27;27-7=20;20+2=22;#22\\n…\\n47+8-6+3="``, and the answer is the question's worked solution.
+
+    This puts calibration in the paper's regime (FAIR-Calib, Stage II: 1,024-token sequences whose trailing 256
+    are the generation window): with 3 shots a calibration sequence is 156 tokens and the answer window 32 of
+    them (20.5 %). The shots are drawn from the train split of ``arith``; the question decides the split, by
+    the same hash as ``arith`` (:meth:`split_key`), so a test question is an ``arith`` test question and never
+    appears in training, as question or as shot."""
+
+    name = "arith-fewshot"
+    shots = 3
+    # 1 BOS + 3 shots × (9 question + 27 answer + 1 newline) + 9 question = 121, rounded up to 124
+    prompt_width = 124
+    gen_length = 32
+
+    def sample(self, rng: random.Random, level: float = 1.0) -> Example:
+        question = ArithmeticTask.sample(self, rng, level)
+        shots = []
+        while len(shots) < self.shots:
+            shot = ArithmeticTask.sample(self, rng, level)
+            if split_of(ArithmeticTask.name, shot.prompt, shot.answer) == "train" and shot.prompt != question.prompt:
+                shots.append(shot)
+        context = "".join(f"{shot.prompt}{shot.answer}\n" for shot in shots)
+        return Example(context + question.prompt, question.answer, question.reference)
+
+    def split_key(self, example: Example) -> tuple[str, str, str]:
+        return ArithmeticTask.name, example.prompt.rsplit("\n", 1)[-1], example.answer
+
+
 def stdlib_lines() -> list[str]:
     """ASCII source lines (16–72 characters, leading indentation kept, trailing space removed) of the top-level
     ``*.py`` modules of the running interpreter's standard library, in sorted-file order, deduplicated."""
@@ -209,7 +246,7 @@ class CodeCompletionTask(Task):
         return prediction == example.reference
 
 
-TASKS = {"arith": ArithmeticTask, "code": CodeCompletionTask}
+TASKS = {"arith": ArithmeticTask, "arith-fewshot": FewShotArithmeticTask, "code": CodeCompletionTask}
 
 
 def get_task(name: str) -> Task:

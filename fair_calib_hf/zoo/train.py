@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from ..reference_models import build_tokenizer, tiny_config, _FAMILIES
 from .recipes import TrainConfig
 from .tasks import get_task
+from . import PREFIX
 
 
 def build_model(cfg: TrainConfig):
-    """A freshly initialised model of ``cfg.kind`` (``model._init_weights`` under ``torch.manual_seed(cfg.seed)``)."""
+    """A freshly initialised model of ``cfg.kind`` (``model._init_weights`` under ``torch.manual_seed(cfg.seed)``),
+    or, with ``cfg.init_from``, that zoo model's weights (``ValueError`` if its architecture is not ``cfg.model``)."""
     config = tiny_config(cfg.kind, **cfg.model)
     model_cls = _FAMILIES[cfg.kind][1]
     with torch.random.fork_rng(devices=[]):
@@ -42,6 +44,19 @@ def build_model(cfg: TrainConfig):
         with torch.no_grad():
             for module in model.modules():
                 model._init_weights(module)
+    if cfg.init_from:
+        from safetensors.torch import load_file
+        from . import recipe_of, resolve
+
+        source = recipe_of(PREFIX + cfg.init_from)
+        if source is None or source["kind"] != cfg.kind or source["model"] != cfg.model:
+            raise ValueError(f"init_from={cfg.init_from!r} is not a zoo {cfg.kind} model with the architecture "
+                             f"{cfg.model}; train it first or change the recipe")
+        state = load_file(os.path.join(resolve(PREFIX + cfg.init_from), "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {n for n in missing if "lm_head" in n or "embed" in n}
+        if set(missing) - tied or unexpected:
+            raise ValueError(f"init_from={cfg.init_from!r}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     return model
 
 
