@@ -70,6 +70,21 @@ def test_quality_benchmark_end_to_end(tmp_path):
     assert json.loads((out / "quality.json").read_text())["rows"] == json.loads(before)["rows"]
     with pytest.raises(SystemExit, match="other settings"):
         quality.main(["--quick", "--seeds", "2", "--models", path, "--configs", "rtn", "--out", str(out), "--resume"])
+    # an interrupted benchmark (here: the fair_calib run lost) continues run by run
+    saved = json.loads(before)
+    saved["rows"] = [r for r in saved["rows"] if r["config"] != "fair_calib"]
+    (out / "quality.json").write_text(json.dumps(saved))
+    quality.main(reduced + ["--models", path, "--configs", "rtn", "flatquant", "fair_calib", "--out", str(out),
+                            "--resume"])
+    rows = json.loads((out / "quality.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == ["fp", "rtn", "flatquant", "fair_calib"]
+    assert rows[:3] == saved["rows"] and rows[3]["seed"] == 0
+
+
+def test_run_order_completes_seeds_one_by_one():
+    order = quality.run_order(["fp", "rtn", "quarot-rtn", "flatquant", "fair_calib"], (0, 1))
+    assert order == [("fp", None), ("rtn", 0), ("quarot-rtn", 0), ("flatquant", 0), ("fair_calib", 0),
+                     ("quarot-rtn", 1), ("flatquant", 1), ("fair_calib", 1)]
 
 
 def test_fair_minus_flat_pairs_by_seed():

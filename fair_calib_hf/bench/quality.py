@@ -21,8 +21,9 @@ calibration sequences and drives the method's own randomness), and scored on the
 * calibration wall time (s) and peak resident memory over the loaded float model (MB).
 
 ``rtn`` has no randomness and no data: it runs once (std 0). The ``uniform``-prior ablation of ``fair_calib`` *is*
-``flatquant`` (same Stage II, unweighted MSE), so it is not run twice. Each (model, configuration) runs in a
-fresh subprocess so that its peak memory is its own.
+``flatquant`` (same Stage II, unweighted MSE), so it is not run twice. Each (model, configuration, seed) runs in
+a fresh subprocess so that its peak memory is its own, seed by seed (:func:`run_order`), and ``--resume``
+continues an interrupted benchmark run by run.
 
 Also reported per model: the activation-outlier ratio at the MLP down-projection input (largest |x| over the
 median |x|, on the calibration sequences, the largest over the blocks), the FP model's test accuracy, and the
@@ -339,7 +340,7 @@ def main(argv=None) -> None:
                         help="load dtype of the FP teacher and of the model calibrated (default float32)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of OUT/quality.json (same settings, same model weights) and run only "
-                             "the missing (model, configuration) pairs")
+                             "the missing (model, configuration, seed) runs")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -381,16 +382,17 @@ def main(argv=None) -> None:
             print(f"[quality] {label}: the weights changed since the saved rows; running it again", flush=True)
             rows = [r for r in rows if r["model"] != label]
             meta.pop(label, None)
-        for name in configs:
-            if any(r["model"] == label and r["config"] == name for r in rows):
-                print(f"[quality] {label} {name}: kept from {args.out}/quality.json", flush=True)
+        for name, seed in run_order(configs, settings["seeds"]):
+            if any(r["model"] == label and r["config"] == name and r["seed"] == seed for r in rows):
+                print(f"[quality] {label} {name} seed {seed}: kept from {args.out}/quality.json", flush=True)
                 continue
             started = time.time()
+            one = {**settings, "seeds": [seed]}
             command = [sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
-                       "--settings", json.dumps(settings)] + (["--threads", str(args.threads)] if args.threads else [])
+                       "--settings", json.dumps(one)] + (["--threads", str(args.threads)] if args.threads else [])
             proc = subprocess.run(command, capture_output=True, text=True)
             if proc.returncode:
-                raise SystemExit(f"{label} / {name} failed:\n{proc.stderr[-3000:]}")
+                raise SystemExit(f"{label} / {name} / seed {seed} failed:\n{proc.stderr[-3000:]}")
             got = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             for r in got:
                 r["model"], r["weights"] = label, fingerprint
@@ -399,11 +401,19 @@ def main(argv=None) -> None:
                 fp = got[0]
                 meta[label] = (f"decoding {fp['decoding']}; {fp['parameters']:,} parameters; down-proj input "
                                f"outlier ratio (max/median |x|) {fp['outlier_ratio']:.1f}")
-            print(f"[quality] {label} {name}: " + ", ".join(f"{r['accuracy']:.3f}" for r in got)
+            print(f"[quality] {label} {name} seed {seed}: " + ", ".join(f"{r['accuracy']:.3f}" for r in got)
                   + f" ({time.time() - started:.0f} s)", flush=True)
             table = write_results(args.out, args.json, settings, rows, meta)  # after each: a killed run keeps its rows
         _plots(label, [r for r in rows if r["model"] == label], args.out)
     print(table or write_results(args.out, args.json, settings, rows, meta))
+
+
+def run_order(configs, seeds) -> list[tuple[str, int | None]]:
+    """The ``(configuration, seed)`` runs in the order they are made: ``fp`` (seed ``None``) and ``rtn`` (no
+    randomness and no data: the first seed only) first, then seed by seed every other configuration, so that an
+    interrupted benchmark has complete seeds for the paired statistics (``--resume`` continues run by run)."""
+    order = [(name, None if name == "fp" else seeds[0]) for name in configs if name in ("fp", "rtn")]
+    return order + [(name, seed) for seed in seeds for name in configs if name not in ("fp", "rtn")]
 
 
 def weights_fingerprint(path: str) -> str:
