@@ -48,11 +48,11 @@ RECIPES = {
     # The paper-regime testbed (issue 13): the arithmetic models fine-tuned on the 3-shot layout, where the
     # answer window is 20.5 % of a calibration sequence.
     "llada-arith-fewshot": TrainConfig(
-        kind="llada", task="arith-fewshot", steps=1500, batch_size=64, lr=1e-3, warmup_steps=50,
+        kind="llada", task="arith-fewshot", steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
         curriculum_fraction=0.0, init_from="llada-arith", checkpoint_every=100,
         model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
     "dream-arith-fewshot": TrainConfig(
-        kind="dream", task="arith-fewshot", steps=1500, batch_size=64, lr=1e-3, warmup_steps=50,
+        kind="dream", task="arith-fewshot", steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
         curriculum_fraction=0.0, init_from="dream-arith", checkpoint_every=100,
         model=dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=352,
                    num_hidden_layers=4, initializer_range=0.02)),
