@@ -128,3 +128,18 @@ def test_summary_json_from_result_folders(tmp_path):
     assert old["fair_minus_flat"]["mean"] == pytest.approx(0.25) and old["fair_minus_flat"]["ci_low"] is None
     with pytest.raises(FileNotFoundError, match="quality.json"):
         summary.main([str(tmp_path / "missing"), "--out", str(out)])
+
+
+def test_heldout_part_of_the_calibration_split_excludes_every_calibration_run():
+    from fair_calib_hf.zoo.tasks import get_task, split_of
+
+    task = get_task("arith")
+    held = quality.heldout_examples(task, 300, num_samples=64, seeds=(0, 1, 2))
+    used = {task.split_key(e) for s in (0, 1, 2) for e in task.examples("calibration", 64, s)}
+    assert len(held) == 300 and len({task.split_key(e) for e in held}) == 300
+    assert all(split_of(*task.split_key(e)) == "calibration" for e in held)
+    assert not used & {task.split_key(e) for e in held}
+    # without the exclusion the same draw would overlap the calibration runs (so the check above can fail)
+    drawn = task.examples("calibration", 300 + len(used), seed=quality.HELDOUT_SEED)
+    assert used & {task.split_key(e) for e in drawn}
+    assert held == quality.heldout_examples(task, 300, num_samples=64, seeds=(0, 1, 2))

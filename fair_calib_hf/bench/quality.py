@@ -98,18 +98,42 @@ def outlier_ratio(model, sequences: torch.Tensor) -> float:
     return max(ratios)
 
 
-def _task_inputs(task, tokenizer, n_eval):
-    examples = task.examples("test", n_eval, seed=0)
+EVAL_SPLITS = ("test", "calibration-heldout")
+HELDOUT_SEED = 1_000_003
+
+
+def heldout_examples(task, n_eval: int, num_samples: int, seeds) -> list:
+    """``n_eval`` problems of the task's **calibration split** that no calibration run of ``seeds`` uses (each
+    run calibrates on ``task.examples("calibration", num_samples, seed)``): the held-out part of the calibration
+    split, on which settings may be chosen without touching the test split."""
+    used = {task.split_key(ex) for seed in seeds for ex in task.examples("calibration", num_samples, seed)}
+    drawn = task.examples("calibration", n_eval + len(used), seed=HELDOUT_SEED)
+    kept = [ex for ex in drawn if task.split_key(ex) not in used][:n_eval]
+    if len(kept) < n_eval:  # pragma: no cover - n_eval + |used| draws leave at least n_eval
+        raise AssertionError("held-out draw too small")
+    return kept
+
+
+def _task_inputs(task, tokenizer, n_eval, eval_split: str = "test", calibration: dict | None = None, seeds=()):
+    if eval_split == "test":
+        examples = task.examples("test", n_eval, seed=0)
+    elif eval_split == "calibration-heldout":
+        examples = heldout_examples(task, n_eval, calibration["num_samples"], seeds)
+    else:
+        raise ValueError(f"eval_split={eval_split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     prompts, _ = task.encode(examples, tokenizer)
     return examples, prompts
 
 
 def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, calibration: dict,
-               tokens_per_step: int = 1, dtype: str = "float32") -> list[dict]:
+               tokens_per_step: int = 1, dtype: str = "float32", eval_split: str = "test",
+               all_seeds=None) -> list[dict]:
     """Calibrate ``name`` for each seed and score it (FP when ``name == "fp"``); rows as in the module doc.
     ``tokens_per_step`` commits that many tokens per decoding step (``steps = gen_length / tokens_per_step``);
     ``dtype`` (``"float32"``, ``"bfloat16"``, ``"float16"``) is the load dtype of the teacher and the student
-    (calibration runs on the model loaded in that dtype, as a user's ``from_pretrained(..., dtype=...)``)."""
+    (calibration runs on the model loaded in that dtype, as a user's ``from_pretrained(..., dtype=...)``);
+    ``eval_split`` scores the ``"test"`` split or ``"calibration-heldout"`` (:func:`heldout_examples`, excluding
+    the calibration sequences of every seed of ``all_seeds``: where settings may be chosen)."""
     import resource
 
     from transformers import AutoModel
@@ -127,7 +151,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
     teacher, tokenizer = _load(model_path, dtype)
     task = task_of(model_path)
     family = get_adapter(teacher).family
-    examples, prompts = _task_inputs(task, tokenizer, n_eval)
+    examples, prompts = _task_inputs(task, tokenizer, n_eval, eval_split, calibration, all_seeds or seeds)
     if task.gen_length % tokens_per_step:
         raise ValueError(f"tokens_per_step={tokens_per_step} does not divide gen_length={task.gen_length}")
     steps = task.gen_length // tokens_per_step
@@ -338,6 +362,9 @@ def main(argv=None) -> None:
                         help="tokens committed per decoding step (default 1: steps = answer length)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="load dtype of the FP teacher and of the model calibrated (default float32)")
+    parser.add_argument("--eval-split", default="test", choices=EVAL_SPLITS,
+                        help="score the test split (default) or the calibration split's held-out part (problems no "
+                             "calibration run uses): choose settings there, never on the test split")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of OUT/quality.json (same settings, same model weights) and run only "
                              "the missing (model, configuration, seed) runs")
@@ -357,6 +384,8 @@ def main(argv=None) -> None:
         settings["tokens_per_step"] = args.tokens_per_step
     if args.dtype != "float32":
         settings["dtype"] = args.dtype
+    if args.eval_split != "test":
+        settings["eval_split"] = args.eval_split
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
@@ -387,7 +416,7 @@ def main(argv=None) -> None:
                 print(f"[quality] {label} {name} seed {seed}: kept from {args.out}/quality.json", flush=True)
                 continue
             started = time.time()
-            one = {**settings, "seeds": [seed]}
+            one = {**settings, "seeds": [seed], "all_seeds": list(settings["seeds"])}
             command = [sys.executable, "-m", "fair_calib_hf.bench", "quality", "--one", path, name,
                        "--settings", json.dumps(one)] + (["--threads", str(args.threads)] if args.threads else [])
             proc = subprocess.run(command, capture_output=True, text=True)
@@ -456,7 +485,7 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
         if stats is not None:
             paired[model] = stats
     meta["settings"] = (f"calibration {settings['calibration']} on the calibration split; seeds {list(settings['seeds'])}; "
-                        f"accuracy on {settings['n_eval']} test problems, diagnostics and log-likelihood on "
+                        f"accuracy on {settings['n_eval']} {settings.get('eval_split', 'test')} problems, diagnostics and log-likelihood on "
                         f"{settings['n_diag']}; load dtype {settings.get('dtype', 'float32')}; torch {torch.__version__}, "
                         f"{torch.get_num_threads()} threads")
     table = markdown(summary, meta)
