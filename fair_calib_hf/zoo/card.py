@@ -22,6 +22,12 @@ _DATA = {
               "additions or subtractions (every intermediate result in [10, 99]), answered by a worked solution "
               "ending in `#<answer>`, e.g. `47+8-6+3=` → `47+8=55;55-6=49;49+3=52;#52`. Generated on the fly; "
               "scored by exact match of the final answer."),
+    "arith-fewshot": ("The `arith` problems in the few-shot layout of GSM8K evaluation: three solved problems of the "
+                      "train split (question and worked answer, one per line) and then the question, e.g. "
+                      "`23+4-7+2=23+4=27;27-7=20;20+2=22;#22⏎…⏎47+8-6+3=` → `47+8=55;55-6=49;49+3=52;#52`. "
+                      "Prompt {context_width} tokens, answer {gen_length}: the answer window is {window_pct:.1f} % "
+                      "of a calibration sequence (the paper's regime: the trailing 256 of 1,024 tokens). The "
+                      "question decides the split (the same hash as `arith`)."),
     "code": ("Completion of the last {answer_chars} characters of Python source lines (16–72 ASCII characters, "
              "comment lines excluded, deduplicated) of the interpreter's own standard library (top-level `*.py` "
              "modules), with up to {context} preceding characters as the prompt. Scored by exact match of the "
@@ -59,7 +65,9 @@ def write_card(name: str, count: int = 512) -> dict:
         "```",
         "",
         "## Data",
-        _DATA[task.name].format(answer_chars=getattr(task, "answer_chars", 0), context=task.prompt_width - 1),
+        _DATA[task.name].format(answer_chars=getattr(task, "answer_chars", 0), context=task.prompt_width - 1,
+                                context_width=task.prompt_width, gen_length=task.gen_length,
+                                window_pct=100 * task.gen_length / (task.prompt_width + task.gen_length)),
         "Splits (train / calibration / test = 80 / 10 / 10 % of all texts) are decided by a hash of the text, so "
         "they never overlap; training used only the train split.",
         "",
@@ -70,12 +78,17 @@ def write_card(name: str, count: int = 512) -> dict:
         f"{'output i predicts token i' if recipe['kind'] == 'llada' else 'output i − 1 predicts token i'}",
         f"- architecture: {json.dumps(recipe['model'])}; {record['parameters']:,} parameters; "
         f"{size / 2**20:.1f} MiB of fp32 safetensors",
+        *([f"- fine-tuned from `zoo:{recipe['init_from']}` (its weights replace the random initialisation)"]
+          if recipe.get("init_from") else []),
         f"- {recipe['steps']} steps × batch {recipe['batch_size']}, AdamW lr {recipe['lr']} (warm-up "
         f"{recipe['warmup_steps']}, cosine to {recipe['min_lr_ratio']}×), weight decay {recipe['weight_decay']}, "
         f"seed {recipe['seed']}",
         f"- {record['train_seconds'] / 60:.0f} min of training on a 2-core CPU (Python {record['python']}); "
         f"final training loss {record['history'][-1]['loss']:.4f}",
-        f"- reproduce: `python -m fair_calib_hf.zoo.train {name} --work runs/{name}`",
+        f"- reproduce: `python -m fair_calib_hf.zoo.train {name} --work runs/{name}`"
+        + (f" (the repository keeps the resumable training state in `benchmarks/training/{name}/`: "
+           f"`--work benchmarks/training/{name}` continues from it)"
+           if os.path.isfile(os.path.join("benchmarks", "training", name, "state.pt")) else ""),
         "",
         "## Full-precision scores (test split)",
         f"- exact match: {100 * scores['accuracy']:.1f} % of {scores['n']} problems",
