@@ -103,6 +103,29 @@ def test_extreme_tiles(isa, value, m):
     assert int(acc[0, 0]) == value * -8 * k
 
 
+def test_register_tile_tails_and_extreme_codes(isa):
+    """Every token count 1..13 (the VNNI register tile is 6 tokens × 64 channels: all remainders) against N with
+    full and partial 64-channel blocks and a K whose packed width is not a multiple of 4 or 64 bytes, with
+    random codes and the extreme codes -8 / 7 on both sides; int32 accumulators and the fused fp32 epilogue
+    (with a bias) must both be bit-identical."""
+    g = torch.Generator().manual_seed(77)
+    n, k = 200, 301  # 3 blocks of 64 channels + 8; 151 packed bytes
+    w = _codes((n, k), 5)
+    w[:3] = -8
+    w[3:6] = 7
+    wp = pack_int4(w)
+    sw, bias = torch.rand(n, 1, generator=g) + 1e-3, torch.randn(n, generator=g)
+    for m in range(1, 14):
+        x = _codes((m, k), m)
+        x[0] = -8
+        if m > 1:
+            x[-1] = 7
+        xp, sx = pack_int4(x), torch.rand(m, generator=g) + 1e-3
+        assert torch.equal(cpu.int4_matmul_int32(xp, wp), reference.int4_matmul_int32(xp, wp, k)), m
+        got = ops.w4a4_gemm(xp, sx, wp, sw, bias, k, torch.float32)
+        assert torch.equal(got, reference.w4a4_gemm_reference(xp, sx, wp, sw, bias, k, torch.float32)), m
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("m,n,k", [(1, 7, 64), (33, 130, 200), (4, 8, 4226)])

@@ -210,6 +210,10 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
 void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
                    float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {  // epilogue fused into the GEMM's register tiles
+    gemm_avx512vnni_f32(xq, sx, wq, sw, bias, y, m, n, kb, threads);
+    return;
+  }
   std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>(m * n)]);  // every entry is written
   int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)

@@ -8,6 +8,10 @@ namespace fair_calib {
 void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
                      int threads);
 
+// The same GEMM with the fp32 epilogue fused: y[m, n] = (float(acc) * sx[m]) * sw[n] (+ bias[n]).
+void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
+                         const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads);
+
 // The GEMM's instruction set now: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (w4a4_cpu.cpp); the transform follows it.
 int current_isa_level();
 
