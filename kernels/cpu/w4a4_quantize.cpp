@@ -47,20 +47,28 @@ void small_gemm_scalar(const float* A, int64_t sai, int64_t sap, const float* B,
 template <int RB, int NV>
 FC_AVX512_TARGET void tile512(const float* A, int64_t sai, int64_t sap, const float* B, float* C, int64_t depth,
                               int64_t cols, __mmask16 last) {
+  // fully unrolled (pragmas): without them gcc 12 keeps acc[][] on the stack and stores it every iteration
   __m512 acc[RB][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < depth; ++p) {
     __m512 bv[NV];
     const float* b = B + p * cols;
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const __m512 av = _mm512_set1_ps(A[r * sai + p * sap]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       if (v == NV - 1) {
         _mm512_mask_storeu_ps(C + r * cols + 16 * v, last, acc[r][v]);
@@ -94,18 +102,25 @@ template <int RB, int NV>
 FC_AVX2_TARGET void tile256(const float* A, int64_t sai, int64_t sap, const float* B, float* C, int64_t depth,
                             int64_t cols, __m256i last) {
   __m256 acc[RB][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
   for (int64_t p = 0; p < depth; ++p) {
     __m256 bv[NV];
     const float* b = B + p * cols;
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = v == NV - 1 ? _mm256_maskload_ps(b + 8 * v, last) : _mm256_loadu_ps(b + 8 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const __m256 av = _mm256_broadcast_ss(A + r * sai + p * sap);
+#pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       if (v == NV - 1) {
         _mm256_maskstore_ps(C + r * cols + 8 * v, last, acc[r][v]);
@@ -239,17 +254,21 @@ void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, co
   const SmallGemm gemm = isa >= 2 ? small_gemm_avx512 : (isa == 1 ? small_gemm_avx2 : small_gemm_scalar);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> xd(diag != nullptr ? k : 0), t(k), z(k);
+    // 64-byte aligned rows (whole zmm loads and stores never split a cache line when b % 16 == 0)
+    const int64_t kpad = (k + 15) / 16 * 16;
+    std::vector<float> buf(3 * kpad + 16);
+    float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+    float *xd = base, *t = base + kpad, *z = base + 2 * kpad;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
       const float* row = x + i * k;
       if (diag != nullptr) {
         for (int64_t j = 0; j < k; ++j) xd[j] = row[j] * diag[j];
-        row = xd.data();
+        row = xd;
       }
-      gemm(row, b, 1, right, t.data(), a, b, b);     // T = X · R       (A(i, p) = X[i, p])
-      gemm(left, 1, a, t.data(), z.data(), a, a, b);  // Z = Lᵀ · T      (A(i, p) = L[p, i])
-      quantize_pack_row(z.data(), k, clip, packed + i * kb, scale + i);
+      gemm(row, b, 1, right, t, a, b, b);     // T = X · R       (A(i, p) = X[i, p])
+      gemm(left, 1, a, t, z, a, a, b);  // Z = Lᵀ · T      (A(i, p) = L[p, i])
+      quantize_pack_row(z, k, clip, packed + i * kb, scale + i);
     }
   }
 }
