@@ -44,6 +44,7 @@ namespace {
 constexpr int kNv = 4;                  // channel vectors per register tile (16 channels each)
 constexpr int64_t kNb = 16 * kNv;       // channels per block (64)
 constexpr int kTm = 6;                  // tokens per register tile: 4 × 6 = 24 accumulators
+constexpr int64_t kPrefetch = 512;      // bytes ahead in each of the 16 weight rows the repack reads
 
 // Unpacks token rows [i0, i1) of xq (kb packed bytes each) into xs (row stride xstride = 8·ceil(kb/4)
 // bytes): per dword g of packed bytes, 4 signed low-nibble codes then 4 signed high-nibble codes; padding
@@ -116,7 +117,10 @@ FC_AVX512_TARGET void repack_block(const uint8_t* wq, int64_t n, int64_t kb, int
       const int64_t left = kb - k;
       const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
       __m512i r[16];
-      for (int j = 0; j < 16; ++j) r[j] = _mm512_maskz_loadu_epi8(mask, rows[j] + k);
+      for (int j = 0; j < 16; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j] + k + kPrefetch), _MM_HINT_T0);
+        r[j] = _mm512_maskz_loadu_epi8(mask, rows[j] + k);
+      }
       transpose16(r);
       const int64_t g0 = k / 4;
       for (int q = 0; q < 16; ++q)  // masked-off bytes: 0 ^ 0x88 -> nibbles 8 = w + 8 with w = 0
