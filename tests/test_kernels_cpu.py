@@ -104,7 +104,8 @@ def test_extreme_tiles(isa, value, m):
 
 
 def test_register_tile_tails_and_extreme_codes(isa):
-    """Every token count 1..13 (the VNNI register tile is 6 tokens × 64 channels: all remainders) against N with
+    """Every token count 1..13 (VNNI: up to 12 tokens take the dot-product kernel, 4 tokens × 4 channels per
+    tile; from 13 the regrouped kernel, 6 tokens × 64 channels per tile: all remainders of both) against N with
     full and partial 64-channel blocks and a K whose packed width is not a multiple of 4 or 64 bytes, with
     random codes and the extreme codes -8 / 7 on both sides; int32 accumulators and the fused fp32 epilogue
     (with a bias) must both be bit-identical."""

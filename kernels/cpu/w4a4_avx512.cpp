@@ -2,13 +2,16 @@
 // translation unit builds with the default flags and the extension still loads on AVX2-only CPUs; it is
 // called only after a runtime check (w4a4_cpu.cpp).
 //
-// Layout: output channels in the vector lanes. A vector holds 16 channels × 4 weight codes (one dword per
-// channel) and is multiplied by one token's 4 activation codes broadcast to every lane, so vpdpbusd adds
-// 4 products straight into the (channel, token) lane. Register tile: 64 channels (4 vectors) × up to 6
-// tokens = 24 int32 accumulators, kept in registers over the whole K, then the fp32 epilogue is applied in
-// registers and the tile stored: one pass, no int32 matrix in memory.
-//
-// Code order. Packed byte j of a row holds code 2j (low nibble) and 2j+1 (high nibble). A dword of 4
+// Two kernels, chosen by the token count M:
+// * M > kSmallM: output channels in the vector lanes. A vector holds 16 channels × 4 weight codes (one dword
+//   per channel) and is multiplied by one token's 4 activation codes broadcast to every lane, so vpdpbusd
+//   adds 4 products straight into the (channel, token) lane. Register tile: 64 channels (4 vectors) × up to
+//   6 tokens = 24 int32 accumulators, kept in registers over the whole K, then the fp32 epilogue is applied
+//   in registers and the tile stored: one pass, no int32 matrix in memory. The weights are regrouped per
+//   call, per block of 64 channels (repack_block), which the many tokens amortize.
+// * M <= kSmallM: dot products straight on the packed rows (dot_tile), no regrouping: 4 channels × up to 4
+//   tokens, each accumulator reduced across its lanes once at the end of K.
+// Code order (first kernel). Packed byte j of a row holds code 2j (low nibble) and 2j+1 (high nibble). A dword of 4
 // packed bytes (codes 8g .. 8g+7) gives two quads: its low nibbles (codes 8g, 8g+2, 8g+4, 8g+6) and its
 // high nibbles (codes 8g+1, +3, +5, +7). The weights are regrouped per call (repack_block: a 16 × 16 dword
 // transpose, then nibble split) and the activations are unpacked to signed bytes in the same quad order
@@ -22,9 +25,9 @@
 // fp32 epilogue is (float(acc) * sx[m]) * sw[n] (+ bias[n]) in that order, as the reference (setup.py builds
 // with -ffp-contract=off, so no FMA contraction).
 //
-// Memory: the weights stay the packed 0.5 byte per weight; per call, M × ceil(K/8) × 8 bytes of unpacked
-// activations, and per thread 64 × ceil(K/128) × 64 bytes of regrouped weights (64 channels' block, L2),
-// both kept between calls (thread_local, grown when a larger shape comes).
+// Memory: the weights stay the packed 0.5 byte per weight (no second layout is stored); per call, about
+// M × K bytes of unpacked activations, and per thread 64 × ceil(K/128) × 64 bytes of regrouped weights
+// (one 64-channel block, L2), both kept between calls (thread_local, grown when a larger shape comes).
 // gcc 12 flags _mm512_undefined_epi32() inside its own intrinsic headers (_mm512_reduce_add_epi32)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -44,7 +47,8 @@ namespace {
 constexpr int kNv = 4;                  // channel vectors per register tile (16 channels each)
 constexpr int64_t kNb = 16 * kNv;       // channels per block (64)
 constexpr int kTm = 6;                  // tokens per register tile: 4 × 6 = 24 accumulators
-constexpr int64_t kPrefetch = 512;      // bytes ahead in each of the 16 weight rows the repack reads
+constexpr int64_t kPrefetch = 512;
+constexpr int64_t kSmallM = 12;       // token counts up to this take the dot-product kernel (no weight regrouping)
 
 // Unpacks token rows [i0, i1) of xq (kb packed bytes each) into xs (row stride xstride = 8·ceil(kb/4)
 // bytes): per dword g of packed bytes, 4 signed low-nibble codes then 4 signed high-nibble codes; padding
@@ -193,6 +197,89 @@ FC_AVX512_TARGET void tile(const int8_t* xs, int64_t xstride, const int32_t* xsu
   }
 }
 
+// Small-M kernel: dot products straight on the packed rows, no regrouping of the weights (whose cost the
+// few tokens would not amortize). Per 64-byte chunk c of packed bytes (128 codes), a weight row gives two
+// vectors of 64 unsigned codes + 8 (low nibbles: codes 128c + 2j; high nibbles: 128c + 2j + 1) and the
+// activations are unpacked per call in the same order (xd: row stride 2·kpad bytes, low then high nibbles
+// per chunk, padding 0); vpdpbusd adds 4 products per lane, and each of the kDn × kDt (channel, token)
+// accumulators is reduced across its 16 lanes once, at the end of K.
+constexpr int kDn = 4;  // channels per register tile
+constexpr int kDt = 4;  // tokens per register tile (at most): 16 accumulators + 8 weight vectors
+
+FC_AVX512_TARGET void unpack_activations_dot(const uint8_t* xq, int64_t kb, int64_t i0, int64_t i1, int8_t* xd,
+                                             int64_t dstride, int32_t* xsum) {
+  const __m512i lut = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1));
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = i0; i < i1; ++i) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0, c = 0; k < kb; k += 64, ++c) {
+      const int64_t left = kb - k;
+      const __m512i b = _mm512_maskz_loadu_epi8(left >= 64 ? ~0ULL : (1ULL << left) - 1, xq + i * kb + k);
+      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, low4));  // padding: code 0
+      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), low4));
+      sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sum, ones, lo), ones, hi);
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + 128 * c), lo);
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + 128 * c + 64), hi);
+    }
+    xsum[i] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+template <int TT>
+FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m, int64_t i0,
+                               const uint8_t* wq, int64_t n, int64_t n0, int64_t kb, const Epilogue& ep) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+  const uint8_t* wr[kDn];
+  const int8_t* xr[TT];
+  for (int j = 0; j < kDn; ++j) wr[j] = wq + std::min<int64_t>(n0 + j, n - 1) * kb;
+  for (int t = 0; t < TT; ++t) xr[t] = xd + std::min<int64_t>(i0 + t, m - 1) * dstride;
+  __m512i c[TT][kDn];
+#pragma GCC unroll 4
+  for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_setzero_si512();
+  for (int64_t k = 0, ch = 0; k < kb; k += 64, ++ch) {
+    const int64_t left = kb - k;
+    const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+    __m512i wl[kDn], wh[kDn];
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k + kPrefetch), _MM_HINT_T0);
+      const __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, wr[j] + k), flip);  // w + 8
+      wl[j] = _mm512_and_si512(b, low4);
+      wh[j] = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t) {
+      const __m512i xl = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[t] + 128 * ch));
+      const __m512i xh = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[t] + 128 * ch + 64));
+#pragma GCC unroll 4
+      for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c[t][j], wl[j], xl), wh[j], xh);
+    }
+  }
+  const int64_t tn = std::min<int64_t>(TT, m - i0), jn = std::min<int64_t>(kDn, n - n0);
+#pragma GCC unroll 4
+  for (int t = 0; t < TT; ++t) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) {
+      if (t >= tn || j >= jn) continue;
+      const int64_t i = i0 + t, col = n0 + j;
+      const int32_t a = _mm512_reduce_add_epi32(c[t][j]) - 8 * xsum[i];
+      if (ep.sx == nullptr) {
+        ep.acc[i * n + col] = a;
+      } else {
+        float y = static_cast<float>(a) * ep.sx[i];
+        y = y * ep.sw[col];
+        if (ep.bias != nullptr) y = y + ep.bias[col];
+        ep.y[i * n + col] = y;
+      }
+    }
+  }
+}
+
 template <typename T>
 T* grow(std::vector<T>& v, size_t size) {
   if (v.size() < size) v.resize(size);
@@ -201,6 +288,30 @@ T* grow(std::vector<T>& v, size_t size) {
 
 FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t kb,
                                      int threads, const Epilogue& ep) {
+  if (m <= kSmallM) {
+    const int64_t dstride = 2 * ((kb + 63) / 64 * 64);
+    static thread_local std::vector<int8_t> xd_buf;
+    static thread_local std::vector<int32_t> xsum_small;
+    int8_t* xd = grow(xd_buf, static_cast<size_t>(m * dstride));
+    int32_t* xsum = grow(xsum_small, static_cast<size_t>(m));
+    const int64_t strips = (n + kDn - 1) / kDn;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; i += 4) unpack_activations_dot(xq, kb, i, std::min(m, i + 4), xd, dstride, xsum);
+#pragma omp for schedule(static)
+      for (int64_t s = 0; s < strips; ++s)
+        for (int64_t i0 = 0; i0 < m; i0 += kDt) {
+          switch (std::min<int64_t>(kDt, m - i0)) {
+            case 1: dot_tile<1>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            case 2: dot_tile<2>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            case 3: dot_tile<3>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            default: dot_tile<kDt>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep);
+          }
+        }
+    }
+    return;
+  }
   const int64_t groups = (kb + 3) / 4;      // dword groups of packed bytes (8 codes each)
   const int64_t xstride = 8 * groups;       // unpacked activation bytes per token
   const int64_t wgroups = (kb + 63) / 64 * 16;  // groups the repack writes (whole 64-byte chunks)
