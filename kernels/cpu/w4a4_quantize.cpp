@@ -4,7 +4,7 @@
 //   X = row reshaped row-major to [a, b] (times diag, if any);  T = X · R;  Z = Lᵀ · T;  quantize vec(Z).
 //
 // Each token costs 2·a·b·(a + b) FLOP; the two small fp32 GEMMs use a register-tiled micro-kernel (AVX-512:
-// 4 rows × 64 columns, AVX2: 4 rows × 16 columns, FMA), the columns' tail with masked loads and stores.
+// 6 rows × 64 columns, AVX2: 4 rows × 16 columns, FMA), the columns' tail with masked loads and stores.
 // Tokens are split over the threads. The sums run in another order than torch's matmul (the reference), so
 // the codes may differ from the reference's by one step at near rounding ties and the scales by fp32
 // rounding: the tolerance is stated in fair_calib_hf/ops/reference.py and checked by
@@ -80,19 +80,22 @@ FC_AVX512_TARGET void tile512(const float* A, int64_t sai, int64_t sap, const fl
 
 using Tile512 = void (*)(const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t, __mmask16);
 
+constexpr int kRows512 = 6;  // rows per AVX-512 tile: 6 × 4 vectors = 24 accumulators of 32 registers
+
 template <int RB>
 constexpr Tile512 tile512_row[4] = {tile512<RB, 1>, tile512<RB, 2>, tile512<RB, 3>, tile512<RB, 4>};
 
 FC_AVX512_TARGET void small_gemm_avx512(const float* A, int64_t sai, int64_t sap, const float* B, float* C,
                                         int64_t rows, int64_t depth, int64_t cols) {
-  static const Tile512* const table[4] = {tile512_row<1>, tile512_row<2>, tile512_row<3>, tile512_row<4>};
+  static const Tile512* const table[kRows512] = {tile512_row<1>, tile512_row<2>, tile512_row<3>,
+                                                  tile512_row<4>, tile512_row<5>, tile512_row<6>};
   for (int64_t j0 = 0; j0 < cols; j0 += 64) {
     const int64_t left_cols = std::min<int64_t>(64, cols - j0);
     const int nv = static_cast<int>((left_cols + 15) / 16);
     const int tail = static_cast<int>(left_cols - 16 * (nv - 1));  // 1..16 columns in the last vector
     const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1);
-    for (int64_t i0 = 0; i0 < rows; i0 += 4) {
-      const int rb = static_cast<int>(std::min<int64_t>(4, rows - i0));
+    for (int64_t i0 = 0; i0 < rows; i0 += kRows512) {
+      const int rb = static_cast<int>(std::min<int64_t>(kRows512, rows - i0));
       table[rb - 1][nv - 1](A + i0 * sai, sai, sap, B + j0, C + i0 * cols + j0, depth, cols, last);
     }
   }
