@@ -133,18 +133,11 @@ FC_AVX512_TARGET void repack_block(const uint8_t* wq, int64_t n, int64_t kb, int
   }
 }
 
-struct Epilogue {
-  const float* sx;    // [m] or null: store int32 accumulators instead
-  const float* sw;    // [n]
-  const float* bias;  // [n] or null
-  float* y;           // [m, n]
-  int32_t* acc;       // [m, n] (when sx is null)
-};
 
 // One register tile: TM tokens (rows i0 .. i0+TM-1 of xs) × 64 channels (n0 ..), over all groups.
 template <int TM>
 FC_AVX512_TARGET void tile(const int8_t* xs, int64_t xstride, const int32_t* xsum, int64_t i0, const uint8_t* wb,
-                           int64_t groups, int64_t n, int64_t n0, const Epilogue& ep) {
+                           int64_t groups, int64_t n, int64_t n0, const GemmOut& ep) {
   __m512i c[TM][kNv];
 #pragma GCC unroll 6
   for (int t = 0; t < TM; ++t)
@@ -229,7 +222,7 @@ FC_AVX512_TARGET void unpack_activations_dot(const uint8_t* xq, int64_t kb, int6
 
 template <int TT>
 FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m, int64_t i0,
-                               const uint8_t* wq, int64_t n, int64_t n0, int64_t kb, const Epilogue& ep) {
+                               const uint8_t* wq, int64_t n, int64_t n0, int64_t kb, const GemmOut& ep) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
   const uint8_t* wr[kDn];
@@ -267,33 +260,19 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t*
     for (int j = 0; j < kDn; ++j) {
       if (t >= tn || j >= jn) continue;
       const int64_t i = i0 + t, col = n0 + j;
-      const int32_t a = _mm512_reduce_add_epi32(c[t][j]) - 8 * xsum[i];
-      if (ep.sx == nullptr) {
-        ep.acc[i * n + col] = a;
-      } else {
-        float y = static_cast<float>(a) * ep.sx[i];
-        y = y * ep.sw[col];
-        if (ep.bias != nullptr) y = y + ep.bias[col];
-        ep.y[i * n + col] = y;
-      }
+      ep.store(i, col, n, _mm512_reduce_add_epi32(c[t][j]) - 8 * xsum[i]);
     }
   }
 }
 
-template <typename T>
-T* grow(std::vector<T>& v, size_t size) {
-  if (v.size() < size) v.resize(size);
-  return v.data();
-}
-
 FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t kb,
-                                     int threads, const Epilogue& ep) {
+                                     int threads, const GemmOut& ep) {
   if (m <= kSmallM) {
     const int64_t dstride = 2 * ((kb + 63) / 64 * 64);
     static thread_local std::vector<int8_t> xd_buf;
     static thread_local std::vector<int32_t> xsum_small;
-    int8_t* xd = grow(xd_buf, static_cast<size_t>(m * dstride));
-    int32_t* xsum = grow(xsum_small, static_cast<size_t>(m));
+    int8_t* xd = grow_buffer(xd_buf, static_cast<size_t>(m * dstride));
+    int32_t* xsum = grow_buffer(xsum_small, static_cast<size_t>(m));
     const int64_t strips = (n + kDn - 1) / kDn;
 #pragma omp parallel num_threads(threads)
     {
@@ -317,15 +296,15 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64
   const int64_t wgroups = (kb + 63) / 64 * 16;  // groups the repack writes (whole 64-byte chunks)
   static thread_local std::vector<int8_t> xs_buf;   // the calling thread's: shared by its workers
   static thread_local std::vector<int32_t> xsum_buf;
-  int8_t* xs = grow(xs_buf, static_cast<size_t>(m * xstride));
-  int32_t* xsum = grow(xsum_buf, static_cast<size_t>(m));
+  int8_t* xs = grow_buffer(xs_buf, static_cast<size_t>(m * xstride));
+  int32_t* xsum = grow_buffer(xsum_buf, static_cast<size_t>(m));
   const int64_t nblocks = (n + kNb - 1) / kNb;
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < m; i += 16) unpack_activations(xq, kb, i, std::min(m, i + 16), xs, xstride, xsum);
     static thread_local std::vector<uint8_t> wb_buf;
-    uint8_t* wb = grow(wb_buf, static_cast<size_t>(wgroups * kNv * 64));
+    uint8_t* wb = grow_buffer(wb_buf, static_cast<size_t>(wgroups * kNv * 64));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * kNb;
@@ -349,14 +328,14 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64
 void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
                      int threads) {
   if (m == 0 || n == 0) return;
-  Epilogue ep{nullptr, nullptr, nullptr, nullptr, acc};
+  const GemmOut ep{nullptr, nullptr, nullptr, nullptr, acc};
   gemm_vnni_impl(xq, wq, m, n, kb, threads, ep);
 }
 
 void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
                          const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (m == 0 || n == 0) return;
-  Epilogue ep{sx, sw, bias, y, nullptr};
+  const GemmOut ep{sx, sw, bias, y, nullptr};
   gemm_vnni_impl(xq, wq, m, n, kb, threads, ep);
 }
 

@@ -93,18 +93,11 @@ __attribute__((target("avx2"))) void unpack_activations_avx2(const uint8_t* xq, 
   xsum[i] = hsum_epi32(sum);
 }
 
-struct Avx2Out {
-  const float* sx;    // [m] or null: store int32 accumulators in acc
-  const float* sw;    // [n]
-  const float* bias;  // [n] or null
-  float* y;           // [m, n]
-  int32_t* acc;       // [m, n]
-};
 
 template <int TT>
 __attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m,
                                                int64_t i0, const uint8_t* wq, int64_t n, int64_t n0, int64_t kb,
-                                               const Avx2Out& out) {
+                                               const GemmOut& out) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x88));
   const __m256i ones16 = _mm256_set1_epi16(1);
@@ -163,27 +156,13 @@ __attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride
   for (int t = 0; t < tn; ++t) {
     for (int j = 0; j < jn; ++j) {
       const int64_t i = i0 + t, col = n0 + j;
-      const int32_t a = hsum_epi32(c32[t][j]) - 8 * xsum[i];
-      if (out.sx == nullptr) {
-        out.acc[i * n + col] = a;
-      } else {
-        float v = static_cast<float>(a) * out.sx[i];
-        v = v * out.sw[col];
-        if (out.bias != nullptr) v = v + out.bias[col];
-        out.y[i * n + col] = v;
-      }
+      out.store(i, col, n, hsum_epi32(c32[t][j]) - 8 * xsum[i]);
     }
   }
 }
 
-template <typename T>
-T* grow_buffer(std::vector<T>& v, size_t size) {
-  if (v.size() < size) v.resize(size);
-  return v.data();
-}
-
 __attribute__((target("avx2"))) void gemm_avx2(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n,
-                                               int64_t kb, int threads, const Avx2Out& out) {
+                                               int64_t kb, int threads, const GemmOut& out) {
   if (m == 0 || n == 0) return;
   const int64_t dstride = 2 * ((kb + kChunk - 1) / kChunk * kChunk);
   static thread_local std::vector<int8_t> xd_buf;  // the calling thread's, shared by its workers
@@ -284,7 +263,7 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
       gemm_avx512vnni(xq, wq, acc, m, n, kb, threads);
       break;
     case kAvx2: {
-      const Avx2Out out{nullptr, nullptr, nullptr, nullptr, acc};
+      const GemmOut out{nullptr, nullptr, nullptr, nullptr, acc};
       gemm_avx2(xq, wq, m, n, kb, threads, out);
       break;
     }
@@ -300,8 +279,8 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
     gemm_avx512vnni_f32(xq, sx, wq, sw, bias, y, m, n, kb, threads);
     return;
   }
+  const GemmOut out{sx, sw, bias, y, nullptr};
   if (current_isa() == kAvx2) {
-    const Avx2Out out{sx, sw, bias, y, nullptr};
     gemm_avx2(xq, wq, m, n, kb, threads, out);
     return;
   }
@@ -309,12 +288,7 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
   int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      float v = static_cast<float>(acc[i * n + j]) * sx[i];
-      v = v * sw[j];
-      if (bias != nullptr) v = v + bias[j];
-      y[i * n + j] = v;
-    }
+    for (int64_t j = 0; j < n; ++j) out.store(i, j, n, acc[i * n + j]);
   }
 }
 

@@ -1,8 +1,38 @@
 // Internal declarations shared by the CPU kernel translation units (not part of the public entry points).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace fair_calib {
+
+// Where a GEMM kernel writes its [m, n] result: the exact int32 accumulators (sx == nullptr: into acc) or the
+// fp32 epilogue y = (float(acc) * sx[i]) * sw[col] (+ bias[col]), in that order (the reference's).
+struct GemmOut {
+  const float* sx;    // [m] or nullptr
+  const float* sw;    // [n]
+  const float* bias;  // [n] or nullptr
+  float* y;           // [m, n] (fp32 epilogue)
+  int32_t* acc;       // [m, n] (int32 accumulators)
+
+  // Writes output (i, col) of a row-major [m, n] result from its exact accumulator a.
+  void store(int64_t i, int64_t col, int64_t n, int32_t a) const {
+    if (sx == nullptr) {
+      acc[i * n + col] = a;
+      return;
+    }
+    float v = static_cast<float>(a) * sx[i];
+    v = v * sw[col];
+    if (bias != nullptr) v = v + bias[col];
+    y[i * n + col] = v;
+  }
+};
+
+// v.data() after growing v to at least `size` elements (never shrinks: per-thread buffers kept between calls).
+template <typename T>
+T* grow_buffer(std::vector<T>& v, size_t size) {
+  if (v.size() < size) v.resize(size);
+  return v.data();
+}
 
 // AVX-512 VNNI GEMM (w4a4_avx512.cpp). Call only when cpu_has_avx512vnni() is true.
 void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
