@@ -265,9 +265,10 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t*
   }
 }
 
-FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n, int64_t kb,
-                                     int threads, const GemmOut& ep) {
-  if (m <= kSmallM) {
+// prepared: the weights already regrouped (vnni_prepack), or nullptr to regroup them per call from wq.
+FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const uint8_t* prepared, int64_t m,
+                                     int64_t n, int64_t kb, int threads, const GemmOut& ep) {
+  if (m <= kSmallM && prepared == nullptr) {
     const int64_t dstride = 2 * ((kb + 63) / 64 * 64);
     static thread_local std::vector<int8_t> xd_buf;
     static thread_local std::vector<int32_t> xsum_small;
@@ -304,11 +305,16 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, int64
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < m; i += 16) unpack_activations(xq, kb, i, std::min(m, i + 16), xs, xstride, xsum);
     static thread_local std::vector<uint8_t> wb_buf;
-    uint8_t* wb = grow_buffer(wb_buf, static_cast<size_t>(wgroups * kNv * 64));
+    uint8_t* own = prepared == nullptr ? grow_buffer(wb_buf, static_cast<size_t>(wgroups * kNv * 64)) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t n0 = b * kNb;
-      repack_block(wq, n, kb, n0, wb);
+      const uint8_t* wb = own;
+      if (prepared != nullptr) {
+        wb = prepared + b * wgroups * kNv * 64;
+      } else {
+        repack_block(wq, n, kb, n0, own);
+      }
       int64_t i0 = 0;
       for (; i0 + kTm <= m; i0 += kTm) tile<kTm>(xs, xstride, xsum, i0, wb, groups, n, n0, ep);
       switch (m - i0) {
@@ -329,14 +335,39 @@ void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t
                      int threads) {
   if (m == 0 || n == 0) return;
   const GemmOut ep{nullptr, nullptr, nullptr, nullptr, acc};
-  gemm_vnni_impl(xq, wq, m, n, kb, threads, ep);
+  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
 }
 
 void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
                          const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (m == 0 || n == 0) return;
   const GemmOut ep{sx, sw, bias, y, nullptr};
-  gemm_vnni_impl(xq, wq, m, n, kb, threads, ep);
+  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
+}
+
+int64_t vnni_prepared_bytes(int64_t n, int64_t kb) {
+  return (n + kNb - 1) / kNb * ((kb + 63) / 64 * 16) * kNv * 64;
+}
+
+FC_AVX512_TARGET void vnni_prepack(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* out, int threads) {
+  const int64_t block_bytes = (kb + 63) / 64 * 16 * kNv * 64;
+  const int64_t nblocks = (n + kNb - 1) / kNb;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < nblocks; ++b) repack_block(wq, n, kb, b * kNb, out + b * block_bytes);
+}
+
+void vnni_unprepack(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq) {
+  const int64_t wgroups = (kb + 63) / 64 * 16;
+  for (int64_t c = 0; c < n; ++c) {
+    const uint8_t* block = prepared + (c / kNb) * wgroups * kNv * 64 + ((c % kNb) / 16) * 64 + (c % 16) * 4;
+    for (int64_t j = 0; j < kb; ++j) wq[c * kb + j] = block[(j / 4) * kNv * 64 + j % 4] ^ 0x88;
+  }
+}
+
+void gemm_avx512vnni_prepared(const uint8_t* xq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
+                              int threads, const GemmOut& out) {
+  if (m == 0 || n == 0) return;
+  gemm_vnni_impl(xq, nullptr, prepared, m, n, kb, threads, out);
 }
 
 }  // namespace fair_calib

@@ -292,6 +292,43 @@ void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const 
   }
 }
 
+int64_t prepared_weight_bytes(int64_t n, int64_t kb) { return vnni_prepared_bytes(n, kb); }
+
+int prepare_weight(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* prepared, int threads) {
+  if (!has_avx512vnni()) return -2;
+  if (threads <= 0) threads = default_threads();
+  vnni_prepack(wq, n, kb, prepared, threads);
+  return 0;
+}
+
+void unprepare_weight(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq) {
+  vnni_unprepack(prepared, n, kb, wq);
+}
+
+void int4_gemm_acc_prepared(const uint8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
+                            int64_t kb, int threads) {
+  if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {
+    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{nullptr, nullptr, nullptr, nullptr, acc});
+    return;
+  }
+  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
+  vnni_unprepack(prepared, n, kb, wq.data());
+  int4_gemm_acc(xq, wq.data(), acc, m, n, kb, threads);
+}
+
+void w4a4_gemm_prepared_f32(const uint8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
+                            const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
+  if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {
+    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{sx, sw, bias, y, nullptr});
+    return;
+  }
+  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
+  vnni_unprepack(prepared, n, kb, wq.data());
+  w4a4_gemm_f32(xq, sx, wq.data(), sw, bias, y, m, n, kb, threads);
+}
+
 int current_isa_level() { return current_isa(); }
 
 int default_cpu_threads() { return default_threads(); }
