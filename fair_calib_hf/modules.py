@@ -18,6 +18,14 @@ key                         dtype / shape               meaning
 Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 quantization of ``x̃``,
 then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
 
+**Prepared CPU layout** (opt-in, :meth:`W4A4Linear.prepare_cpu_layout` or :func:`prepare_cpu_layout` for a
+whole model): on a CPU with AVX-512 VNNI, the weight codes can be held in the layout the GEMM reads directly
+instead of being regrouped at every call (faster at small token counts; bit-identical results). It replaces
+``weight_packed`` in memory (0.5 byte per weight plus padding; ``module.weight_packed`` is then ``None``);
+``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict re-prepares,
+and a device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first (re-preparing
+when the module stays on the CPU).
+
 **Dtype casts.** The float32 buffers above stay float32 whatever dtype the module or the model is cast to
 (``.to(torch.bfloat16)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``, a parent's ``.to(dtype)``):
 only ``bias`` follows the cast, as the model's float parts do. Device moves apply to every buffer. Rounding
@@ -106,9 +114,61 @@ class W4A4Linear(nn.Module):
             self.input_transform = InputTransform(in_features, transform_factors, transform_diag, device=device)
         else:
             self.input_transform = None
+        self._weight_prepared: torch.Tensor | None = None  # see prepare_cpu_layout
 
     def _apply(self, fn, recurse=True):
-        return _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
+        prepared = self._weight_prepared is not None
+        if prepared:
+            self._unprepare_cpu_layout()
+        result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
+        if prepared and self.weight_packed.device.type == "cpu":
+            self.prepare_cpu_layout()
+        return result
+
+    def prepare_cpu_layout(self) -> bool:
+        """Hold the weight codes in the CPU VNNI GEMM's prepared layout (:func:`fair_calib_hf.ops.cpu.prepare_weight`)
+        instead of ``weight_packed`` (freed; ``weight_packed`` is ``None`` until :meth:`packed_weight` or a move
+        restores it): see the module docstring. Idempotent. Returns whether the module is now prepared: ``False``
+        (nothing changed) off the CPU, without the compiled kernels, or on a CPU without AVX-512 VNNI."""
+        if self._weight_prepared is not None:
+            return True
+        if self.weight_packed.device.type != "cpu" or not ops.cpu.prepared_layout_available():
+            return False
+        self._weight_prepared = ops.cpu.prepare_weight(self.weight_packed)
+        self._buffers["weight_packed"] = None
+        return True
+
+    def _unprepare_cpu_layout(self) -> None:
+        self._buffers["weight_packed"] = self.packed_weight()
+        self._weight_prepared = None
+
+    def packed_weight(self) -> torch.Tensor:
+        """The packed codes ``uint8 [out, ceil(in/2)]`` (rebuilt from the prepared layout when the module holds
+        that instead: a new tensor each call)."""
+        if self._weight_prepared is None:
+            return self.weight_packed
+        return ops.cpu.unprepare_weight(self._weight_prepared, self.out_features, packed_width(self.in_features))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self._weight_prepared is None:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._buffers["weight_packed"] = self.packed_weight()  # the checkpoint format, for this call only
+        try:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        finally:
+            self._buffers["weight_packed"] = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        prepared = self._weight_prepared is not None
+        if prepared:
+            self._unprepare_cpu_layout()
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        finally:
+            if prepared:
+                self.prepare_cpu_layout()
 
     @classmethod
     def from_linear(
@@ -168,21 +228,25 @@ class W4A4Linear(nn.Module):
         t = self.input_transform
         left, right, diag = (t.left, t.right, t.diag) if t is not None else (None, None, None)
         x_packed, x_scale = ops.quantize_act_int4(x2, left, right, diag, self.input_clip)
-        y = ops.w4a4_gemm(
-            x_packed, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features, x.dtype
-        )
+        if self._weight_prepared is not None:
+            y = ops.w4a4_gemm_prepared(x_packed, x_scale, self._weight_prepared, self.weight_scale, self.bias,
+                                       self.out_features, self.in_features, x.dtype)
+        else:
+            y = ops.w4a4_gemm(
+                x_packed, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features, x.dtype
+            )
         return y.reshape(*shape[:-1], self.out_features)
 
     @torch.no_grad()
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
         """A float ``nn.Linear`` computing ``x ↦ x·P·Q(W)ᵀ + b`` (the transform folded in, activation
         quantization dropped). Used by ``model.dequantize()``."""
-        w = dequantize_weight(self.weight_packed, self.weight_scale, self.in_features).double()
+        w = dequantize_weight(self.packed_weight(), self.weight_scale, self.in_features).double()
         if self.input_transform is not None:
             w = w @ self.input_transform.matrix().t()
         dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight_packed.device, dtype=dtype)
+                           device=self.weight_scale.device, dtype=dtype)
         linear.weight.copy_(w.to(dtype))
         if self.bias is not None:
             linear.bias.copy_(self.bias)
@@ -192,4 +256,11 @@ class W4A4Linear(nn.Module):
         t = self.input_transform
         tr = "none" if t is None else f"kronecker {t.left.shape[0]}x{t.right.shape[0]}" + (" +diag" if t.diag is not None else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"w4a4, transform={tr}, backend={ops.active_backend(self.weight_packed.device.type)}")
+                f"w4a4, transform={tr}, backend={ops.active_backend(self.weight_scale.device.type)}"
+                + (", prepared cpu layout" if self._weight_prepared is not None else ""))
+
+
+def prepare_cpu_layout(model: nn.Module) -> int:
+    """:meth:`W4A4Linear.prepare_cpu_layout` on every ``W4A4Linear`` of ``model`` (call it once after loading, on
+    the CPU); returns how many were prepared (0 where the layout is not available)."""
+    return sum(1 for m in model.modules() if isinstance(m, W4A4Linear) and m.prepare_cpu_layout())

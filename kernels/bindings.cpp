@@ -84,6 +84,60 @@ std::tuple<torch::Tensor, torch::Tensor> transform_quantize_pack(const torch::Te
   return {packed, scale};
 }
 
+void check_prepared(const torch::Tensor& prepared, int64_t n, int64_t kb) {
+  TORCH_CHECK(prepared.device().is_cpu() && prepared.scalar_type() == torch::kUInt8 && prepared.dim() == 1 &&
+                  prepared.is_contiguous(),
+              "prepared weights must be a contiguous 1-D uint8 CPU tensor");
+  TORCH_CHECK(n >= 0 && prepared.numel() == fair_calib::prepared_weight_bytes(n, kb), "prepared weights have ",
+              prepared.numel(), " bytes, expected ", fair_calib::prepared_weight_bytes(n, kb), " for ", n, " rows of ",
+              kb, " packed bytes");
+}
+
+torch::Tensor prepare_weight(const torch::Tensor& wq) {
+  check_packed(wq, "w_packed");
+  const int64_t n = wq.size(0), kb = wq.size(1);
+  auto out = torch::empty({fair_calib::prepared_weight_bytes(n, kb)}, torch::dtype(torch::kUInt8));
+  const int rc = fair_calib::prepare_weight(wq.data_ptr<uint8_t>(), n, kb, out.data_ptr<uint8_t>(),
+                                            at::get_num_threads());
+  TORCH_CHECK_VALUE(rc == 0, "this CPU has no AVX-512 VNNI: the prepared weight layout is not available");
+  return out;
+}
+
+torch::Tensor unprepare_weight(const torch::Tensor& prepared, int64_t n, int64_t kb) {
+  check_prepared(prepared, n, kb);
+  auto wq = torch::empty({n, kb}, torch::dtype(torch::kUInt8));
+  fair_calib::unprepare_weight(prepared.data_ptr<uint8_t>(), n, kb, wq.data_ptr<uint8_t>());
+  return wq;
+}
+
+torch::Tensor int4_matmul_int32_prepared(const torch::Tensor& xq, const torch::Tensor& prepared, int64_t n) {
+  check_packed(xq, "x_packed");
+  check_prepared(prepared, n, xq.size(1));
+  auto acc = torch::empty({xq.size(0), n}, torch::dtype(torch::kInt32));
+  fair_calib::int4_gemm_acc_prepared(xq.data_ptr<uint8_t>(), prepared.data_ptr<uint8_t>(), acc.data_ptr<int32_t>(),
+                                     xq.size(0), n, xq.size(1), at::get_num_threads());
+  return acc;
+}
+
+torch::Tensor w4a4_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& prepared,
+                                     const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias, int64_t n) {
+  check_packed(xq, "x_packed");
+  check_prepared(prepared, n, xq.size(1));
+  auto sx32 = sx.to(torch::kFloat32).contiguous();
+  auto sw32 = sw.to(torch::kFloat32).contiguous();
+  TORCH_CHECK(sx32.numel() == xq.size(0) && sw32.numel() == n, "scale sizes do not match M and N");
+  torch::Tensor b32;
+  if (bias.has_value()) {
+    b32 = bias->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(b32.numel() == n, "bias size does not match N");
+  }
+  auto y = torch::empty({xq.size(0), n}, torch::dtype(torch::kFloat32));
+  fair_calib::w4a4_gemm_prepared_f32(xq.data_ptr<uint8_t>(), sx32.data_ptr<float>(), prepared.data_ptr<uint8_t>(),
+                                     sw32.data_ptr<float>(), bias.has_value() ? b32.data_ptr<float>() : nullptr,
+                                     y.data_ptr<float>(), xq.size(0), n, xq.size(1), at::get_num_threads());
+  return y;
+}
+
 std::vector<std::string> supported_isas() {
   const char* names[8];
   const int count = std::min(fair_calib::supported_gemm_isas(names, 8), 8);
@@ -109,6 +163,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_pack", &quantize_pack, "per-row symmetric int4 quantization and packing");
   m.def("transform_quantize_pack", &transform_quantize_pack,
         "fused online Kronecker transform (x*diag)(left kron right) + per-row int4 quantization and packing");
+  m.def("prepare_weight", &prepare_weight,
+        "packed int4 weights [N, K/2] -> the VNNI GEMM's prepared layout (1-D uint8, a byte permutation + padding)");
+  m.def("unprepare_weight", &unprepare_weight, "prepared layout -> the packed int4 weights [N, K/2], exactly");
+  m.def("int4_matmul_int32_prepared", &int4_matmul_int32_prepared, "exact int32 accumulators, prepared weights");
+  m.def("w4a4_gemm_prepared_f32", &w4a4_gemm_prepared_f32, "W4A4 GEMM with the fp32 epilogue, prepared weights");
   m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the CPU GEMM now");
   m.def("supported_isas", &supported_isas, "CPU GEMM instruction sets this CPU can run, best last");
   m.def("set_isa", &set_isa, "force the CPU GEMM instruction set by name, or 'auto'");

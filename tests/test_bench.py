@@ -17,9 +17,14 @@ def test_kernel_bench_runs(tmp_path):
     record = json.load(open(tmp_path / "k.json"))
     (row,) = record["layers"]
     assert row["M"] == 3 and min(row["fp32_ms"], row["int8_ms"], row["w4a4_gemm_ms"], row["w4a4_layer_ms"]) > 0
+    from fair_calib_hf.ops import cpu
+
+    prepared = cpu.prepared_layout_available() and row["isa"] == "avx512vnni"
+    assert (row["w4a4_prepared_ms"] is not None) == prepared and (not prepared or row["w4a4_prepared_ms"] > 0)
     (step,) = record["denoising_step"]
     assert step["model"] == "zoo:dream-arith" and step["batch"] == 2 and step["tokens"] == 2 * 44
     assert step["fp32_step_ms"] > 0 and step["w4a4_step_ms"] > 0
+    assert (step["w4a4_prepared_step_ms"] is not None) == cpu.prepared_layout_available()
     # the packed checkpoint is several times smaller than fp32 and smaller than bf16 (transforms included)
     assert step["size_ratio_fp32"] > 3 and step["size_ratio_bf16"] > 1.5
 

@@ -103,6 +103,30 @@ def test_extreme_tiles(isa, value, m):
     assert int(acc[0, 0]) == value * -8 * k
 
 
+def test_register_tile_tails_and_extreme_codes(isa):
+    """Every token count 1..13 (VNNI: up to 12 tokens take the dot-product kernel, 4 tokens × 4 channels per
+    tile; from 13 the regrouped kernel, 6 tokens × 64 channels per tile: all remainders of both) against N with
+    full and partial 64-channel blocks and a K whose packed width is not a multiple of 4 or 64 bytes, with
+    random codes and the extreme codes -8 / 7 on both sides; int32 accumulators and the fused fp32 epilogue
+    (with a bias) must both be bit-identical."""
+    g = torch.Generator().manual_seed(77)
+    n, k = 200, 301  # 3 blocks of 64 channels + 8; 151 packed bytes
+    w = _codes((n, k), 5)
+    w[:3] = -8
+    w[3:6] = 7
+    wp = pack_int4(w)
+    sw, bias = torch.rand(n, 1, generator=g) + 1e-3, torch.randn(n, generator=g)
+    for m in range(1, 14):
+        x = _codes((m, k), m)
+        x[0] = -8
+        if m > 1:
+            x[-1] = 7
+        xp, sx = pack_int4(x), torch.rand(m, generator=g) + 1e-3
+        assert torch.equal(cpu.int4_matmul_int32(xp, wp), reference.int4_matmul_int32(xp, wp, k)), m
+        got = ops.w4a4_gemm(xp, sx, wp, sw, bias, k, torch.float32)
+        assert torch.equal(got, reference.w4a4_gemm_reference(xp, sx, wp, sw, bias, k, torch.float32)), m
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("m,n,k", [(1, 7, 64), (33, 130, 200), (4, 8, 4226)])
@@ -176,3 +200,61 @@ def test_packed_linear_uses_the_compiled_backend_and_matches_reference():
     ref = reference.w4a4_gemm_reference(xp, sx, q.weight_packed, q.weight_scale, q.bias, 200, x.dtype)
     assert torch.equal(q(x).reshape(-1, 48), ref)
     assert ops.active_backend("cpu") in ISAS
+
+
+needs_prepared = pytest.mark.skipif(not cpu.prepared_layout_available(),
+                                    reason="the prepared weight layout needs AVX-512 VNNI and the compiled kernels")
+
+
+@needs_prepared
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (3, 5, 7), (13, 130, 257), (20, 64, 4096), (7, 200, 301),
+                                   (2, 37, 9000)])
+def test_prepared_weights_roundtrip_and_gemm_identical(isa, m, n, k):
+    """The prepared layout holds the same codes (unprepare restores them byte for byte) in 0.5 byte per weight
+    plus the padding of N to 64 rows and of the packed width to 64 bytes, and the GEMM on it is bit-identical to
+    the reference on every instruction set (VNNI reads it directly; the others unprepare a copy), with tails in
+    M, N and K and the extreme codes -8 / 7."""
+    w = _codes((n, k), n + k)
+    w[0] = -8
+    w[-1] = 7
+    x = _codes((m, k), m)
+    x[0] = -8
+    xp, wp = pack_int4(x), pack_int4(w)
+    prepared = cpu.prepare_weight(wp)
+    kb = wp.shape[1]
+    assert prepared.dtype == torch.uint8 and prepared.numel() == -(-n // 64) * 64 * (-(-kb // 64) * 64)
+    assert torch.equal(cpu.unprepare_weight(prepared, n, kb), wp)
+    assert torch.equal(cpu.int4_matmul_int32_prepared(xp, prepared, n), reference.int4_matmul_int32(xp, wp, k))
+    g = torch.Generator().manual_seed(m * n)
+    sx, sw, bias = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3, torch.randn(n, generator=g)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = ops.w4a4_gemm_prepared(xp, sx, prepared, sw, bias.to(dtype), n, k, dtype)
+        assert torch.equal(got, reference.w4a4_gemm_reference(xp, sx, wp, sw, bias.to(dtype), k, dtype))
+
+
+@needs_prepared
+def test_prepared_module_keeps_results_and_checkpoint_format():
+    """A W4A4Linear holding the prepared layout: bit-identical forward, the same state dict (keys, order, packed
+    bytes), re-prepared after loading a state dict and after a dtype cast, packed again when it leaves the CPU
+    path (to_linear, and `prepare_cpu_layout` on the model counts it)."""
+    import copy
+
+    from fair_calib_hf.modules import prepare_cpu_layout
+
+    torch.manual_seed(0)
+    q = W4A4Linear.from_linear(torch.nn.Linear(300, 130, bias=True), input_clip=0.9)
+    x = torch.randn(2, 9, 300)
+    y, sd, lin = q(x), q.state_dict(), q.to_linear()
+    model = torch.nn.Sequential(q)
+    assert prepare_cpu_layout(model) == 1 and q.weight_packed is None
+    assert torch.equal(q(x), y)
+    sd2 = q.state_dict()
+    assert list(sd2) == list(sd) and all(torch.equal(sd2[key], sd[key]) for key in sd)
+    assert torch.equal(q.to_linear().weight, lin.weight) and torch.equal(q.packed_weight(), sd["weight_packed"])
+    assert torch.equal(copy.deepcopy(q)(x), y)
+    other = W4A4Linear.from_linear(torch.nn.Linear(300, 130, bias=True), input_clip=0.9)
+    other.prepare_cpu_layout()
+    other.load_state_dict(sd)
+    assert other.weight_packed is None and torch.equal(other(x), y)
+    q.to(torch.bfloat16)
+    assert q.weight_packed is None and torch.equal(q(x.bfloat16()), other.to(torch.bfloat16)(x.bfloat16()))

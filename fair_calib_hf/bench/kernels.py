@@ -9,11 +9,15 @@
 * ``W4A4 layer``: the whole :class:`~fair_calib_hf.modules.W4A4Linear` forward as Stage II leaves it: online
   Kronecker transform with the diagonal, per-token int4 quantization and packing, GEMM;
 * ``transform share``: the layer's activation side alone (transform + quantization + packing, the
-  ``quantize_act_int4`` op) over the whole layer's time.
+  ``quantize_act_int4`` op) over the whole layer's time;
+* ``W4A4 prepared``: the same layer after :meth:`~fair_calib_hf.modules.W4A4Linear.prepare_cpu_layout` (the
+  weights held in the VNNI GEMM's prepared layout instead of regrouped per call); only with the AVX-512 VNNI
+  kernels, ``-`` otherwise.
 
 **Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
-W4A4 linears with their online transforms; embeddings, norms, attention and head stay float). Models: the zoo
+W4A4 linears with their online transforms; embeddings, norms, attention and head stay float), as loaded and,
+with the AVX-512 VNNI kernels, after :func:`~fair_calib_hf.modules.prepare_cpu_layout`. Models: the zoo
 models at their task's sequence length, and ``wide-llada`` (the LLaDA-style architecture at LLaMA-8B width:
 hidden 4096, MLP 12288, 2 blocks, random weights, 256 tokens), where the linears dominate as in the real model
 (its W4A4 copy has random transforms of Stage II's shapes instead of fitted ones, with the diagonal applied
@@ -30,6 +34,7 @@ avx2``) in the same process, one row each. ``--quick`` runs one shape, two token
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import tempfile
 import warnings
@@ -94,6 +99,9 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
         wp, ws = quantize_weight_per_channel(w)
         int8 = int8_dynamic_linear(w)
         layer = transformed_w4a4_linear(w, g)
+        prepared = copy.deepcopy(layer)
+        if not prepared.prepare_cpu_layout():
+            prepared = None
         tr = layer.input_transform
         for m in ms:
             x = torch.randn(m, k, generator=g)
@@ -108,13 +116,17 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
                         t_layer = best_time(lambda: layer(x), repeats)
                         t_quant = best_time(lambda: ops.quantize_act_int4(x, tr.left, tr.right, tr.diag,
                                                                           layer.input_clip), repeats)
+                        t_prep = (best_time(lambda: prepared(x), repeats)
+                                  if prepared is not None and ops.active_backend("cpu") == "avx512vnni" else None)
                         rows.append({"shape": name, "M": m, "isa": ops.active_backend("cpu"),
                                      "fp32_ms": round(t_fp * 1e3, 3), "int8_ms": round(t_int8 * 1e3, 3),
                                      "w4a4_gemm_ms": round(t_gemm * 1e3, 3), "w4a4_layer_ms": round(t_layer * 1e3, 3),
                                      "w4a4_quant_ms": round(t_quant * 1e3, 3),
                                      "transform_share": round(min(1.0, t_quant / t_layer), 3),
                                      "fp32_over_w4a4": round(t_fp / t_layer, 2),
-                                     "int8_over_w4a4": round(t_int8 / t_layer, 2)})
+                                     "int8_over_w4a4": round(t_int8 / t_layer, 2),
+                                     "w4a4_prepared_ms": None if t_prep is None else round(t_prep * 1e3, 3),
+                                     "int8_over_prepared": None if t_prep is None else round(t_int8 / t_prep, 2)})
                     finally:
                         if previous is not None:
                             cpu.set_isa(previous)
@@ -171,6 +183,7 @@ def model_rows(models, batches, repeats) -> list[dict]:
 
     from fair_calib_hf import FairCalibConfig
     from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.modules import prepare_cpu_layout
     from fair_calib_hf.zoo import resolve, task_of
 
     hf_logging.disable_progress_bar()
@@ -196,6 +209,9 @@ def model_rows(models, batches, repeats) -> list[dict]:
                          "w4a4": _safetensors_bytes(q, os.path.join(root, name + "-w4a4")),
                          "bf16": _safetensors_bytes(AutoModel.from_pretrained(path, trust_remote_code=True),
                                                     os.path.join(root, name + "-bf16"), torch.bfloat16)}
+            qp = copy.deepcopy(q)
+            if not prepare_cpu_layout(qp):
+                qp = None
             mask_id = get_adapter(fp).mask_token_id(fp.config)
             vocab = fp.get_input_embeddings().weight.shape[0]
             g = torch.Generator().manual_seed(1)
@@ -205,13 +221,17 @@ def model_rows(models, batches, repeats) -> list[dict]:
                 with torch.no_grad():
                     t_fp = best_time(lambda: fp(input_ids=ids), repeats)
                     t_q = best_time(lambda: q(input_ids=ids), repeats)
+                    t_qp = best_time(lambda: qp(input_ids=ids), repeats) if qp is not None else None
                 rows.append({"model": name, "batch": batch, "tokens": batch * seq_len,
                              "fp32_step_ms": round(t_fp * 1e3, 2), "w4a4_step_ms": round(t_q * 1e3, 2),
-                             "step_ratio": round(t_fp / t_q, 2), "fp32_mb": round(sizes["fp32"] / 2**20, 2),
+                             "step_ratio": round(t_fp / t_q, 2),
+                             "w4a4_prepared_step_ms": None if t_qp is None else round(t_qp * 1e3, 2),
+                             "prepared_step_ratio": None if t_qp is None else round(t_fp / t_qp, 2),
+                             "fp32_mb": round(sizes["fp32"] / 2**20, 2),
                              "bf16_mb": round(sizes["bf16"] / 2**20, 2), "w4a4_mb": round(sizes["w4a4"] / 2**20, 2),
                              "size_ratio_fp32": round(sizes["fp32"] / sizes["w4a4"], 2),
                              "size_ratio_bf16": round(sizes["bf16"] / sizes["w4a4"], 2)})
-            del fp, q
+            del fp, q, qp
     return rows
 
 
@@ -250,13 +270,18 @@ def main(argv=None) -> None:
             "fp32 ms": lambda r: r["fp32_ms"], "int8 dyn. ms": lambda r: r["int8_ms"],
             "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 layer ms": lambda r: r["w4a4_layer_ms"],
             "transform share": lambda r: f"{100 * r['transform_share']:.0f} %",
-            "fp32/W4A4": lambda r: r["fp32_over_w4a4"], "int8/W4A4": lambda r: r["int8_over_w4a4"]}, layers)
+            "fp32/W4A4": lambda r: r["fp32_over_w4a4"], "int8/W4A4": lambda r: r["int8_over_w4a4"],
+            "W4A4 prepared ms": lambda r: "-" if r["w4a4_prepared_ms"] is None else r["w4a4_prepared_ms"],
+            "int8/prepared": lambda r: "-" if r["int8_over_prepared"] is None else r["int8_over_prepared"]}, layers)
     steps = model_rows(models, batches, repeats) if models else []
     if steps:
         report("Denoising step (one forward, answer masked) and checkpoint size, float32 vs FAIR-Calib W4A4",
                {"model": lambda r: r["model"], "batch": lambda r: r["batch"], "tokens": lambda r: r["tokens"],
                 "fp32 ms": lambda r: r["fp32_step_ms"], "W4A4 ms": lambda r: r["w4a4_step_ms"],
-                "fp32/W4A4": lambda r: r["step_ratio"], "fp32 MB": lambda r: r["fp32_mb"],
+                "fp32/W4A4": lambda r: r["step_ratio"],
+                "W4A4 prepared ms": lambda r: "-" if r["w4a4_prepared_step_ms"] is None else r["w4a4_prepared_step_ms"],
+                "fp32/prepared": lambda r: "-" if r["prepared_step_ratio"] is None else r["prepared_step_ratio"],
+                "fp32 MB": lambda r: r["fp32_mb"],
                 "bf16 MB": lambda r: r["bf16_mb"], "W4A4 MB": lambda r: r["w4a4_mb"],
                 "size fp32/W4A4": lambda r: r["size_ratio_fp32"], "size bf16/W4A4": lambda r: r["size_ratio_bf16"]},
                steps)

@@ -10,6 +10,8 @@ Ops (namespace ``fair_calib``):
 
 * ``quantize_act_int4(x [M,K], left?, right?, diag?, clip?) -> (packed uint8 [M, ceil(K/2)], scale f32 [M])``
 * ``w4a4_gemm(x_packed, x_scale, w_packed, w_scale, bias?, k, out_dtype) -> [M, N]``
+* ``w4a4_gemm_prepared(x_packed, x_scale, w_prepared, w_scale, bias?, n, k, out_dtype) -> [M, N]``: the same
+  GEMM on weights held in the CPU VNNI kernel's prepared layout (:func:`.cpu.prepare_weight`; CPU only)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from ..packing import packed_width
 from . import cpu, cuda, reference
 
-__all__ = ["quantize_act_int4", "w4a4_gemm", "active_backend"]
+__all__ = ["quantize_act_int4", "w4a4_gemm", "w4a4_gemm_prepared", "active_backend"]
 
 
 @torch.library.custom_op("fair_calib::quantize_act_int4", mutates_args=())
@@ -60,7 +62,29 @@ def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
     return x_packed.new_empty((x_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
 
 
-cpu.register(quantize_act_int4, w4a4_gemm)
+@torch.library.custom_op("fair_calib::w4a4_gemm_prepared", mutates_args=())
+def w4a4_gemm_prepared(
+    x_packed: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_prepared: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    n: int,
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``w4a4_gemm`` with the weights in the prepared layout (1-D uint8 from :func:`.cpu.prepare_weight` of the
+    packed ``[n, ceil(k/2)]`` codes); the result is bit-identical to ``w4a4_gemm`` on the packed codes."""
+    w_packed = cpu.unprepare_weight(w_prepared, n, packed_width(k))
+    return reference.w4a4_gemm_reference(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype)
+
+
+@w4a4_gemm_prepared.register_fake
+def _(x_packed, x_scale, w_prepared, w_scale, bias, n, k, out_dtype):
+    return x_packed.new_empty((x_packed.shape[0], n), dtype=out_dtype)
+
+
+cpu.register(quantize_act_int4, w4a4_gemm, w4a4_gemm_prepared)
 cuda.register(quantize_act_int4, w4a4_gemm)
 
 

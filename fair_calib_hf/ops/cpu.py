@@ -65,10 +65,38 @@ def _apply_env_isa() -> None:
 _apply_env_isa()
 
 
-def register(quantize_op, gemm_op) -> None:
-    """Register the compiled CPU implementations of the two ops (no-op without the extension)."""
+def prepared_layout_available() -> bool:
+    """Whether :func:`prepare_weight` can run: the compiled kernels are enabled and this CPU has AVX-512 VNNI."""
+    return ENABLED and "avx512vnni" in supported_isas()
+
+
+def prepare_weight(w_packed: torch.Tensor) -> torch.Tensor:
+    """The packed int4 weights ``uint8 [N, ceil(K/2)]`` (CPU) in the layout the AVX-512 VNNI GEMM reads directly:
+    1-D ``uint8`` of ``ceil(N/64)·64 × ceil(ceil(K/2)/64)·64`` bytes, a byte permutation of the same codes (each
+    nibble offset by 8) plus padding, i.e. 0.5 byte per weight plus the padding of N to 64 rows and of K to 128
+    codes. Raises ``ValueError`` when this CPU has no AVX-512 VNNI, ``RuntimeError`` without the extension."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.prepare_weight(w_packed.contiguous())
+
+
+def unprepare_weight(w_prepared: torch.Tensor, n: int, packed_k: int) -> torch.Tensor:
+    """Inverse of :func:`prepare_weight`: the packed ``uint8 [n, packed_k]`` codes, exactly. Raises
+    ``RuntimeError`` when the size does not match ``n × packed_k`` or without the extension."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.unprepare_weight(w_prepared, n, packed_k)
+
+
+def register(quantize_op, gemm_op, gemm_prepared_op) -> None:
+    """Register the compiled CPU implementations of the ops (no-op without the extension)."""
     if not ENABLED:
         return
+
+    @gemm_prepared_op.register_kernel("cpu")
+    def _(x_packed, x_scale, w_prepared, w_scale, bias, n, k, out_dtype):
+        y = _C.w4a4_gemm_prepared_f32(x_packed.contiguous(), x_scale, w_prepared, w_scale.reshape(-1), bias, n)
+        return y.to(out_dtype)
 
     @quantize_op.register_kernel("cpu")
     def _(x, left, right, diag, clip):
@@ -81,6 +109,13 @@ def register(quantize_op, gemm_op) -> None:
     def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
         y = _C.w4a4_gemm_f32(x_packed.contiguous(), x_scale, w_packed.contiguous(), w_scale.reshape(-1), bias)
         return y.to(out_dtype)
+
+
+def int4_matmul_int32_prepared(x_packed: torch.Tensor, w_prepared: torch.Tensor, n: int) -> torch.Tensor:
+    """The compiled exact int32 accumulators on prepared weights (:func:`prepare_weight`), for exactness checks."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.int4_matmul_int32_prepared(x_packed.contiguous(), w_prepared, n)
 
 
 def int4_matmul_int32(x_packed: torch.Tensor, w_packed: torch.Tensor) -> torch.Tensor:

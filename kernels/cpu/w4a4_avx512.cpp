@@ -2,12 +2,32 @@
 // translation unit builds with the default flags and the extension still loads on AVX2-only CPUs; it is
 // called only after a runtime check (w4a4_cpu.cpp).
 //
+// Two kernels, chosen by the token count M:
+// * M > kSmallM: output channels in the vector lanes. A vector holds 16 channels × 4 weight codes (one dword
+//   per channel) and is multiplied by one token's 4 activation codes broadcast to every lane, so vpdpbusd
+//   adds 4 products straight into the (channel, token) lane. Register tile: 64 channels (4 vectors) × up to
+//   6 tokens = 24 int32 accumulators, kept in registers over the whole K, then the fp32 epilogue is applied
+//   in registers and the tile stored: one pass, no int32 matrix in memory. The weights are regrouped per
+//   call, per block of 64 channels (repack_block), which the many tokens amortize.
+// * M <= kSmallM: dot products straight on the packed rows (dot_tile), no regrouping: 4 channels × up to 4
+//   tokens, each accumulator reduced across its lanes once at the end of K.
+// Code order (first kernel). Packed byte j of a row holds code 2j (low nibble) and 2j+1 (high nibble). A dword of 4
+// packed bytes (codes 8g .. 8g+7) gives two quads: its low nibbles (codes 8g, 8g+2, 8g+4, 8g+6) and its
+// high nibbles (codes 8g+1, +3, +5, +7). The weights are regrouped per call (repack_block: a 16 × 16 dword
+// transpose, then nibble split) and the activations are unpacked to signed bytes in the same quad order
+// (unpack_activations), so both operands pair up code for code.
+//
 // Exactness. vpdpbusd multiplies unsigned bytes by signed bytes and adds groups of four products straight
 // into int32 lanes (no int16 stage, no saturation in the non-"s" form). Weights are the unsigned operand,
-// offset by 8 (nibble ^ 0x08 = w + 8 in [0, 15]); activations are signed via a 16-entry shuffle. The offset
-// is removed exactly: sum (w + 8) a = sum w a + 8 sum a, with sum a taken over the whole row. The K tail is
-// read with a byte mask: masked-off bytes are 0 for both operands, so the activation code is 0 and the
-// product is 0. Low and high nibbles pair up directly because both operands use the same packing.
+// offset by 8 (nibble ^ 0x8 = w + 8 in [0, 15]); activations are signed. The offset is removed exactly:
+// sum (w + 8) a = sum w a + 8 sum a, with sum a over the whole row. The K tail is zero-padded to a whole
+// dword of packed bytes: padding activation codes are 0, so their products are 0 whatever the weight. The
+// fp32 epilogue is (float(acc) * sx[m]) * sw[n] (+ bias[n]) in that order, as the reference (setup.py builds
+// with -ffp-contract=off, so no FMA contraction).
+//
+// Memory: the weights stay the packed 0.5 byte per weight (no second layout is stored); per call, about
+// M × K bytes of unpacked activations, and per thread 64 × ceil(K/128) × 64 bytes of regrouped weights
+// (one 64-channel block, L2), both kept between calls (thread_local, grown when a larger shape comes).
 // gcc 12 flags _mm512_undefined_epi32() inside its own intrinsic headers (_mm512_reduce_add_epi32)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -19,171 +39,335 @@
 #include "../w4a4_common.h"
 #include "w4a4_cpu_internal.h"
 
-#define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
 
 namespace fair_calib {
 namespace {
 
-constexpr int64_t kChunk = 64;   // bytes per zmm (128 codes)
+constexpr int kNv = 4;                  // channel vectors per register tile (16 channels each)
+constexpr int64_t kNb = 16 * kNv;       // channels per block (64)
+constexpr int kTm = 6;                  // tokens per register tile: 4 × 6 = 24 accumulators
+constexpr int64_t kPrefetch = 512;
+constexpr int64_t kSmallM = 12;       // token counts up to this take the dot-product kernel (no weight regrouping)
 
-FC_AVX512_TARGET inline __m512i load_bytes(const uint8_t* p, int64_t k, int64_t kb) {
-  if (k + kChunk <= kb) return _mm512_loadu_si512(reinterpret_cast<const void*>(p + k));
-  const __mmask64 mask = (1ULL << (kb - k)) - 1;  // kb - k in [1, 63]
-  return _mm512_maskz_loadu_epi8(mask, p + k);
+// Unpacks token rows [i0, i1) of xq (kb packed bytes each) into xs (row stride xstride = 8·ceil(kb/4)
+// bytes): per dword g of packed bytes, 4 signed low-nibble codes then 4 signed high-nibble codes; padding
+// 0. xsum[i] = the sum of the row's codes.
+FC_AVX512_TARGET void unpack_activations(const uint8_t* xq, int64_t kb, int64_t i0, int64_t i1, int8_t* xs,
+                                         int64_t xstride, int32_t* xsum) {
+  const __m512i lut = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1));
+  const __m512i lo_mask = _mm512_set1_epi64(0x0F0F0F0FLL);
+  const __m512i hi_mask = _mm512_set1_epi64(0x0F0F0F0F00000000LL);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = i0; i < i1; ++i) {
+    const uint8_t* src = xq + i * kb;
+    int8_t* dst = xs + i * xstride;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < kb; k += 32) {  // 32 packed bytes -> 64 code bytes
+      const int64_t left = kb - k;
+      const __mmask32 mask = left >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << left) - 1);
+      const __m512i d = _mm512_cvtepu32_epi64(_mm256_maskz_loadu_epi8(mask, src + k));
+      const __m512i nib = _mm512_or_si512(_mm512_and_si512(d, lo_mask),
+                                          _mm512_and_si512(_mm512_slli_epi64(d, 28), hi_mask));
+      const __m512i codes = _mm512_shuffle_epi8(lut, nib);  // padding nibbles are 0 -> code 0
+      sum = _mm512_dpbusd_epi32(sum, ones, codes);
+      const int64_t out_bytes = std::min<int64_t>(64, xstride - 2 * k);
+      if (out_bytes == 64) {
+        _mm512_storeu_si512(reinterpret_cast<void*>(dst + 2 * k), codes);
+      } else {
+        _mm512_mask_storeu_epi8(dst + 2 * k, (1ULL << out_bytes) - 1, codes);
+      }
+    }
+    xsum[i] = _mm512_reduce_add_epi32(sum);
+  }
 }
 
-// Unpacks row ``src`` (kb packed bytes) into ``dst``: per 64-byte chunk c, dst[128c .. 128c+63] holds the low
-// nibbles' values and dst[128c+64 .. 128c+127] the high nibbles' values, as signed codes (activations) or
-// codes + 8 (weights, the unsigned operand); bytes past kb are 0. ``dst`` has 2 * kpad bytes, kpad = kb
-// rounded up to 64.
-FC_AVX512_TARGET inline void unpack_row(const uint8_t* src, int64_t kb, uint8_t* dst, bool weight) {
+// 16 × 16 transpose of dwords: r[j] holds row j's 16 dwords on entry, r[q] holds dword q of every row on exit.
+FC_AVX512_TARGET inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+// Regroups the weight rows n0 .. n0+63 (rows past n repeat row n-1; their outputs are never stored) into
+// wb: for dword group g (codes 8g .. 8g+7) and channel vector v, one vector of 16 channels × one dword of
+// packed bytes, each nibble xor 8 (= w + 8, unsigned), at wb + (g·kNv + v)·64; the tile splits the nibbles.
+// Groups past kb hold nibbles 8 (w = 0).
+FC_AVX512_TARGET void repack_block(const uint8_t* wq, int64_t n, int64_t kb, int64_t n0, uint8_t* wb) {
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+  for (int v = 0; v < kNv; ++v) {
+    const uint8_t* rows[16];
+    for (int j = 0; j < 16; ++j) rows[j] = wq + std::min<int64_t>(n0 + 16 * v + j, n - 1) * kb;
+    for (int64_t k = 0; k < kb; k += 64) {  // 64 packed bytes = 16 dword groups per row
+      const int64_t left = kb - k;
+      const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j] + k + kPrefetch), _MM_HINT_T0);
+        r[j] = _mm512_maskz_loadu_epi8(mask, rows[j] + k);
+      }
+      transpose16(r);
+      const int64_t g0 = k / 4;
+      for (int q = 0; q < 16; ++q)  // masked-off bytes: 0 ^ 0x88 -> nibbles 8 = w + 8 with w = 0
+        _mm512_storeu_si512(reinterpret_cast<void*>(wb + ((g0 + q) * kNv + v) * 64), _mm512_xor_si512(r[q], flip));
+    }
+  }
+}
+
+
+// One register tile: TM tokens (rows i0 .. i0+TM-1 of xs) × 64 channels (n0 ..), over all groups.
+template <int TM>
+FC_AVX512_TARGET void tile(const int8_t* xs, int64_t xstride, const int32_t* xsum, int64_t i0, const uint8_t* wb,
+                           int64_t groups, int64_t n, int64_t n0, const GemmOut& ep) {
+  __m512i c[TM][kNv];
+#pragma GCC unroll 6
+  for (int t = 0; t < TM; ++t)
+#pragma GCC unroll 4
+    for (int v = 0; v < kNv; ++v) c[t][v] = _mm512_setzero_si512();
+  const int8_t* x0 = xs + i0 * xstride;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* w = wb + g * (kNv * 64);
+    __m512i wp[kNv];
+#pragma GCC unroll 4
+    for (int v = 0; v < kNv; ++v) wp[v] = _mm512_loadu_si512(reinterpret_cast<const void*>(w + v * 64));
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m512i wv[kNv];
+#pragma GCC unroll 4
+      for (int v = 0; v < kNv; ++v)
+        wv[v] = h == 0 ? _mm512_and_si512(wp[v], low4) : _mm512_and_si512(_mm512_srli_epi16(wp[v], 4), low4);
+#pragma GCC unroll 6
+      for (int t = 0; t < TM; ++t) {
+        int32_t x4;
+        std::memcpy(&x4, x0 + t * xstride + 8 * g + 4 * h, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+#pragma GCC unroll 4
+        for (int v = 0; v < kNv; ++v) c[t][v] = _mm512_dpbusd_epi32(c[t][v], wv[v], xb);
+      }
+    }
+  }
+  const int64_t nleft = n - n0;
+#pragma GCC unroll 6
+  for (int t = 0; t < TM; ++t) {
+    const int64_t i = i0 + t;
+    const __m512i corr = _mm512_set1_epi32(8 * xsum[i]);
+#pragma GCC unroll 4
+    for (int v = 0; v < kNv; ++v) {
+      const int64_t nv = nleft - 16 * v;
+      if (nv <= 0) break;
+      const __mmask16 mask = nv >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << nv) - 1);
+      const __m512i a = _mm512_sub_epi32(c[t][v], corr);
+      const int64_t off = i * n + n0 + 16 * v;
+      if (ep.sx == nullptr) {
+        _mm512_mask_storeu_epi32(ep.acc + off, mask, a);
+      } else {
+        __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(ep.sx[i]));
+        y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(mask, ep.sw + n0 + 16 * v));
+        if (ep.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, ep.bias + n0 + 16 * v));
+        _mm512_mask_storeu_ps(ep.y + off, mask, y);
+      }
+    }
+  }
+}
+
+// Small-M kernel: dot products straight on the packed rows, no regrouping of the weights (whose cost the
+// few tokens would not amortize). Per 64-byte chunk c of packed bytes (128 codes), a weight row gives two
+// vectors of 64 unsigned codes + 8 (low nibbles: codes 128c + 2j; high nibbles: 128c + 2j + 1) and the
+// activations are unpacked per call in the same order (xd: row stride 2·kpad bytes, low then high nibbles
+// per chunk, padding 0); vpdpbusd adds 4 products per lane, and each of the kDn × kDt (channel, token)
+// accumulators is reduced across its 16 lanes once, at the end of K.
+constexpr int kDn = 4;  // channels per register tile
+constexpr int kDt = 4;  // tokens per register tile (at most): 16 accumulators + 8 weight vectors
+
+FC_AVX512_TARGET void unpack_activations_dot(const uint8_t* xq, int64_t kb, int64_t i0, int64_t i1, int8_t* xd,
+                                             int64_t dstride, int32_t* xsum) {
   const __m512i lut = _mm512_broadcast_i32x4(
       _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i offset = _mm512_set1_epi8(0x08);
-  for (int64_t k = 0, c = 0; k < kb; k += kChunk, ++c) {
-    const __m512i b = load_bytes(src, k, kb);
-    __m512i lo = _mm512_and_si512(b, low4);
-    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
-    if (weight) {
-      lo = _mm512_xor_si512(lo, offset);
-      hi = _mm512_xor_si512(hi, offset);
-      if (k + kChunk > kb) {  // keep the padding 0 (the activation side is 0 there anyway)
-        const __mmask64 mask = (1ULL << (kb - k)) - 1;
-        lo = _mm512_maskz_mov_epi8(mask, lo);
-        hi = _mm512_maskz_mov_epi8(mask, hi);
-      }
-    } else {
-      lo = _mm512_shuffle_epi8(lut, lo);  // masked-off bytes are code 0 -> value 0
-      hi = _mm512_shuffle_epi8(lut, hi);
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t i = i0; i < i1; ++i) {
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0, c = 0; k < kb; k += 64, ++c) {
+      const int64_t left = kb - k;
+      const __m512i b = _mm512_maskz_loadu_epi8(left >= 64 ? ~0ULL : (1ULL << left) - 1, xq + i * kb + k);
+      const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, low4));  // padding: code 0
+      const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), low4));
+      sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sum, ones, lo), ones, hi);
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + 128 * c), lo);
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + 128 * c + 64), hi);
     }
-    _mm512_storeu_si512(reinterpret_cast<void*>(dst + 128 * c), lo);
-    _mm512_storeu_si512(reinterpret_cast<void*>(dst + 128 * c + 64), hi);
+    xsum[i] = _mm512_reduce_add_epi32(sum);
   }
 }
 
-// Register tile: kNr output channels × TV·16 tokens, the tokens in the vector lanes. Per quad of K codes, a
-// vector holds 16 tokens × 4 activation codes (signed) and each channel's 4 weight codes (unsigned, + 8) are
-// broadcast, so vpdpbusd adds 4 products straight into the (token, channel) lane: no horizontal sums, and the
-// weight side is one 4-byte broadcast per channel per quad.
-constexpr int kNr = 8;              // output channels per register tile
-constexpr int kTvMax = 3;           // token vectors (16 tokens each) per register tile: 8 × 3 = 24 accumulators
-constexpr int64_t kKChunks = 16;    // packed 64-byte chunks per K block: 2048 codes, 8 rows = 16 KB unpacked
-
-// Adds the tile's products over `quads` quads to the partial sums part[v][r][16] (int32, kept between K blocks).
-// The 24 accumulators are named variables (macros): with an array of vectors gcc 12 kept copying them to the
-// stack inside the loop.
-#define FC_PART(v, r) (part + ((v) * kNr + (r)) * 16)
-#define FC_LOAD_ROW(r)                                                                        \
-  __m512i a##r##0 = _mm512_loadu_si512(FC_PART(0, r));                                       \
-  __m512i a##r##1 = TV > 1 ? _mm512_loadu_si512(FC_PART(1, r)) : _mm512_setzero_si512();     \
-  __m512i a##r##2 = TV > 2 ? _mm512_loadu_si512(FC_PART(2, r)) : _mm512_setzero_si512();
-#define FC_STEP_ROW(r)                                                                        \
-  {                                                                                           \
-    int32_t wq4;                                                                              \
-    std::memcpy(&wq4, wu + (r) * wu_stride + 4 * q, 4);                                       \
-    const __m512i wb = _mm512_set1_epi32(wq4);                                                \
-    a##r##0 = _mm512_dpbusd_epi32(a##r##0, wb, x0);                                           \
-    if (TV > 1) a##r##1 = _mm512_dpbusd_epi32(a##r##1, wb, x1);                               \
-    if (TV > 2) a##r##2 = _mm512_dpbusd_epi32(a##r##2, wb, x2);                               \
+template <int TT>
+FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m, int64_t i0,
+                               const uint8_t* wq, int64_t n, int64_t n0, int64_t kb, const GemmOut& ep) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+  const uint8_t* wr[kDn];
+  const int8_t* xr[TT];
+  for (int j = 0; j < kDn; ++j) wr[j] = wq + std::min<int64_t>(n0 + j, n - 1) * kb;
+  for (int t = 0; t < TT; ++t) xr[t] = xd + std::min<int64_t>(i0 + t, m - 1) * dstride;
+  __m512i c[TT][kDn];
+#pragma GCC unroll 4
+  for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_setzero_si512();
+  for (int64_t k = 0, ch = 0; k < kb; k += 64, ++ch) {
+    const int64_t left = kb - k;
+    const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+    __m512i wl[kDn], wh[kDn];
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr[j] + k + kPrefetch), _MM_HINT_T0);
+      const __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, wr[j] + k), flip);  // w + 8
+      wl[j] = _mm512_and_si512(b, low4);
+      wh[j] = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t) {
+      const __m512i xl = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[t] + 128 * ch));
+      const __m512i xh = _mm512_loadu_si512(reinterpret_cast<const void*>(xr[t] + 128 * ch + 64));
+#pragma GCC unroll 4
+      for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c[t][j], wl[j], xl), wh[j], xh);
+    }
   }
-#define FC_STORE_ROW(r)                                \
-  _mm512_storeu_si512(FC_PART(0, r), a##r##0);         \
-  if (TV > 1) _mm512_storeu_si512(FC_PART(1, r), a##r##1); \
-  if (TV > 2) _mm512_storeu_si512(FC_PART(2, r), a##r##2);
-
-template <int TV>
-FC_AVX512_TARGET inline void vnni_tile(const uint8_t* xpanel, int64_t group_stride, const uint8_t* wu,
-                                       int64_t wu_stride, int64_t quads, int32_t* part) {
-  static_assert(kNr == 8 && TV >= 1 && TV <= kTvMax, "the macros below spell out 8 rows and 3 vectors");
-  FC_LOAD_ROW(0) FC_LOAD_ROW(1) FC_LOAD_ROW(2) FC_LOAD_ROW(3)
-  FC_LOAD_ROW(4) FC_LOAD_ROW(5) FC_LOAD_ROW(6) FC_LOAD_ROW(7)
-  for (int64_t q = 0; q < quads; ++q) {
-    const __m512i x0 = _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + 64 * q));
-    const __m512i x1 = TV > 1 ? _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + group_stride + 64 * q))
-                              : _mm512_setzero_si512();
-    const __m512i x2 = TV > 2
-                           ? _mm512_loadu_si512(reinterpret_cast<const void*>(xpanel + 2 * group_stride + 64 * q))
-                           : _mm512_setzero_si512();
-    FC_STEP_ROW(0) FC_STEP_ROW(1) FC_STEP_ROW(2) FC_STEP_ROW(3)
-    FC_STEP_ROW(4) FC_STEP_ROW(5) FC_STEP_ROW(6) FC_STEP_ROW(7)
+  const int64_t tn = std::min<int64_t>(TT, m - i0), jn = std::min<int64_t>(kDn, n - n0);
+#pragma GCC unroll 4
+  for (int t = 0; t < TT; ++t) {
+#pragma GCC unroll 4
+    for (int j = 0; j < kDn; ++j) {
+      if (t >= tn || j >= jn) continue;
+      const int64_t i = i0 + t, col = n0 + j;
+      ep.store(i, col, n, _mm512_reduce_add_epi32(c[t][j]) - 8 * xsum[i]);
+    }
   }
-  FC_STORE_ROW(0) FC_STORE_ROW(1) FC_STORE_ROW(2) FC_STORE_ROW(3)
-  FC_STORE_ROW(4) FC_STORE_ROW(5) FC_STORE_ROW(6) FC_STORE_ROW(7)
 }
-#undef FC_PART
-#undef FC_LOAD_ROW
-#undef FC_STEP_ROW
-#undef FC_STORE_ROW
+
+// prepared: the weights already regrouped (vnni_prepack), or nullptr to regroup them per call from wq.
+FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const uint8_t* prepared, int64_t m,
+                                     int64_t n, int64_t kb, int threads, const GemmOut& ep) {
+  if (m <= kSmallM && prepared == nullptr) {
+    const int64_t dstride = 2 * ((kb + 63) / 64 * 64);
+    static thread_local std::vector<int8_t> xd_buf;
+    static thread_local std::vector<int32_t> xsum_small;
+    int8_t* xd = grow_buffer(xd_buf, static_cast<size_t>(m * dstride));
+    int32_t* xsum = grow_buffer(xsum_small, static_cast<size_t>(m));
+    const int64_t strips = (n + kDn - 1) / kDn;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m; i += 4) unpack_activations_dot(xq, kb, i, std::min(m, i + 4), xd, dstride, xsum);
+#pragma omp for schedule(static)
+      for (int64_t s = 0; s < strips; ++s)
+        for (int64_t i0 = 0; i0 < m; i0 += kDt) {
+          switch (std::min<int64_t>(kDt, m - i0)) {
+            case 1: dot_tile<1>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            case 2: dot_tile<2>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            case 3: dot_tile<3>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep); break;
+            default: dot_tile<kDt>(xd, dstride, xsum, m, i0, wq, n, s * kDn, kb, ep);
+          }
+        }
+    }
+    return;
+  }
+  const int64_t groups = (kb + 3) / 4;      // dword groups of packed bytes (8 codes each)
+  const int64_t xstride = 8 * groups;       // unpacked activation bytes per token
+  const int64_t wgroups = (kb + 63) / 64 * 16;  // groups the repack writes (whole 64-byte chunks)
+  static thread_local std::vector<int8_t> xs_buf;   // the calling thread's: shared by its workers
+  static thread_local std::vector<int32_t> xsum_buf;
+  int8_t* xs = grow_buffer(xs_buf, static_cast<size_t>(m * xstride));
+  int32_t* xsum = grow_buffer(xsum_buf, static_cast<size_t>(m));
+  const int64_t nblocks = (n + kNb - 1) / kNb;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < m; i += 16) unpack_activations(xq, kb, i, std::min(m, i + 16), xs, xstride, xsum);
+    static thread_local std::vector<uint8_t> wb_buf;
+    uint8_t* own = prepared == nullptr ? grow_buffer(wb_buf, static_cast<size_t>(wgroups * kNv * 64)) : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t n0 = b * kNb;
+      const uint8_t* wb = own;
+      if (prepared != nullptr) {
+        wb = prepared + b * wgroups * kNv * 64;
+      } else {
+        repack_block(wq, n, kb, n0, own);
+      }
+      int64_t i0 = 0;
+      for (; i0 + kTm <= m; i0 += kTm) tile<kTm>(xs, xstride, xsum, i0, wb, groups, n, n0, ep);
+      switch (m - i0) {
+        case 5: tile<5>(xs, xstride, xsum, i0, wb, groups, n, n0, ep); break;
+        case 4: tile<4>(xs, xstride, xsum, i0, wb, groups, n, n0, ep); break;
+        case 3: tile<3>(xs, xstride, xsum, i0, wb, groups, n, n0, ep); break;
+        case 2: tile<2>(xs, xstride, xsum, i0, wb, groups, n, n0, ep); break;
+        case 1: tile<1>(xs, xstride, xsum, i0, wb, groups, n, n0, ep); break;
+        default: break;
+      }
+    }
+  }
+}
 
 }  // namespace
 
-// Activations: unpacked to signed bytes (unpack_row's code order) and interleaved once per call into groups
-// of 16 tokens: group g, quad q holds 64 bytes = 16 tokens × 4 codes. Weights: each thread takes kNr rows at a
-// time and, per K block of 2048 codes, unpacks them to unsigned bytes (codes + 8) in a private 16 KB buffer
-// (stays in L1) used by every token group; the int32 partial sums of the kNr channels × all tokens live in a
-// per-thread buffer between K blocks. Memory stays the packed 0.5 byte per weight (the buffers are per call).
-FC_AVX512_TARGET void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n,
-                                      int64_t kb, int threads) {
-  const int64_t kpad = (kb + kChunk - 1) / kChunk * kChunk;
-  const int64_t row_bytes = 2 * kpad;  // unpacked codes per row (padding codes are 0)
-  const int64_t quads = row_bytes / 4;
-  const int64_t groups = (m + 15) / 16;
-  const int64_t group_stride = 16 * row_bytes;
-  std::vector<int32_t> xsum(m, 0);  // sum of every activation code of the row
-  std::vector<uint8_t> xi(static_cast<size_t>(groups * group_stride), 0);
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<uint8_t> row(static_cast<size_t>(row_bytes));
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-      unpack_row(xq + i * kb, kb, row.data(), false);
-      int32_t s = 0;
-      for (int64_t j = 0; j < row_bytes; ++j) s += static_cast<int8_t>(row[j]);
-      xsum[i] = s;
-      uint8_t* dst = xi.data() + (i / 16) * group_stride + (i % 16) * 4;
-      for (int64_t q = 0; q < quads; ++q) std::memcpy(dst + 64 * q, row.data() + 4 * q, 4);
-    }
+void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
+                     int threads) {
+  if (m == 0 || n == 0) return;
+  const GemmOut ep{nullptr, nullptr, nullptr, nullptr, acc};
+  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
+}
+
+void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
+                         const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
+  if (m == 0 || n == 0) return;
+  const GemmOut ep{sx, sw, bias, y, nullptr};
+  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
+}
+
+int64_t vnni_prepared_bytes(int64_t n, int64_t kb) {
+  return (n + kNb - 1) / kNb * ((kb + 63) / 64 * 16) * kNv * 64;
+}
+
+FC_AVX512_TARGET void vnni_prepack(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* out, int threads) {
+  const int64_t block_bytes = (kb + 63) / 64 * 16 * kNv * 64;
+  const int64_t nblocks = (n + kNb - 1) / kNb;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < nblocks; ++b) repack_block(wq, n, kb, b * kNb, out + b * block_bytes);
+}
+
+void vnni_unprepack(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq) {
+  const int64_t wgroups = (kb + 63) / 64 * 16;
+  for (int64_t c = 0; c < n; ++c) {
+    const uint8_t* block = prepared + (c / kNb) * wgroups * kNv * 64 + ((c % kNb) / 16) * 64 + (c % 16) * 4;
+    for (int64_t j = 0; j < kb; ++j) wq[c * kb + j] = block[(j / 4) * kNv * 64 + j % 4] ^ 0x88;
   }
-  const int64_t nblocks = (n + kNr - 1) / kNr;
-  const int64_t block_bytes = kKChunks * kChunk;  // packed bytes per K block
-  const int64_t wu_stride = 2 * block_bytes;      // unpacked bytes per row per K block
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<uint8_t> wu(static_cast<size_t>(kNr * wu_stride));
-    std::vector<int32_t> part(static_cast<size_t>(groups * kNr * 16));
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < nblocks; ++b) {
-      const int64_t n0 = b * kNr;
-      const int64_t nb = std::min<int64_t>(kNr, n - n0);
-      std::fill(part.begin(), part.end(), 0);
-      for (int64_t k0 = 0; k0 < kb; k0 += block_bytes) {
-        const int64_t kbytes = std::min(block_bytes, kb - k0);
-        const int64_t kquads = (kbytes + kChunk - 1) / kChunk * kChunk * 2 / 4;
-        for (int64_t j = 0; j < kNr; ++j)
-          unpack_row(wq + (n0 + std::min(j, nb - 1)) * kb + k0, kbytes, wu.data() + j * wu_stride, true);
-        const uint8_t* xblock = xi.data() + 2 * k0 * 16;  // quad index 2 * k0 / 4, 64 bytes per quad
-        for (int64_t g0 = 0; g0 < groups; g0 += kTvMax) {
-          const int tv = static_cast<int>(std::min<int64_t>(kTvMax, groups - g0));
-          const uint8_t* xpanel = xblock + g0 * group_stride;
-          int32_t* p = part.data() + g0 * kNr * 16;
-          if (tv == 3) {
-            vnni_tile<3>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
-          } else if (tv == 2) {
-            vnni_tile<2>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
-          } else {
-            vnni_tile<1>(xpanel, group_stride, wu.data(), wu_stride, kquads, p);
-          }
-        }
-      }
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t tn = std::min<int64_t>(16, m - 16 * g);
-        for (int64_t r = 0; r < nb; ++r)
-          for (int64_t t = 0; t < tn; ++t)
-            acc[(16 * g + t) * n + n0 + r] = part[(g * kNr + r) * 16 + t] - 8 * xsum[16 * g + t];
-      }
-    }
-  }
+}
+
+void gemm_avx512vnni_prepared(const uint8_t* xq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
+                              int threads, const GemmOut& out) {
+  if (m == 0 || n == 0) return;
+  gemm_vnni_impl(xq, nullptr, prepared, m, n, kb, threads, out);
 }
 
 }  // namespace fair_calib

@@ -32,9 +32,6 @@ namespace {
 
 constexpr int64_t kChunk = 32;            // bytes per AVX2 vector (64 codes)
 constexpr int64_t kChunksPerWiden = 64;   // int16-safe chunks between widenings (see above)
-constexpr int64_t kNBlock = 4;            // output channels per register block
-constexpr int64_t kMBlock = 2;            // tokens per register block
-constexpr int64_t kMTile = 32;            // tokens per cache tile
 
 int32_t dot_scalar(const uint8_t* x, const uint8_t* w, int64_t from, int64_t to) {
   int32_t s = 0;
@@ -59,71 +56,137 @@ __attribute__((target("avx2"))) inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-__attribute__((target("avx2"))) void gemm_avx2(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m,
-                                               int64_t n, int64_t kb, int threads) {
-  const int64_t kv = kb / kChunk * kChunk;
-  std::vector<int32_t> xsum(m, 0);  // sum of the activation codes over the vectorized bytes
-  for (int64_t i = 0; i < m; ++i) {
-    int32_t s = 0;
-    for (int64_t j = 0; j < kv; ++j) s += low_code(xq[i * kb + j]) + high_code(xq[i * kb + j]);
-    xsum[i] = s;
+// AVX2 GEMM. Activations are unpacked once per call to signed bytes (per 32-byte chunk c of packed bytes:
+// the 32 low-nibble codes, then the 32 high-nibble codes; padding 0), weights are split on the fly from the
+// packed rows (xor 0x88, and, shift: two vectors of codes + 8). Register tile: kAvx2Tt tokens × kAvx2Cn
+// channels of int16 accumulators (the activations are vpmaddubsw's memory operand), widened to int32 every
+// kChunksPerWiden chunks, reduced across lanes at the end of K, then the epilogue. Tokens are taken in
+// blocks of kAvx2Mb (their unpacked rows stay in L2 while every channel strip sweeps them).
+constexpr int kAvx2Tt = 3;            // tokens per register tile (at most)
+constexpr int kAvx2Cn = 2;            // channels per register tile: 6 int16 accumulators
+constexpr int64_t kAvx2Mb = 64;       // tokens per cache block
+
+__attribute__((target("avx2"))) void unpack_activations_avx2(const uint8_t* xq, int64_t kb, int64_t i,
+                                                             int8_t* xd, int64_t dstride, int32_t* xsum) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1,
+                                       0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  __m256i sum = _mm256_setzero_si256();
+  alignas(32) uint8_t tail[kChunk];
+  for (int64_t k = 0, c = 0; k < kb; k += kChunk, ++c) {
+    const uint8_t* src = xq + i * kb + k;
+    if (k + kChunk > kb) {  // zero-padded copy of the row's last bytes: padding codes are 0
+      std::memset(tail, 0, sizeof(tail));
+      std::memcpy(tail, src, static_cast<size_t>(kb - k));
+      src = tail;
+    }
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, low4));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(b, 4), low4));
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo), _mm256_maddubs_epi16(ones8, hi));
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xd + i * dstride + 2 * kChunk * c), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xd + i * dstride + 2 * kChunk * c + kChunk), hi);
   }
-  const int64_t nblocks = (n + kNBlock - 1) / kNBlock;
-  // Cache blocking: a tile of kMTile tokens stays in L2 while every output block sweeps it.
-  for (int64_t mt = 0; mt < m; mt += kMTile) {
-  const int64_t mt_end = std::min(m, mt + kMTile);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1,
-                                         0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
-    const __m256i offset = _mm256_set1_epi8(0x08);
-    const __m256i ones = _mm256_set1_epi16(1);
-    const int64_t n0 = b * kNBlock;
-    const int64_t nb = std::min(kNBlock, n - n0);
-    const uint8_t* wrow[kNBlock];
-    for (int64_t j = 0; j < kNBlock; ++j) wrow[j] = wq + (n0 + std::min(j, nb - 1)) * kb;
-    for (int64_t i0 = mt; i0 < mt_end; i0 += kMBlock) {
-      const int64_t mb = std::min(kMBlock, mt_end - i0);
-      const uint8_t* xr[kMBlock];
-      for (int64_t r = 0; r < kMBlock; ++r) xr[r] = xq + (i0 + std::min(r, mb - 1)) * kb;
-      __m256i acc32[kMBlock][kNBlock];
-      for (int64_t r = 0; r < kMBlock; ++r)
-        for (int64_t j = 0; j < kNBlock; ++j) acc32[r][j] = _mm256_setzero_si256();
-      for (int64_t k0 = 0; k0 < kv; k0 += kChunk * kChunksPerWiden) {
-        const int64_t kend = std::min(kv, k0 + kChunk * kChunksPerWiden);
-        __m256i acc16[kMBlock][kNBlock];
-        for (int64_t r = 0; r < kMBlock; ++r)
-          for (int64_t j = 0; j < kNBlock; ++j) acc16[r][j] = _mm256_setzero_si256();
-        for (int64_t k = k0; k < kend; k += kChunk) {
-          __m256i xlo[kMBlock], xhi[kMBlock];
-          for (int64_t r = 0; r < kMBlock; ++r) {
-            const __m256i xb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[r] + k));
-            xlo[r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(xb, low4));
-            xhi[r] = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(xb, 4), low4));
-          }
-          for (int64_t j = 0; j < kNBlock; ++j) {
-            const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wrow[j] + k));
-            const __m256i wlo = _mm256_xor_si256(_mm256_and_si256(wb, low4), offset);
-            const __m256i whi = _mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(wb, 4), low4), offset);
-            for (int64_t r = 0; r < kMBlock; ++r) {
-              acc16[r][j] = _mm256_add_epi16(acc16[r][j], _mm256_maddubs_epi16(wlo, xlo[r]));
-              acc16[r][j] = _mm256_add_epi16(acc16[r][j], _mm256_maddubs_epi16(whi, xhi[r]));
-            }
-          }
+  xsum[i] = hsum_epi32(sum);
+}
+
+
+template <int TT>
+__attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m,
+                                               int64_t i0, const uint8_t* wq, int64_t n, int64_t n0, int64_t kb,
+                                               const GemmOut& out) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x88));
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const uint8_t* wr[kAvx2Cn];
+  const int8_t* xr[TT];
+  for (int j = 0; j < kAvx2Cn; ++j) wr[j] = wq + std::min<int64_t>(n0 + j, n - 1) * kb;
+  for (int t = 0; t < TT; ++t) xr[t] = xd + std::min<int64_t>(i0 + t, m - 1) * dstride;
+  alignas(32) uint8_t tail[kAvx2Cn][kChunk];
+  __m256i c32[TT][kAvx2Cn];
+#pragma GCC unroll 4
+  for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 2
+    for (int j = 0; j < kAvx2Cn; ++j) c32[t][j] = _mm256_setzero_si256();
+  const int64_t chunks = (kb + kChunk - 1) / kChunk;
+  for (int64_t c0 = 0; c0 < chunks; c0 += kChunksPerWiden) {
+    const int64_t c1 = std::min(chunks, c0 + kChunksPerWiden);
+    __m256i c16[TT][kAvx2Cn];
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 2
+      for (int j = 0; j < kAvx2Cn; ++j) c16[t][j] = _mm256_setzero_si256();
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t k = c * kChunk;
+      const bool last = k + kChunk > kb;
+      __m256i wl[kAvx2Cn], wh[kAvx2Cn];
+#pragma GCC unroll 2
+      for (int j = 0; j < kAvx2Cn; ++j) {
+        const uint8_t* src = wr[j] + k;
+        if (last) {  // never read past the row; the activations' padding makes these products 0
+          std::memset(tail[j], 0, kChunk);
+          std::memcpy(tail[j], src, static_cast<size_t>(kb - k));
+          src = tail[j];
         }
-        for (int64_t r = 0; r < kMBlock; ++r)
-          for (int64_t j = 0; j < kNBlock; ++j)
-            acc32[r][j] = _mm256_add_epi32(acc32[r][j], _mm256_madd_epi16(acc16[r][j], ones));
+        const __m256i b = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)), flip);
+        wl[j] = _mm256_and_si256(b, low4);                         // codes + 8, unsigned
+        wh[j] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
       }
-      for (int64_t r = 0; r < mb; ++r) {
-        for (int64_t j = 0; j < nb; ++j) {
-          acc[(i0 + r) * n + n0 + j] =
-              hsum_epi32(acc32[r][j]) - 8 * xsum[i0 + r] + dot_scalar(xr[r], wrow[j], kv, kb);
+      // tokens outer, channels inner: 2 activation vectors live at a time (16 ymm registers in all)
+#pragma GCC unroll 4
+      for (int t = 0; t < TT; ++t) {
+        const int8_t* x = xr[t] + 2 * k;
+        const __m256i xl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+        const __m256i xh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kChunk));
+#pragma GCC unroll 2
+        for (int j = 0; j < kAvx2Cn; ++j)
+          c16[t][j] = _mm256_add_epi16(_mm256_add_epi16(c16[t][j], _mm256_maddubs_epi16(wl[j], xl)),
+                                       _mm256_maddubs_epi16(wh[j], xh));
+      }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 2
+      for (int j = 0; j < kAvx2Cn; ++j) c32[t][j] = _mm256_add_epi32(c32[t][j], _mm256_madd_epi16(c16[t][j], ones16));
+  }
+  const int64_t tn = std::min<int64_t>(TT, m - i0), jn = std::min<int64_t>(kAvx2Cn, n - n0);
+  for (int t = 0; t < tn; ++t) {
+    for (int j = 0; j < jn; ++j) {
+      const int64_t i = i0 + t, col = n0 + j;
+      out.store(i, col, n, hsum_epi32(c32[t][j]) - 8 * xsum[i]);
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void gemm_avx2(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n,
+                                               int64_t kb, int threads, const GemmOut& out) {
+  if (m == 0 || n == 0) return;
+  const int64_t dstride = 2 * ((kb + kChunk - 1) / kChunk * kChunk);
+  static thread_local std::vector<int8_t> xd_buf;  // the calling thread's, shared by its workers
+  static thread_local std::vector<int32_t> xsum_buf;
+  int8_t* xd = grow_buffer(xd_buf, static_cast<size_t>(m * dstride));
+  int32_t* xsum = grow_buffer(xsum_buf, static_cast<size_t>(m));
+  const int64_t tblocks = (m + kAvx2Mb - 1) / kAvx2Mb, strips = (n + kAvx2Cn - 1) / kAvx2Cn;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < m; ++i) unpack_activations_avx2(xq, kb, i, xd, dstride, xsum);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t tb = 0; tb < tblocks; ++tb) {
+      for (int64_t s = 0; s < strips; ++s) {
+        const int64_t t_end = std::min(m, (tb + 1) * kAvx2Mb);
+        for (int64_t i0 = tb * kAvx2Mb; i0 < t_end; i0 += kAvx2Tt) {
+          switch (std::min<int64_t>(kAvx2Tt, t_end - i0)) {
+            case 1: avx2_tile<1>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
+            case 2: avx2_tile<2>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
+            default: avx2_tile<kAvx2Tt>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out);
+          }
         }
       }
     }
-  }
   }
 }
 
@@ -199,9 +262,11 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
     case kAvx512Vnni:
       gemm_avx512vnni(xq, wq, acc, m, n, kb, threads);
       break;
-    case kAvx2:
-      gemm_avx2(xq, wq, acc, m, n, kb, threads);
+    case kAvx2: {
+      const GemmOut out{nullptr, nullptr, nullptr, nullptr, acc};
+      gemm_avx2(xq, wq, m, n, kb, threads, out);
       break;
+    }
     default:
       gemm_scalar(xq, wq, acc, m, n, kb, threads);
   }
@@ -210,17 +275,58 @@ void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m
 void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
                    float* y, int64_t m, int64_t n, int64_t kb, int threads) {
   if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {  // epilogue fused into the GEMM's register tiles
+    gemm_avx512vnni_f32(xq, sx, wq, sw, bias, y, m, n, kb, threads);
+    return;
+  }
+  const GemmOut out{sx, sw, bias, y, nullptr};
+  if (current_isa() == kAvx2) {
+    gemm_avx2(xq, wq, m, n, kb, threads, out);
+    return;
+  }
   std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>(m * n)]);  // every entry is written
   int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      float v = static_cast<float>(acc[i * n + j]) * sx[i];
-      v = v * sw[j];
-      if (bias != nullptr) v = v + bias[j];
-      y[i * n + j] = v;
-    }
+    for (int64_t j = 0; j < n; ++j) out.store(i, j, n, acc[i * n + j]);
   }
+}
+
+int64_t prepared_weight_bytes(int64_t n, int64_t kb) { return vnni_prepared_bytes(n, kb); }
+
+int prepare_weight(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* prepared, int threads) {
+  if (!has_avx512vnni()) return -2;
+  if (threads <= 0) threads = default_threads();
+  vnni_prepack(wq, n, kb, prepared, threads);
+  return 0;
+}
+
+void unprepare_weight(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq) {
+  vnni_unprepack(prepared, n, kb, wq);
+}
+
+void int4_gemm_acc_prepared(const uint8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
+                            int64_t kb, int threads) {
+  if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {
+    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{nullptr, nullptr, nullptr, nullptr, acc});
+    return;
+  }
+  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
+  vnni_unprepack(prepared, n, kb, wq.data());
+  int4_gemm_acc(xq, wq.data(), acc, m, n, kb, threads);
+}
+
+void w4a4_gemm_prepared_f32(const uint8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
+                            const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
+  if (threads <= 0) threads = default_threads();
+  if (current_isa() == kAvx512Vnni) {
+    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{sx, sw, bias, y, nullptr});
+    return;
+  }
+  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
+  vnni_unprepack(prepared, n, kb, wq.data());
+  w4a4_gemm_f32(xq, sx, wq.data(), sw, bias, y, m, n, kb, threads);
 }
 
 int current_isa_level() { return current_isa(); }

@@ -25,6 +25,19 @@ void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, co
                              const float* right, const float* diag, float clip, uint8_t* packed, float* scale,
                              int threads);
 
+// Weights prepared once (at load time) for the VNNI GEMM: a byte permutation of the packed [n, kb] codes,
+// prepared_weight_bytes(n, kb) = ceil(n/64)·64 × ceil(kb/64)·64 bytes (0.5 byte per weight plus padding).
+// prepare_weight returns -2 (and writes nothing) on a CPU without AVX-512 VNNI; unprepare_weight restores the
+// packed codes exactly on any CPU. The prepared GEMMs compute exactly what int4_gemm_acc / w4a4_gemm_f32
+// compute on the packed codes; under another instruction set than VNNI they unprepare into a temporary copy.
+int64_t prepared_weight_bytes(int64_t n, int64_t kb);
+int prepare_weight(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* prepared, int threads);
+void unprepare_weight(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq);
+void int4_gemm_acc_prepared(const uint8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
+                            int64_t kb, int threads);
+void w4a4_gemm_prepared_f32(const uint8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
+                            const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads);
+
 // Name of the instruction set the GEMM uses ("avx512vnni", "avx2" or "scalar"): the best this CPU
 // supports unless another one was forced with set_gemm_isa.
 const char* gemm_isa();

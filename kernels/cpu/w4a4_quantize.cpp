@@ -4,7 +4,7 @@
 //   X = row reshaped row-major to [a, b] (times diag, if any);  T = X · R;  Z = Lᵀ · T;  quantize vec(Z).
 //
 // Each token costs 2·a·b·(a + b) FLOP; the two small fp32 GEMMs use a register-tiled micro-kernel (AVX-512:
-// 4 rows × 64 columns, AVX2: 4 rows × 16 columns, FMA), the columns' tail with masked loads and stores.
+// 6 rows × 64 columns, AVX2: 4 rows × 16 columns, FMA), the columns' tail with masked loads and stores.
 // Tokens are split over the threads. The sums run in another order than torch's matmul (the reference), so
 // the codes may differ from the reference's by one step at near rounding ties and the scales by fp32
 // rounding: the tolerance is stated in fair_calib_hf/ops/reference.py and checked by
@@ -47,20 +47,28 @@ void small_gemm_scalar(const float* A, int64_t sai, int64_t sap, const float* B,
 template <int RB, int NV>
 FC_AVX512_TARGET void tile512(const float* A, int64_t sai, int64_t sap, const float* B, float* C, int64_t depth,
                               int64_t cols, __mmask16 last) {
+  // fully unrolled (pragmas): without them gcc 12 keeps acc[][] on the stack and stores it every iteration
   __m512 acc[RB][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
   for (int64_t p = 0; p < depth; ++p) {
     __m512 bv[NV];
     const float* b = B + p * cols;
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const __m512 av = _mm512_set1_ps(A[r * sai + p * sap]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       if (v == NV - 1) {
         _mm512_mask_storeu_ps(C + r * cols + 16 * v, last, acc[r][v]);
@@ -72,19 +80,22 @@ FC_AVX512_TARGET void tile512(const float* A, int64_t sai, int64_t sap, const fl
 
 using Tile512 = void (*)(const float*, int64_t, int64_t, const float*, float*, int64_t, int64_t, __mmask16);
 
+constexpr int kRows512 = 6;  // rows per AVX-512 tile: 6 × 4 vectors = 24 accumulators of 32 registers
+
 template <int RB>
 constexpr Tile512 tile512_row[4] = {tile512<RB, 1>, tile512<RB, 2>, tile512<RB, 3>, tile512<RB, 4>};
 
 FC_AVX512_TARGET void small_gemm_avx512(const float* A, int64_t sai, int64_t sap, const float* B, float* C,
                                         int64_t rows, int64_t depth, int64_t cols) {
-  static const Tile512* const table[4] = {tile512_row<1>, tile512_row<2>, tile512_row<3>, tile512_row<4>};
+  static const Tile512* const table[kRows512] = {tile512_row<1>, tile512_row<2>, tile512_row<3>,
+                                                  tile512_row<4>, tile512_row<5>, tile512_row<6>};
   for (int64_t j0 = 0; j0 < cols; j0 += 64) {
     const int64_t left_cols = std::min<int64_t>(64, cols - j0);
     const int nv = static_cast<int>((left_cols + 15) / 16);
     const int tail = static_cast<int>(left_cols - 16 * (nv - 1));  // 1..16 columns in the last vector
     const __mmask16 last = static_cast<__mmask16>(tail == 16 ? 0xFFFF : (1u << tail) - 1);
-    for (int64_t i0 = 0; i0 < rows; i0 += 4) {
-      const int rb = static_cast<int>(std::min<int64_t>(4, rows - i0));
+    for (int64_t i0 = 0; i0 < rows; i0 += kRows512) {
+      const int rb = static_cast<int>(std::min<int64_t>(kRows512, rows - i0));
       table[rb - 1][nv - 1](A + i0 * sai, sai, sap, B + j0, C + i0 * cols + j0, depth, cols, last);
     }
   }
@@ -94,18 +105,25 @@ template <int RB, int NV>
 FC_AVX2_TARGET void tile256(const float* A, int64_t sai, int64_t sap, const float* B, float* C, int64_t depth,
                             int64_t cols, __m256i last) {
   __m256 acc[RB][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
   for (int64_t p = 0; p < depth; ++p) {
     __m256 bv[NV];
     const float* b = B + p * cols;
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = v == NV - 1 ? _mm256_maskload_ps(b + 8 * v, last) : _mm256_loadu_ps(b + 8 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const __m256 av = _mm256_broadcast_ss(A + r * sai + p * sap);
+#pragma GCC unroll 2
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       if (v == NV - 1) {
         _mm256_maskstore_ps(C + r * cols + 8 * v, last, acc[r][v]);
@@ -239,17 +257,21 @@ void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, co
   const SmallGemm gemm = isa >= 2 ? small_gemm_avx512 : (isa == 1 ? small_gemm_avx2 : small_gemm_scalar);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> xd(diag != nullptr ? k : 0), t(k), z(k);
+    // 64-byte aligned rows (whole zmm loads and stores never split a cache line when b % 16 == 0)
+    const int64_t kpad = (k + 15) / 16 * 16;
+    std::vector<float> buf(3 * kpad + 16);
+    float* base = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t{63});
+    float *xd = base, *t = base + kpad, *z = base + 2 * kpad;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
       const float* row = x + i * k;
       if (diag != nullptr) {
         for (int64_t j = 0; j < k; ++j) xd[j] = row[j] * diag[j];
-        row = xd.data();
+        row = xd;
       }
-      gemm(row, b, 1, right, t.data(), a, b, b);     // T = X · R       (A(i, p) = X[i, p])
-      gemm(left, 1, a, t.data(), z.data(), a, a, b);  // Z = Lᵀ · T      (A(i, p) = L[p, i])
-      quantize_pack_row(z.data(), k, clip, packed + i * kb, scale + i);
+      gemm(row, b, 1, right, t, a, b, b);     // T = X · R       (A(i, p) = X[i, p])
+      gemm(left, 1, a, t, z, a, a, b);  // Z = Lᵀ · T      (A(i, p) = L[p, i])
+      quantize_pack_row(z, k, clip, packed + i * kb, scale + i);
     }
   }
 }
