@@ -41,7 +41,7 @@ def parse_budget(text: str) -> dict:
 
 
 def budget_rows(out: str, budgets, seeds: int, n_eval: int, eval_split: str, threads: int | None,
-                model: str) -> list[dict]:
+                model: str, tokens_per_step: int = 1) -> list[dict]:
     """Run (or resume) every budget's folder and return one line per budget: the budget, both methods' mean
     accuracies and ``fair_minus_flat``."""
     lines = []
@@ -51,7 +51,8 @@ def budget_rows(out: str, budgets, seeds: int, n_eval: int, eval_split: str, thr
         argv = ["--models", model, "--configs", "flatquant", "fair_calib", "--seeds", str(seeds),
                 "--n-eval", str(n_eval), "--eval-split", eval_split, "--out", folder, "--resume",
                 "--n-probe", str(budget["n_probe"]), "--num-samples", str(budget["num_samples"]),
-                "--epochs", str(budget["epochs"])] + (["--threads", str(threads)] if threads else [])
+                "--epochs", str(budget["epochs"]), "--tokens-per-step", str(tokens_per_step)]
+        argv += ["--threads", str(threads)] if threads else []
         quality.main(argv)
         with open(os.path.join(folder, "quality.json")) as handle:
             record = json.load(handle)
@@ -91,13 +92,16 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-split", default="calibration-heldout", choices=quality.EVAL_SPLITS,
                         help="where the problems come from (default: the calibration split's held-out part)")
     parser.add_argument("--threads", type=int, help="torch threads per run")
+    parser.add_argument("--tokens-per-step", type=int, default=1,
+                        help="tokens committed per decoding step (default 1), as in `bench quality`")
     args = parser.parse_args(argv)
     try:
         for text in args.budgets:
             parse_budget(text)
     except ValueError as err:
         parser.error(str(err))
-    lines = budget_rows(args.out, args.budgets, args.seeds, args.n_eval, args.eval_split, args.threads, args.model)
+    lines = budget_rows(args.out, args.budgets, args.seeds, args.n_eval, args.eval_split, args.threads, args.model,
+                        args.tokens_per_step)
     table = markdown(lines, args.model, args.eval_split)
     os.makedirs(args.out, exist_ok=True)
     for name, text in (("budget.md", table), ("budget.json", json.dumps(lines, indent=1))):
