@@ -43,7 +43,8 @@ def parse_budget(text: str) -> dict:
 def budget_rows(out: str, budgets, seeds: int, n_eval: int, eval_split: str, threads: int | None,
                 model: str, tokens_per_step: int = 1) -> list[dict]:
     """Run (or resume) every budget's folder and return one line per budget: the budget, both methods' mean
-    accuracies and ``fair_minus_flat``."""
+    accuracies and ``fair_minus_flat``. The table is rewritten after each budget (:func:`write_table`), so an
+    interrupted study keeps the finished budgets' lines."""
     lines = []
     for text in budgets:
         budget = parse_budget(text)
@@ -61,7 +62,20 @@ def budget_rows(out: str, budgets, seeds: int, n_eval: int, eval_split: str, thr
         accuracy = {line["config"]: line["accuracy"][0] for line in quality.summarize(label, rows)}
         lines.append({"budget": budget, "folder": folder, "accuracy": accuracy,
                       "fair_minus_flat": quality.fair_minus_flat(rows)})
+        write_table(out, lines, model, eval_split)
     return lines
+
+
+def write_table(out: str, lines: list[dict], model: str, eval_split: str) -> str:
+    """Write ``out/budget.md`` and ``out/budget.json`` (each through a temporary file) and return the table."""
+    table = markdown(lines, model, eval_split)
+    os.makedirs(out, exist_ok=True)
+    for name, text in (("budget.md", table), ("budget.json", json.dumps(lines, indent=1))):
+        tmp = os.path.join(out, name + ".tmp")
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, os.path.join(out, name))
+    return table
 
 
 def markdown(lines: list[dict], model: str, eval_split: str) -> str:
@@ -102,11 +116,4 @@ def main(argv=None) -> None:
         parser.error(str(err))
     lines = budget_rows(args.out, args.budgets, args.seeds, args.n_eval, args.eval_split, args.threads, args.model,
                         args.tokens_per_step)
-    table = markdown(lines, args.model, args.eval_split)
-    os.makedirs(args.out, exist_ok=True)
-    for name, text in (("budget.md", table), ("budget.json", json.dumps(lines, indent=1))):
-        tmp = os.path.join(args.out, name + ".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, os.path.join(args.out, name))
-    print(table)
+    print(markdown(lines, args.model, args.eval_split))
