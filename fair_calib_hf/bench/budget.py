@@ -21,6 +21,7 @@ import json
 import os
 
 from . import quality
+from .common import write_text_atomic
 
 # (n_probe, num_samples, epochs): from the benchmark's --quick budget up to the paper's probe budget
 DEFAULT_BUDGETS = ("16:16:2", "64:16:2", "64:64:5", "512:64:5", "512:64:15")
@@ -71,10 +72,7 @@ def write_table(out: str, lines: list[dict], model: str, eval_split: str) -> str
     table = markdown(lines, model, eval_split)
     os.makedirs(out, exist_ok=True)
     for name, text in (("budget.md", table), ("budget.json", json.dumps(lines, indent=1))):
-        tmp = os.path.join(out, name + ".tmp")
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, os.path.join(out, name))
+        write_text_atomic(os.path.join(out, name), text)
     return table
 
 

@@ -23,6 +23,15 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through ``path + ".tmp"`` and ``os.replace``, so that a killed run leaves the old
+    file or the new one, never half of one (the folder must exist)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def report(title: str, columns: dict, rows: list[dict], json_path: str | None = None) -> None:
     """Print ``title`` and a Markdown table (``columns``: header → function of a row giving the cell), and
     write ``rows`` as JSON to ``json_path`` when given."""

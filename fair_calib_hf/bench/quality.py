@@ -45,7 +45,7 @@ import time
 
 import torch
 
-from .common import rss_mb
+from .common import rss_mb, write_text_atomic
 
 # name -> (method, FairCalibConfig overrides). QuaRot as its own recipe runs it: RTN weights with a per-channel
 # clip ratio searched for the weight quantization error (QuaRot's --w_clip), activations unclipped.
@@ -497,8 +497,5 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
     writes += [(path, json.dumps(record, indent=1)) for path in [os.path.join(out, "quality.json")]
                + ([json_path] if json_path else [])]
     for path, text in writes:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return table

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 
+from .common import write_text_atomic
 from .quality import fair_minus_flat, summarize
 
 SUMMARY_PATH = os.path.join("benchmarks", "results", "summary.json")
@@ -85,11 +86,8 @@ def main(argv=None) -> None:
     summary = {}
     for folder in args.folders:
         summary.update(summarize_folder(folder))
-    tmp = args.out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(tmp, "w") as handle:
-        json.dump(summary, handle, indent=1)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, json.dumps(summary, indent=1))
     for key, entry in summary.items():
         d = entry["fair_minus_flat"]
         ci = f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" if d and d["ci_low"] is not None else "n/a"
