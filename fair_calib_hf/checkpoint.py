@@ -182,6 +182,8 @@ def verify_loaded_model(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, W4A4Linear):
             for key, buf in module.named_buffers():
+                if key == "weight_prepared":  # the runtime CPU layout of weight_packed: check the codes it holds
+                    key, buf = "weight_packed", module.packed_weight()
                 if not buf.is_meta:  # a meta buffer was never loaded: reported as missing
                     found[f"{name}.{key}"] = (tuple(buf.shape), buf.dtype)
     _raise(_check(found, expected_packed_tensors(model)), "(loaded buffers)")

@@ -18,13 +18,15 @@ key                         dtype / shape               meaning
 Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 quantization of ``x̃``,
 then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
 
-**Prepared CPU layout** (opt-in, :meth:`W4A4Linear.prepare_cpu_layout` or :func:`prepare_cpu_layout` for a
-whole model): on a CPU with AVX-512 VNNI, the weight codes can be held in the layout the GEMM reads directly
-instead of being regrouped at every call (faster at small token counts; bit-identical results). It replaces
-``weight_packed`` in memory (0.5 byte per weight plus padding; ``module.weight_packed`` is then ``None``);
-``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict re-prepares,
-and a device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first (re-preparing
-when the module stays on the CPU).
+**Prepared CPU layout** (the default after loading on a CPU with AVX-512 VNNI; :meth:`W4A4Linear.prepare_cpu_layout`
+or :func:`prepare_cpu_layout` for a whole model): the weight codes are held in the layout the GEMM reads
+directly instead of being regrouped at every call (faster at small token counts; bit-identical results). It
+replaces ``weight_packed`` in memory by the non-persistent buffer ``weight_prepared`` (uint8, 0.5 byte per weight
+plus padding to 64 channels × 128 codes; ``module.weight_packed`` is then ``None``, :meth:`W4A4Linear.packed_weight`
+rebuilds it); ``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict
+re-prepares, and a device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first
+(re-preparing when the module stays on the CPU). :func:`unprepare_cpu_layout` goes back to the packed layout;
+``FAIR_CALIB_CPU_LAYOUT=packed`` in the environment keeps loaded models packed.
 
 **Dtype casts.** The float32 buffers above stay float32 whatever dtype the module or the model is cast to
 (``.to(torch.bfloat16)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``, a parent's ``.to(dtype)``):
@@ -114,43 +116,46 @@ class W4A4Linear(nn.Module):
             self.input_transform = InputTransform(in_features, transform_factors, transform_diag, device=device)
         else:
             self.input_transform = None
-        self._weight_prepared: torch.Tensor | None = None  # see prepare_cpu_layout
+        self.register_buffer("weight_prepared", None, persistent=False)  # see prepare_cpu_layout
 
     def _apply(self, fn, recurse=True):
-        prepared = self._weight_prepared is not None
+        prepared = self.weight_prepared is not None
         if prepared:
-            self._unprepare_cpu_layout()
+            self.unprepare_cpu_layout()
         result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
         if prepared and self.weight_packed.device.type == "cpu":
             self.prepare_cpu_layout()
         return result
 
     def prepare_cpu_layout(self) -> bool:
-        """Hold the weight codes in the CPU VNNI GEMM's prepared layout (:func:`fair_calib_hf.ops.cpu.prepare_weight`)
-        instead of ``weight_packed`` (freed; ``weight_packed`` is ``None`` until :meth:`packed_weight` or a move
-        restores it): see the module docstring. Idempotent. Returns whether the module is now prepared: ``False``
+        """Hold the weight codes in the CPU VNNI GEMM's prepared layout (:func:`fair_calib_hf.ops.cpu.prepare_weight`,
+        the buffer ``weight_prepared``) instead of ``weight_packed`` (freed: ``None`` until :meth:`unprepare_cpu_layout`
+        or a move restores it; :meth:`packed_weight` rebuilds the codes): see the module docstring. Idempotent. Returns whether the module is now prepared: ``False``
         (nothing changed) off the CPU, without the compiled kernels, or on a CPU without AVX-512 VNNI."""
-        if self._weight_prepared is not None:
+        if self.weight_prepared is not None:
             return True
         if self.weight_packed.device.type != "cpu" or not ops.cpu.prepared_layout_available():
             return False
-        self._weight_prepared = ops.cpu.prepare_weight(self.weight_packed)
+        self._buffers["weight_prepared"] = ops.cpu.prepare_weight(self.weight_packed)
         self._buffers["weight_packed"] = None
         return True
 
-    def _unprepare_cpu_layout(self) -> None:
+    def unprepare_cpu_layout(self) -> None:
+        """Back to the packed layout (``weight_packed`` restored, ``weight_prepared`` freed); no-op when not prepared."""
+        if self.weight_prepared is None:
+            return
         self._buffers["weight_packed"] = self.packed_weight()
-        self._weight_prepared = None
+        self._buffers["weight_prepared"] = None
 
     def packed_weight(self) -> torch.Tensor:
         """The packed codes ``uint8 [out, ceil(in/2)]`` (rebuilt from the prepared layout when the module holds
         that instead: a new tensor each call)."""
-        if self._weight_prepared is None:
+        if self.weight_prepared is None:
             return self.weight_packed
-        return ops.cpu.unprepare_weight(self._weight_prepared, self.out_features, packed_width(self.in_features))
+        return ops.cpu.unprepare_weight(self.weight_prepared, self.out_features, packed_width(self.in_features))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if self._weight_prepared is None:
+        if self.weight_prepared is None:
             return super()._save_to_state_dict(destination, prefix, keep_vars)
         self._buffers["weight_packed"] = self.packed_weight()  # the checkpoint format, for this call only
         try:
@@ -160,9 +165,9 @@ class W4A4Linear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        prepared = self._weight_prepared is not None
+        prepared = self.weight_prepared is not None
         if prepared:
-            self._unprepare_cpu_layout()
+            self.unprepare_cpu_layout()
         try:
             super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                           error_msgs)
@@ -228,8 +233,8 @@ class W4A4Linear(nn.Module):
         t = self.input_transform
         left, right, diag = (t.left, t.right, t.diag) if t is not None else (None, None, None)
         x_packed, x_scale = ops.quantize_act_int4(x2, left, right, diag, self.input_clip)
-        if self._weight_prepared is not None:
-            y = ops.w4a4_gemm_prepared(x_packed, x_scale, self._weight_prepared, self.weight_scale, self.bias,
+        if self.weight_prepared is not None:
+            y = ops.w4a4_gemm_prepared(x_packed, x_scale, self.weight_prepared, self.weight_scale, self.bias,
                                        self.out_features, self.in_features, x.dtype)
         else:
             y = ops.w4a4_gemm(
@@ -257,10 +262,43 @@ class W4A4Linear(nn.Module):
         tr = "none" if t is None else f"kronecker {t.left.shape[0]}x{t.right.shape[0]}" + (" +diag" if t.diag is not None else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"w4a4, transform={tr}, backend={ops.active_backend(self.weight_scale.device.type)}"
-                + (", prepared cpu layout" if self._weight_prepared is not None else ""))
+                + (", prepared cpu layout" if self.weight_prepared is not None else ""))
 
 
 def prepare_cpu_layout(model: nn.Module) -> int:
     """:meth:`W4A4Linear.prepare_cpu_layout` on every ``W4A4Linear`` of ``model`` (call it once after loading, on
     the CPU); returns how many were prepared (0 where the layout is not available)."""
     return sum(1 for m in model.modules() if isinstance(m, W4A4Linear) and m.prepare_cpu_layout())
+
+
+def unprepare_cpu_layout(model: nn.Module) -> int:
+    """:meth:`W4A4Linear.unprepare_cpu_layout` on every prepared ``W4A4Linear`` of ``model``: back to the packed
+    ``weight_packed`` buffers (same memory); returns how many were unprepared."""
+    modules = [m for m in model.modules() if isinstance(m, W4A4Linear) and m.weight_prepared is not None]
+    for m in modules:
+        m.unprepare_cpu_layout()
+    return len(modules)
+
+
+CPU_LAYOUT_ENV = "FAIR_CALIB_CPU_LAYOUT"
+"""Environment variable read by :func:`prepare_loaded_model`: ``prepared`` (default) or ``packed``."""
+
+
+def cpu_layout_choice() -> str:
+    """``FAIR_CALIB_CPU_LAYOUT`` (``"prepared"``, the default, or ``"packed"``); raises ``ValueError`` naming the
+    variable and its values for anything else (the quantizer checks it before loading anything)."""
+    import os
+
+    choice = os.environ.get(CPU_LAYOUT_ENV, "prepared").strip().lower() or "prepared"
+    if choice not in ("prepared", "packed"):
+        raise ValueError(f"{CPU_LAYOUT_ENV}={choice!r}: use 'prepared' (the default: the CPU GEMM's own weight "
+                         "layout, bit-identical results) or 'packed' (keep weight_packed in memory)")
+    return choice
+
+
+def prepare_loaded_model(model: nn.Module) -> int:
+    """What the quantizer does after loading or calibrating: :func:`prepare_cpu_layout` on ``model`` unless
+    ``FAIR_CALIB_CPU_LAYOUT=packed`` (:func:`cpu_layout_choice`). Only modules whose weights are materialised on
+    the CPU are prepared (offloaded ones sit on the ``meta`` device and stay packed); returns how many were
+    prepared (0 without AVX-512 VNNI or the compiled kernels)."""
+    return 0 if cpu_layout_choice() == "packed" else prepare_cpu_layout(model)

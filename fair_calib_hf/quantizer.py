@@ -6,6 +6,9 @@ checkpoint.py).
 * pre-quantized load (``config.json`` has ``quant_method: "fair_calib"``): the before-load hook builds the
   packed skeleton, the tensors load into it by name, and the after-load hook refuses missing or
   mis-shaped packed tensors.
+
+Either way the after-load hook ends with :func:`.modules.prepare_loaded_model`: linears whose weights sit on a CPU
+with AVX-512 VNNI switch to the GEMM's prepared weight layout (bit-identical, same memory).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from .checkpoint import (
     verify_loaded_model,
 )
 from .config import QUANT_METHOD, FairCalibConfig
-from .modules import W4A4Linear
+from .modules import W4A4Linear, cpu_layout_choice, prepare_loaded_model
 from .saving import install_save_compat
 from .targets import set_submodule
 from .version import __version__
@@ -67,6 +70,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
 
     # -- before loading -------------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
+        cpu_layout_choice()  # a bad FAIR_CALIB_CPU_LAYOUT fails here, before anything is read or calibrated
         if not self.pre_quantized:
             check_method_implemented(self.quantization_config.method)
             if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
@@ -137,6 +141,9 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             if self.calibration_report.prior is not None:
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())
+        prepared = prepare_loaded_model(model)  # the CPU GEMM's weight layout (bit-identical; FAIR_CALIB_CPU_LAYOUT)
+        if prepared:
+            logger.info("fair_calib: %d W4A4 linears hold the prepared CPU weight layout", prepared)
         model.add_model_tags(MODEL_TAGS)
         install_save_compat(model)  # Dream's remote generation config breaks save_pretrained otherwise
         return model

@@ -237,7 +237,7 @@ def test_bf16_load_quantize_save_reload(tiny_dirs, kind, tmp_path, input_ids):
     q = _load(tiny_dirs[kind], FairCalibConfig(method="rtn", calibration_dataset=CALIB_TEXTS[:2]),
               dtype=torch.bfloat16)
     down = dict(q.named_modules())[DOWN[kind]]
-    assert down.weight_scale.dtype == torch.float32 and down.weight_packed.dtype == torch.uint8
+    assert down.weight_scale.dtype == torch.float32 and down.packed_weight().dtype == torch.uint8
     out = _logits(q, input_ids)
     q.save_pretrained(tmp_path)
     again = _load(str(tmp_path), dtype=torch.bfloat16)
@@ -276,3 +276,34 @@ def test_quantized_copy_of_a_zoo_model_keeps_its_task(quantized, tmp_path):
     _load(str(tmp_path / "q")).save_pretrained(tmp_path / "q2")  # reloaded from the copy: the recipe travels on
     assert task_of(str(tmp_path / "q2")).name == "arith"
     assert not os.path.exists(os.path.join(quantized["llada"][2], "training.json"))
+
+
+def test_loaded_model_holds_the_prepared_cpu_layout_by_default(quantized, input_ids, monkeypatch):
+    """After loading on a CPU with AVX-512 VNNI every W4A4Linear holds the GEMM's prepared weight layout (the
+    non-persistent buffer `weight_prepared`, counted by `get_memory_footprint`); `FAIR_CALIB_CPU_LAYOUT=packed`
+    keeps `weight_packed`. Same logits and the same state dict either way; a bad value fails before loading."""
+    from fair_calib_hf.checkpoint import verify_loaded_model
+    from fair_calib_hf.modules import unprepare_cpu_layout
+    from fair_calib_hf.ops import cpu
+
+    _, _, save_dir = quantized["dream"]
+    prepared = _load(save_dir)
+    monkeypatch.setenv("FAIR_CALIB_CPU_LAYOUT", "packed")
+    packed = _load(save_dir)
+    layers = lambda model: [m for m in model.modules() if isinstance(m, W4A4Linear)]  # noqa: E731
+    assert all(m.weight_prepared is None and m.weight_packed is not None for m in layers(packed))
+    expect_prepared = cpu.prepared_layout_available()
+    assert all((m.weight_prepared is not None) == expect_prepared for m in layers(prepared))
+    assert all((m.weight_packed is None) == expect_prepared for m in layers(prepared))
+    assert torch.equal(_logits(prepared, input_ids), _logits(packed, input_ids))
+    sd_prepared, sd_packed = prepared.state_dict(), packed.state_dict()
+    assert list(sd_prepared) == list(sd_packed) and all(torch.equal(sd_prepared[k], sd_packed[k]) for k in sd_packed)
+    extra = sum(m.weight_prepared.numel() - m.packed_weight().numel() for m in layers(prepared) if expect_prepared)
+    assert prepared.get_memory_footprint() - packed.get_memory_footprint() == extra  # the padding, nothing hidden
+    verify_loaded_model(prepared)
+    assert unprepare_cpu_layout(prepared) == (len(layers(prepared)) if expect_prepared else 0)
+    assert all(m.weight_prepared is None and m.weight_packed is not None for m in layers(prepared))
+    assert torch.equal(_logits(prepared, input_ids), _logits(packed, input_ids))
+    monkeypatch.setenv("FAIR_CALIB_CPU_LAYOUT", "int8")
+    with pytest.raises(ValueError, match="FAIR_CALIB_CPU_LAYOUT='int8'.*'packed'"):
+        _load(save_dir)

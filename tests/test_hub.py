@@ -71,7 +71,7 @@ def test_push_to_hub_uploads_the_packed_checkpoint(tiny_dirs, uploads):
     assert cfg["quantization_config"]["quant_method"] == "fair_calib"
     sd = load(uploads["model.safetensors"])
     assert torch.equal(sd["model.transformer.blocks.0.ff_out.weight_packed"],
-                       q.model.transformer.blocks[0].ff_out.weight_packed)
+                       q.model.transformer.blocks[0].ff_out.packed_weight())
     assert "fair_calib" in uploads["README.md"].decode()  # model-card tag
 
 

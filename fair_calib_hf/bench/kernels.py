@@ -16,8 +16,9 @@
 
 **Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
-W4A4 linears with their online transforms; embeddings, norms, attention and head stay float), as loaded and,
-with the AVX-512 VNNI kernels, after :func:`~fair_calib_hf.modules.prepare_cpu_layout`. Models: the zoo
+W4A4 linears with their online transforms; embeddings, norms, attention and head stay float), in the packed
+layout (``W4A4``, after :func:`~fair_calib_hf.modules.unprepare_cpu_layout`) and, with the AVX-512 VNNI kernels,
+in the prepared layout that loading gives by default (``W4A4 prepared``). Models: the zoo
 models at their task's sequence length, and ``wide-llada`` (the LLaDA-style architecture at LLaMA-8B width:
 hidden 4096, MLP 12288, 2 blocks, random weights, 256 tokens), where the linears dominate as in the real model
 (its W4A4 copy has random transforms of Stage II's shapes instead of fitted ones, with the diagonal applied
@@ -183,7 +184,7 @@ def model_rows(models, batches, repeats) -> list[dict]:
 
     from fair_calib_hf import FairCalibConfig
     from fair_calib_hf.architectures import get_adapter
-    from fair_calib_hf.modules import prepare_cpu_layout
+    from fair_calib_hf.modules import prepare_cpu_layout, unprepare_cpu_layout
     from fair_calib_hf.zoo import resolve, task_of
 
     hf_logging.disable_progress_bar()
@@ -209,6 +210,7 @@ def model_rows(models, batches, repeats) -> list[dict]:
                          "w4a4": _safetensors_bytes(q, os.path.join(root, name + "-w4a4")),
                          "bf16": _safetensors_bytes(AutoModel.from_pretrained(path, trust_remote_code=True),
                                                     os.path.join(root, name + "-bf16"), torch.bfloat16)}
+            unprepare_cpu_layout(q)  # the "W4A4" columns time the packed layout (loading prepares by default)
             qp = copy.deepcopy(q)
             if not prepare_cpu_layout(qp):
                 qp = None

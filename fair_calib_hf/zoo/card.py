@@ -17,6 +17,9 @@ from . import RECIPES, resolve
 from .evaluate import evaluate
 from .tasks import get_task
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The source checkout (``benchmarks/training/NAME/state.pt`` is looked up there, not in the working directory)."""
+
 _DATA = {
     "arith": ("Multi-step addition/subtraction (a GSM8K analogue): a two-digit number then three single-digit "
               "additions or subtractions (every intermediate result in [10, 99]), answered by a worked solution "
@@ -88,7 +91,7 @@ def write_card(name: str, count: int = 512) -> dict:
         f"- reproduce: `python -m fair_calib_hf.zoo.train {name} --work runs/{name}`"
         + (f" (the repository keeps the resumable training state in `benchmarks/training/{name}/`: "
            f"`--work benchmarks/training/{name}` continues from it)"
-           if os.path.isfile(os.path.join("benchmarks", "training", name, "state.pt")) else ""),
+           if os.path.isfile(os.path.join(_REPO_ROOT, "benchmarks", "training", name, "state.pt")) else ""),
         "",
         "## Full-precision scores (test split)",
         f"- exact match: {100 * scores['accuracy']:.1f} % of {scores['n']} problems",
