@@ -31,6 +31,16 @@ the same model (``wide-llada``: the state dicts' tensor bytes, its W4A4 copy bei
 Every time is the best of ``--repeats`` after a warm-up, with the same torch thread count for every variant;
 ratios > 1 mean W4A4 is faster (or smaller). ``--isa`` times several GEMM instruction sets (e.g. ``avx512vnni
 avx2``) in the same process, one row each. ``--quick`` runs one shape, two token counts and one small model.
+
+**The peers' instruction set.** fp32 and int8 run on whatever torch picks for this CPU (AVX-512 where present),
+so forcing ``--isa avx2`` on an AVX-512 machine compares an AVX2 W4A4 against AVX-512 peers. To time an
+AVX2-only machine, cap the peers too, in the environment of the whole process (read once at start-up)::
+
+    FBGEMM_ENABLE_INSTRUCTIONS=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python -m fair_calib_hf.bench kernels --isa avx2
+
+(fbgemm, which runs torch's int8 dynamic linear, MKL and ATen's own kernels each honour their variable); the
+table's title names what the peers ran on.
 """
 from __future__ import annotations
 
@@ -85,6 +95,16 @@ def transformed_w4a4_linear(weight: torch.Tensor, generator: torch.Generator):
     linear = torch.nn.Linear(k, weight.shape[0], bias=False)
     return W4A4Linear.from_linear(linear, weight=transform_weight(weight, left, right, diag),
                                   transform=(left, right, diag))
+
+
+PEER_ISA_VARIABLES = ("FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def peers_isa() -> str:
+    """What the fp32 / int8 peers run on: ATen's CPU capability and any ISA cap set for fbgemm or MKL (see the
+    module docstring), e.g. ``"ATen AVX512"`` or ``"ATen AVX2, FBGEMM_ENABLE_INSTRUCTIONS=AVX2, ..."``."""
+    caps = [f"{name}={os.environ[name]}" for name in PEER_ISA_VARIABLES if os.environ.get(name)]
+    return ", ".join([f"ATen {torch.backends.cpu.get_cpu_capability()}"] + caps)
 
 
 def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
@@ -267,7 +287,8 @@ def main(argv=None) -> None:
 
     layers = layer_rows(shapes, ms, repeats, tuple(args.isa) if args.isa else (None,))
     report(f"CPU linear layers: fp32 F.linear and torch dynamic int8 vs W4A4 (transform + quant + GEMM); backend "
-           f"{ops.active_backend('cpu')}; torch {torch.__version__}, {threads} threads, best of {repeats}",
+           f"{ops.active_backend('cpu')}; peers: {peers_isa()}; torch {torch.__version__}, {threads} threads, "
+           f"best of {repeats}",
            {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "ISA": lambda r: r["isa"],
             "fp32 ms": lambda r: r["fp32_ms"], "int8 dyn. ms": lambda r: r["int8_ms"],
             "W4A4 GEMM ms": lambda r: r["w4a4_gemm_ms"], "W4A4 layer ms": lambda r: r["w4a4_layer_ms"],
@@ -291,5 +312,6 @@ def main(argv=None) -> None:
         import json
 
         with open(args.json, "w") as f:
-            json.dump({"backend": ops.active_backend("cpu"), "torch": torch.__version__, "threads": threads,
+            json.dump({"backend": ops.active_backend("cpu"), "peers": peers_isa(), "torch": torch.__version__,
+                       "threads": threads,
                        "repeats": repeats, "layers": layers, "denoising_step": steps}, f, indent=2)
