@@ -263,11 +263,13 @@ def _cosine(step: int, total: int, floor: float = 1e-3) -> float:
 
 def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targets: list[torch.Tensor],
               weights: torch.Tensor | None, config, adapter: ModelAdapter) -> dict:
-    """Calibrate and pack one block in place (see the module docstring); returns the number of sites and
-    optimizer steps, the mean weighted loss of each epoch (fake-quantized block, before packing) and the
-    optimization loop's wall time in seconds (``fit_seconds``). Each optimizer step runs the block once on its
-    whole batch of samples (one forward and one backward; per sample only when the captured calls do not
-    stack), so every transformed, fake-quantized weight is built once per step."""
+    """Calibrate and pack one block in place (see the module docstring); returns the number of sites, their
+    input widths (``site_widths``), the number of optimizer steps, the mean weighted loss of each epoch
+    (fake-quantized block, before packing) and the optimization loop's wall time in seconds
+    (``fit_seconds``). Each optimizer step runs the block once on its whole batch of samples (one forward and
+    one backward; per sample only when the captured calls do not stack); each site's transformed,
+    fake-quantized weights are built once per step, for all its linears together, and applied in one matmul
+    (:meth:`SiteParams.member_output`)."""
     dtype = next(block.parameters()).dtype
     block.float()
     inputs = [BlockInput(tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in i.args),
@@ -325,7 +327,8 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     fit_seconds = time.perf_counter() - start_time
     _fold_and_pack(block, sites, params, wrappers, adapter)
     block.to(dtype)
-    return {"sites": len(sites), "steps": step, "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
+    return {"sites": len(sites), "site_widths": [s.in_features for s in sites], "steps": step,
+            "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
 
 
 @torch.no_grad()
