@@ -48,8 +48,8 @@ class _FakeQuantRows(torch.autograd.Function):
     gradient autograd derives for it with :func:`ste_round` as the rounding, written out operation by
     operation in the same floating-point order (each node's formula from torch's ``derivatives.yaml``:
     ``abs``, ``amax`` (gradient shared evenly among tied maxima), ``mul``, ``div``, ``where``, ``clamp``
-    (gradient where ``QMIN ≤ r ≤ QMAX``)), so gradients are bit-identical to the generic graph's while
-    running about a third of its kernels and a single graph node."""
+    (gradient where ``QMIN ≤ r ≤ QMAX``)), so gradients equal the generic graph's bit for bit (up to the
+    sign of a zero), while running a third of its kernels, no boolean masks and a single graph node."""
 
     @staticmethod
     def forward(ctx, x, clip):
@@ -68,8 +68,11 @@ class _FakeQuantRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, clip, a, m, zero, s, u, r, c = ctx.saved_tensors
+        # Masks are built as 0/1 floats (torch.eq into a float tensor): boolean masks and where() run several
+        # times slower on CPU. Multiplying by a 0/1 mask equals autograd's where(mask, ·, 0) except that a
+        # masked-out zero may be −0 instead of +0 (no later operation divides by a gradient).
         # out = c·s; clamp: gradient where QMIN ≤ r ≤ QMAX (⇔ c == r); STE: r → u
-        gu = torch.where(c == r, g * s, 0.0)
+        gu = (g * s) * torch.eq(c, r, out=torch.empty_like(c))
         # s from out = c·s and from u = x/s (autograd: −gu·((x/s)/s), summed; negating the sum is exact)
         gs = (g * c).sum(-1, keepdim=True) + -(gu * (u / s)).sum(-1, keepdim=True)
         gt1 = torch.where(zero, 0.0, gs) / QMAX  # s = where(s0 == 0, 1, s0); s0 = t1 / QMAX
@@ -78,7 +81,7 @@ class _FakeQuantRows(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # m = amax(|x|): shared evenly among the row's maxima, times sgn(x); the products with
             # hit ∈ {0, 1} and sgn ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
-            hit = m == a
+            hit = torch.eq(a, m, out=torch.empty_like(a))
             grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sgn())
         return grad_x, grad_clip
 
@@ -89,7 +92,7 @@ def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
     a 0-dim tensor or one broadcastable to ``[..., 1]`` (e.g. ``[rows, 1]``); same dtype as ``x``. Gradients
     reach ``x`` (STE: through the rounding, zero where clamped, and through the scale's ``max|x|``) and
     ``clip``. One autograd node (:class:`_FakeQuantRows`), bit-identical to the plain expression with
-    :func:`ste_round`."""
+    :func:`ste_round` (gradients up to the sign of a zero)."""
     return _FakeQuantRows.apply(x, clip)
 
 
