@@ -2,7 +2,8 @@
 
 - ``fake_quant_rows`` is one autograd node with a hand-written straight-through backward: forward and both
   gradients bit-identical (``torch.equal``, so a zero's sign may differ) to the generic autograd graph of the
-  plain expression with ``ste_round``, on rows with tied maxima, zero rows, clamped values, 2-D and 3-D inputs, scalar and per-row clips;
+  plain expression with ``ste_round``, on rows with tied maxima, zero rows, clamped values, 2-D and 3-D
+  inputs, scalar and per-row clips;
 - ``kron_apply_gemms`` (two GEMMs over all rows) equals ``x · (L ⊗ R)`` and ``kron_apply`` to fp32 rounding;
 - a site's linears stacked into one transform, one fake quantization and one matmul give, row for row, the
   outputs of each linear fake-quantized on its own.

@@ -80,9 +80,9 @@ class _FakeQuantRows(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             # m = amax(|x|): shared evenly among the row's maxima, times sgn(x); the products with
-            # hit ∈ {0, 1} and sgn ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
+            # hit ∈ {0, 1} and sign ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
             hit = torch.eq(a, m, out=torch.empty_like(a))
-            grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sgn())
+            grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sign())
         return grad_x, grad_clip
 
 
