@@ -112,3 +112,26 @@ def test_stacked_site_equals_each_linear_alone(bias):
     sum(fit(x).sum() for fit in fits).backward()
     assert all(fit.lwc.grad is not None and bool((fit.lwc.grad != 0).any()) for fit in fits)
     assert site.left.grad is not None and site.diag.grad is not None and site.lac.grad is not None
+
+
+def test_factors_inverted_together_equal_each_alone():
+    from fair_calib_hf.calibration.stage2_fit import invert_factors_together
+
+    cfg = FairCalibConfig(method="flatquant", calibration_dataset=["x"])
+    g = torch.Generator().manual_seed(0)
+    sites = [SiteParams(n, torch.rand(n) + 0.1, torch.rand(n) + 0.1, cfg, g) for n in (128, 352, 128, 96)]
+    with torch.no_grad():
+        for sp in sites:
+            sp.left.add_(0.1 * torch.randn(sp.left.shape, generator=g))
+            sp.right.add_(0.1 * torch.randn(sp.right.shape, generator=g))
+    invert_factors_together(sites)
+    together = [sp._inverse for sp in sites]
+    for sp, (left_inv_t, right_inv_t) in zip(sites, together):
+        sp._inverse = None
+        alone = sp.inverse_factors()
+        assert torch.equal(left_inv_t, alone[0]) and torch.equal(right_inv_t, alone[1])
+    for sp, inverse in zip(sites, together):  # gradients flow through the batched inversion to each site
+        sp._inverse = inverse
+    sites[0].transform_weight(torch.randn(8, 128, generator=g)).sum().backward()
+    assert bool((sites[0].left.grad != 0).any()) and bool((sites[0].right.grad != 0).any())
+    assert sites[1].left.grad is None or not bool(sites[1].left.grad.any())

@@ -232,6 +232,22 @@ class FitLinear(nn.Module):
         return self.site.member_output(x, self.index).to(x.dtype)
 
 
+def invert_factors_together(params: list[SiteParams]) -> None:
+    """Set every site's ``(L⁻ᵀ, R⁻ᵀ)`` for this step with one batched ``torch.linalg.inv`` per factor size
+    (a block's sites share a few sizes, e.g. 8, 16, 22): fewer, larger kernels forward and backward. Each
+    matrix is inverted by the same LAPACK routine as alone (same result)."""
+    by_size: dict[int, list[torch.Tensor]] = {}
+    for sp in params:
+        for factor in (sp.left, sp.right):
+            by_size.setdefault(factor.shape[0], []).append(factor)
+    inverses = {}
+    for size, factors in by_size.items():
+        inv = torch.linalg.inv(torch.stack(factors)) if len(factors) > 1 else torch.linalg.inv(factors[0])[None]
+        inverses[size] = iter(inv.unbind(0))
+    for sp in params:
+        sp._inverse = (next(inverses[sp.left.shape[0]]).t(), next(inverses[sp.right.shape[0]]).t())
+
+
 def _batched_loss(block, inputs: list[BlockInput], targets: list[torch.Tensor], weights) -> torch.Tensor:
     """Mean weighted MSE over the samples ``inputs`` (one forward for all of them when their calls stack,
     :func:`.block_loop.stack_block_inputs`; one per sample otherwise)."""
@@ -316,6 +332,7 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
             order = torch.randperm(len(inputs), generator=order_gen).tolist()
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
+                invert_factors_together(params)
                 loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], weights)
                 for sp in params:
                     sp.new_step()
