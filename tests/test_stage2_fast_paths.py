@@ -95,6 +95,7 @@ def test_stacked_site_equals_each_linear_alone(bias):
     w_absmax = torch.stack([lin.weight.abs().amax(0) for lin in linears]).amax(0)
     site = SiteParams(32, x.abs().reshape(-1, 32).amax(0), w_absmax, cfg, torch.Generator().manual_seed(1))
     fits = [FitLinear(lin, site, cfg) for lin in linears]
+    originals = [lin.weight.detach().clone() for lin in linears]
     with torch.no_grad():
         for i, fit in enumerate(fits):
             fit.lwc.copy_(torch.linspace(1.0, 4.0, fit.lwc.shape[0])[:, None] + i)
@@ -107,6 +108,10 @@ def test_stacked_site_equals_each_linear_alone(bias):
             alone = xq @ wq.t() + (lin.bias if lin.bias is not None else 0)
             torch.testing.assert_close(out, alone, rtol=1e-6, atol=1e-5)
             assert not torch.equal(out, torch.zeros_like(out))
+    # the members' weights became views of the stack (no second copy), with their values unchanged
+    stack = site._stacked()[0]
+    assert linears[1].weight.data_ptr() == stack[32:].data_ptr()
+    assert all(torch.equal(lin.weight, w) for lin, w in zip(linears, originals))
     # gradients reach every member's clip logits and the shared transform
     site.new_step()
     sum(fit(x).sum() for fit in fits).backward()

@@ -168,13 +168,23 @@ class SiteParams(nn.Module):
         return kron_apply_gemms(w, *self.inverse_factors())
 
     def _stacked(self):
+        """``(W [Σ out, in], b [Σ out] or None)``: the members' frozen fp32 weights stacked (and biases, when
+        every member has one). An fp32 member weight becomes a view of the stack (same values), so stacking
+        does not hold a second copy of the site's weights."""
         if self._frozen is None:
-            weights = [m.linear.weight.detach().float() for m in self.members]
-            biases = [m.linear.bias for m in self.members]
+            linears = [m.linear for m in self.members]
+            weight = linears[0].weight.detach().float()
+            if len(linears) > 1:
+                weight = torch.cat([lin.weight.detach().float() for lin in linears])
+                start = 0
+                for lin in linears:
+                    if lin.weight.dtype == weight.dtype and lin.weight.device == weight.device:
+                        lin.weight.data = weight[start:start + lin.out_features]
+                    start += lin.out_features
             bias = None
-            if all(b is not None for b in biases):
-                bias = torch.cat([b.detach().float() for b in biases]) if len(biases) > 1 else biases[0].detach().float()
-            self._frozen = (torch.cat(weights) if len(weights) > 1 else weights[0], bias)
+            if all(lin.bias is not None for lin in linears):
+                bias = torch.cat([lin.bias.detach().float() for lin in linears])
+            self._frozen = (weight, bias)
         return self._frozen
 
     def quantized_weight(self) -> torch.Tensor:
