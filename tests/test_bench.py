@@ -92,6 +92,7 @@ def test_stage2_flop_model_counts_each_site_transform_once(tiny_dirs):
     assert calibrate.stage2_flops(model, samples, seq, epochs, steps) == by_hand
     # sites: q/k/v (one input), o, gate/up (one input), down
     per_site = [[d, d, d, model.config.intermediate_size] for _ in blocks]
-    shared = 3 * epochs * samples * seq * (sum(kron(m.in_features) for m in linears) - sum(kron(w) for w in per_site[0]))
+    per_linear_minus_per_site = sum(kron(m.in_features) for m in linears) - sum(kron(w) for w in per_site[0])
+    shared = 3 * epochs * samples * seq * per_linear_minus_per_site
     assert calibrate.stage2_flops(model, samples, seq, epochs, steps, per_site) == by_hand - shared * len(blocks)
     assert shared > 0 and len(linears) == 7
