@@ -67,3 +67,32 @@ def test_kernel_bench_models_none_skips_the_denoising_step(tmp_path):
                   "--json", str(tmp_path / "k.json")])
     record = json.load(open(tmp_path / "k.json"))
     assert len(record["layers"]) == 1 and record.get("denoising_step", []) == []
+
+
+def test_stage2_flop_model_counts_each_site_transform_once(tiny_dirs):
+    """The FLOP bound of ``bench calibrate``: by hand for one block, and the online transform counted once per
+    site (q/k/v share one input) when the sites' widths are given — an upper bound per linear otherwise."""
+    from transformers import AutoModel
+
+    from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.calibration.transforms import kronecker_factors
+
+    model = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True)
+    blocks = get_adapter(model).blocks(model)
+    linears = [m for m in blocks[0].modules() if m.__class__.__name__ == "Linear"]
+    d = model.get_input_embeddings().weight.shape[1]
+    samples, seq, epochs, steps = 3, 10, 2, 4
+
+    def kron(n):
+        a, b = kronecker_factors(n)
+        return 2 * n * (a + b)
+    per_token = 4 * seq * d + sum(2 * m.weight.numel() + kron(m.in_features) for m in linears)
+    weight_side = sum(2 * m.weight.numel() * sum(kronecker_factors(m.in_features)) for m in linears)
+    by_hand = 3 * (epochs * samples * seq * per_token + steps * weight_side) * len(blocks)
+    assert calibrate.stage2_flops(model, samples, seq, epochs, steps) == by_hand
+    # sites: q/k/v (one input), o, gate/up (one input), down
+    per_site = [[d, d, d, model.config.intermediate_size] for _ in blocks]
+    per_linear_minus_per_site = sum(kron(m.in_features) for m in linears) - sum(kron(w) for w in per_site[0])
+    shared = 3 * epochs * samples * seq * per_linear_minus_per_site
+    assert calibrate.stage2_flops(model, samples, seq, epochs, steps, per_site) == by_hand - shared * len(blocks)
+    assert shared > 0 and len(linears) == 7

@@ -1,14 +1,19 @@
-"""Calibration cost: wall time of Stage I and of the whole calibration, and peak memory, per method.
+"""Calibration cost: wall time of Stage I and of the whole calibration, peak memory, and Stage II against its
+arithmetic, per model and method.
 
-Each (family, method) runs in a fresh subprocess so that its peak resident memory is its own: the reported
+Each (model, method) runs in a fresh subprocess so that its peak resident memory is its own: the reported
 peak is ``ru_maxrss`` after calibration minus the resident size just before ``from_pretrained`` with the
 quantization config (the float model is already loaded once in the subprocess to warm up imports).
-Models: the bundled tiny random reference architectures (``save_tiny``); the numbers measure the
-machinery's cost, not quality.
+Models (``--models``): ``tiny`` — the bundled tiny random reference architectures (``save_tiny``, LLaDA- and
+Dream-style, 64–96 wide; 16 sequences of 128 tokens; all four methods), measuring the machinery's cost, not
+quality — and ``zoo:NAME`` — a bundled zoo model calibrated exactly as ``fair-calib quantize zoo:NAME`` does by
+default (128 sequences of the task's calibration split, seed 0, the task's geometry:
+:func:`~fair_calib_hf.zoo.evaluate.calibration_geometry`; ``--methods``, default FlatQuant and FAIR-Calib).
 
 **Stage II against its arithmetic** (FlatQuant and FAIR-Calib rows): ``Stage II s`` is the summed wall time of
 the blocks' optimization loops; ``FLOP-bound s`` is the FLOP count of those steps (:func:`stage2_flops`) at
-the fp32 GEMM rate measured in the same process (``torch.mm`` of two 1024 × 1024 matrices, best of 3), and
+the fp32 GEMM rate measured in the same process (``torch.mm`` of two 1024 × 1024 matrices, best of 3, measured
+before and after calibration; the higher rate is used, so the bound is the stricter one), and
 ``x FLOP-bound`` their ratio (1 = every FLOP at the GEMM rate).
 """
 from __future__ import annotations
@@ -42,31 +47,58 @@ def gemm_rate(n: int = 1024, repeats: int = 3) -> float:
     return 2 * n ** 3 / best_time(lambda: a @ b, repeats)
 
 
-def stage2_flops(model, samples: int, seq_len: int, epochs: int, steps_per_block: int) -> float:
+def stage2_flops(model, samples: int, seq_len: int, epochs: int, steps_per_block: int,
+                 site_widths: list[list[int]] | None = None) -> float:
     """FLOPs of Stage II on the float ``model``, summed over its blocks: forward + backward (3 × the forward)
     of the block on ``samples × seq_len`` tokens per epoch — its linears (2 FLOP per weight per
     token), attention (``4·seq_len·d`` per token: scores and weighted sum) and the online Kronecker transform
-    of every linear's input (``2·in·(a + b)`` per token; counted per linear, an upper bound when linears
-    share an input) — plus the weight transforms rebuilt once per step (``2·out·in·(a + b)`` per linear).
-    Elementwise work (fake quantization, norms, activations) is not counted."""
+    of each site's input (``2·in·(a + b)`` per token, ``a × b = in`` from
+    :func:`~fair_calib_hf.calibration.transforms.kronecker_factors`; once per site, the linears reading the
+    same input share it: ``site_widths[block]`` lists the sites' input widths, as ``fit_block`` reports them;
+    without it, once per linear, an upper bound) — plus the weight transforms rebuilt once per step
+    (``2·out·in·(a + b)`` per linear). Elementwise work (fake quantization, norms, activations), the
+    ``a³ + b³`` inversions and the optimizer are not counted."""
     from fair_calib_hf.architectures import get_adapter
     from fair_calib_hf.calibration.transforms import kronecker_factors
 
+    def transform(width: int) -> int:
+        a, b = kronecker_factors(width)
+        return 2 * width * (a + b)
+
     total = 0.0
-    for block in get_adapter(model).blocks(model):
+    d_model = model.get_input_embeddings().weight.shape[1]
+    for index, block in enumerate(get_adapter(model).blocks(model)):
         linears = [m for m in block.modules() if isinstance(m, torch.nn.Linear)]
-        d_model = model.get_input_embeddings().weight.shape[1]
         per_token = 4 * seq_len * d_model
         weight_side = 0.0
         for lin in linears:
             a, b = kronecker_factors(lin.in_features)
-            per_token += 2 * lin.weight.numel() + 2 * lin.in_features * (a + b)
+            per_token += 2 * lin.weight.numel()
             weight_side += 2 * lin.weight.numel() * (a + b)
+        widths = site_widths[index] if site_widths is not None else [lin.in_features for lin in linears]
+        per_token += sum(transform(w) for w in widths)
         total += 3 * (epochs * samples * seq_len * per_token + steps_per_block * weight_side)
     return total
 
 
-def run_one(family: str, method: str) -> dict:
+def _zoo_config(name: str, method: str):
+    """``(path, FairCalibConfig)`` as ``fair-calib quantize NAME --method METHOD`` builds it by default."""
+    from transformers import AutoTokenizer
+
+    from fair_calib_hf import FairCalibConfig, zoo
+    from fair_calib_hf.zoo.evaluate import calibration_geometry
+
+    path = zoo.resolve(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    task = zoo.task_of(path)
+    count = 128
+    return path, FairCalibConfig(method=method, seed=0, num_samples=count, tokenizer=tokenizer,
+                                 calibration_dataset=task.calibration_sequences(tokenizer, count, seed=0),
+                                 **calibration_geometry(task, zoo.family_of(path)))
+
+
+def run_one(model_name: str, method: str) -> dict:
+    """One row: ``model_name`` is ``tiny-llada`` / ``tiny-dream`` or ``zoo:NAME``."""
     import resource
 
     from transformers import AutoModel
@@ -76,47 +108,71 @@ def run_one(family: str, method: str) -> dict:
     from fair_calib_hf.reference_models import save_tiny
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as root:
-        path = save_tiny(family, os.path.join(root, family))
+        if model_name.startswith("zoo:"):
+            path, cfg = _zoo_config(model_name, method)
+        else:
+            family = model_name.removeprefix("tiny-")
+            path = save_tiny(family, os.path.join(root, family))
+            cfg = FairCalibConfig(method=method, calibration_dataset=_texts(), **SETTINGS)
         float_model = AutoModel.from_pretrained(path, trust_remote_code=True)
-        cfg = FairCalibConfig(method=method, calibration_dataset=_texts(), **SETTINGS)
+        rate_before = gemm_rate()
         before = rss_mb()
         model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r = model.hf_quantizer.calibration_report
-    row = {"family": family, "method": method, "samples": r.num_samples, "stage1_s": round(r.stage1_seconds, 2),
+    row = {"model": model_name, "method": method, "samples": r.num_samples, "seq_len": cfg.seq_len,
+           "threads": torch.get_num_threads(), "stage1_s": round(r.stage1_seconds, 2),
            "total_s": round(r.seconds, 2), "peak_mb_over_loaded": round(max(peak - before, 0.0), 1),
-           "block_rel_mse": [round(b.rel_mse, 4) for b in r.blocks]}
+           "block_rel_mse": [round(b.rel_mse, 5) for b in r.blocks]}
     if all("fit_seconds" in b.extra for b in r.blocks) and r.blocks:
         steps = r.blocks[0].extra["steps"]
-        flops = stage2_flops(float_model, r.num_samples, cfg.seq_len, cfg.epochs, steps)
-        rate = gemm_rate()
+        widths = [b.extra["site_widths"] for b in r.blocks] if all("site_widths" in b.extra for b in r.blocks) \
+            else None
+        flops = stage2_flops(float_model, r.num_samples, cfg.seq_len, cfg.epochs, steps, widths)
+        rate = max(rate_before, gemm_rate())
         fit = sum(b.extra["fit_seconds"] for b in r.blocks)
         row.update(stage2_s=round(fit, 2), stage2_gflop=round(flops / 1e9, 2), gemm_gflops=round(rate / 1e9, 1),
-                   flop_bound_s=round(flops / rate, 3), stage2_over_flop_bound=round(fit * rate / flops, 1))
+                   flop_bound_s=round(flops / rate, 3), stage2_over_flop_bound=round(fit * rate / flops, 2),
+                   final_epoch_loss=[round(b.extra["epoch_losses"][-1], 6) for b in r.blocks])
     return row
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.bench calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny"],
+                        help="'tiny' (the tiny reference LLaDA and Dream models, all methods) and/or zoo:NAME "
+                             "(a zoo model with the CLI's defaults); default: tiny")
+    parser.add_argument("--methods", nargs="+", default=["flatquant", "fair_calib"], choices=METHODS,
+                        help="methods for the zoo models (default: the two with Stage II)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--one", nargs=2, metavar=("FAMILY", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(*args.one)))
         return
+    jobs = []
+    for name in args.models:
+        if name == "tiny":
+            jobs += [(f"tiny-{family}", method) for family in ("llada", "dream") for method in METHODS]
+        elif name.startswith("zoo:"):
+            jobs += [(name, method) for method in args.methods]
+        else:
+            parser.error(f"--models: {name!r} is neither 'tiny' nor zoo:NAME")
     rows = []
-    for family in ("llada", "dream"):
-        for method in METHODS:
-            out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", family, method],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    report(f"calibration cost, tiny reference models; settings {SETTINGS}, other options at their defaults "
-           f"(Stage II: 15 epochs, batch 4); torch {torch.__version__}, {torch.get_num_threads()} threads",
-           {"family": lambda r: r["family"], "method": lambda r: r["method"], "samples": lambda r: r["samples"],
-            "Stage I s": lambda r: r["stage1_s"], "total s": lambda r: r["total_s"],
+    for model_name, method in jobs:
+        out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", model_name, method],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"bench calibrate {model_name} {method} failed:\n{out.stderr[-4000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    report(f"calibration cost; tiny models: settings {SETTINGS}, other options at their defaults (Stage II: 15 "
+           f"epochs, batch 4); zoo models: the CLI's defaults; torch {torch.__version__}, "
+           f"{torch.get_num_threads()} threads",
+           {"model": lambda r: r["model"], "method": lambda r: r["method"], "samples": lambda r: r["samples"],
+            "seq_len": lambda r: r["seq_len"], "Stage I s": lambda r: r["stage1_s"], "total s": lambda r: r["total_s"],
             "peak MB over loaded model": lambda r: r["peak_mb_over_loaded"],
             "Stage II s": lambda r: r.get("stage2_s", "-"), "FLOP-bound s": lambda r: r.get("flop_bound_s", "-"),
+            "GEMM GFLOP/s": lambda r: r.get("gemm_gflops", "-"),
             "x FLOP-bound": lambda r: r.get("stage2_over_flop_bound", "-"),
             "block rel. MSE": lambda r: ", ".join(map(str, r["block_rel_mse"]))}, rows, args.json)

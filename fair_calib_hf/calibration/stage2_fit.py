@@ -33,7 +33,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply, kronecker_factors, orthogonal_hadamard_factors, transform_weight
+from .transforms import kron_apply_gemms, kronecker_factors, orthogonal_hadamard_factors
 
 CLIP_INIT = 4.0
 
@@ -43,11 +43,57 @@ def ste_round(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
+class _FakeQuantRows(torch.autograd.Function):
+    """:func:`fake_quant_rows` as one autograd node. The forward is the same expression; the backward is the
+    gradient autograd derives for it with :func:`ste_round` as the rounding, written out operation by
+    operation in the same floating-point order (each node's formula from torch's ``derivatives.yaml``:
+    ``abs``, ``amax`` (gradient shared evenly among tied maxima), ``mul``, ``div``, ``where``, ``clamp``
+    (gradient where ``QMIN ≤ r ≤ QMAX``)), so gradients equal the generic graph's bit for bit (up to the
+    sign of a zero), while running a third of its kernels, no boolean masks and a single graph node."""
+
+    @staticmethod
+    def forward(ctx, x, clip):
+        a = x.abs()
+        m = a.amax(-1, keepdim=True)
+        s0 = clip * m / QMAX
+        zero = s0 == 0
+        s = torch.where(zero, 1.0, s0)
+        u = x / s
+        # ste_round's forward value (round(u) − u) + u is exactly round(u), with -0 turned into +0
+        r = torch.round(u) + 0.0
+        c = torch.clamp(r, QMIN, QMAX)
+        ctx.save_for_backward(x, clip, a, m, zero, s, u, r, c)
+        return c * s
+
+    @staticmethod
+    def backward(ctx, g):
+        x, clip, a, m, zero, s, u, r, c = ctx.saved_tensors
+        # Masks are built as 0/1 floats (torch.eq into a float tensor): boolean masks and where() run several
+        # times slower on CPU. Multiplying by a 0/1 mask equals autograd's where(mask, ·, 0) except that a
+        # masked-out zero may be −0 instead of +0 (no later operation divides by a gradient).
+        # out = c·s; clamp: gradient where QMIN ≤ r ≤ QMAX (⇔ c == r); STE: r → u
+        gu = (g * s) * torch.eq(c, r, out=torch.empty_like(c))
+        # s from out = c·s and from u = x/s (autograd: −gu·((x/s)/s), summed; negating the sum is exact)
+        gs = (g * c).sum(-1, keepdim=True) + -(gu * (u / s)).sum(-1, keepdim=True)
+        gt1 = torch.where(zero, 0.0, gs) / QMAX  # s = where(s0 == 0, 1, s0); s0 = t1 / QMAX
+        grad_clip = (gt1 * m).sum_to_size(clip.shape) if ctx.needs_input_grad[1] else None  # t1 = clip · m
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # m = amax(|x|): shared evenly among the row's maxima, times sgn(x); the products with
+            # hit ∈ {0, 1} and sign ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
+            hit = torch.eq(a, m, out=torch.empty_like(a))
+            grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sign())
+        return grad_x, grad_clip
+
+
 def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-    """Symmetric int4 quantize-dequantize per row (last dim): ``s = clip·max|x|/7`` (1 for zero rows)."""
-    s = clip * x.abs().amax(-1, keepdim=True) / QMAX
-    s = torch.where(s == 0, torch.ones_like(s), s)
-    return torch.clamp(ste_round(x / s), QMIN, QMAX) * s
+    """Symmetric int4 quantize-dequantize per row (last dim) with straight-through rounding:
+    ``s = clip·max|x|/7`` (1 for zero rows), ``clamp(round(x/s), −8, 7)·s``. ``x [..., K]`` float; ``clip``
+    a 0-dim tensor or one broadcastable to ``[..., 1]`` (e.g. ``[rows, 1]``); same dtype as ``x``. Gradients
+    reach ``x`` (STE: through the rounding, zero where clamped, and through the scale's ``max|x|``) and
+    ``clip``. One autograd node (:class:`_FakeQuantRows`), bit-identical to the plain expression with
+    :func:`ste_round` (gradients up to the sign of a zero)."""
+    return _FakeQuantRows.apply(x, clip)
 
 
 def weighted_mse(h_q: torch.Tensor, h_fp: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -60,7 +106,13 @@ def weighted_mse(h_q: torch.Tensor, h_fp: torch.Tensor, weights: torch.Tensor | 
 
 
 class SiteParams(nn.Module):
-    """Learnable transform of one site."""
+    """Learnable transform of one site, and the site's fake-quantized forward: the linears registered with
+    :meth:`add_member` (each a :class:`FitLinear`) share the transform, so their float weights are stacked
+    once (``[Σ out, in]``), transformed and fake-quantized together once per optimizer step, and applied to
+    the site's input in ONE matmul whose output columns are split among the linears. Per-row quantization
+    makes the stacked quantized weight row for row each linear's own (bit for bit); the one matmul agrees with
+    separate ones to fp32 rounding (BLAS may take another kernel for another width), and the gradients of the
+    shared transform are summed in another order than per-linear graphs would: a last-bits difference."""
 
     def __init__(self, in_features: int, x_absmax: torch.Tensor, w_absmax: torch.Tensor, config, generator):
         super().__init__()
@@ -74,8 +126,21 @@ class SiteParams(nn.Module):
             self.diag = None
         self.lac = nn.Parameter(torch.tensor(CLIP_INIT), requires_grad=bool(config.lac))
         self.fixed_clip = None if config.lac else float(config.a_clip_ratio)
-        self._cache = None
+        self.members: list = []  # FitLinear, in registration order (a plain list: not submodules)
+        self._frozen = None  # (stacked float weight [Σ out, in], stacked bias [Σ out] or None)
+        self._cache = None  # (input x, per-member outputs) of the last forward
         self._inverse = None
+        self._weight = None
+
+    def add_member(self, fit: "FitLinear") -> int:
+        """Register a linear reading this site's input; returns its index among the members."""
+        self.members.append(fit)
+        self._frozen = self._cache = self._weight = None
+        return len(self.members) - 1
+
+    def new_step(self) -> None:
+        """Forget everything computed from the parameters (after each forward, before the optimizer step)."""
+        self._cache = self._inverse = self._weight = None
 
     def input_clip(self) -> torch.Tensor:
         """The activation clip ratio: ``σ(lac)`` when learned, else exactly ``a_clip_ratio`` (1.0: none)."""
@@ -84,33 +149,87 @@ class SiteParams(nn.Module):
         return torch.sigmoid(self.lac)
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cache is not None and self._cache[0] is x:
-            return self._cache[1]
+        """``Q_tok((x ⊙ d)·(L ⊗ R); σ(lac))`` in fp32, ``x [..., in]``."""
         xt = x.float() * self.diag if self.diag is not None else x.float()
-        xq = fake_quant_rows(kron_apply(xt, self.left, self.right), self.input_clip())
-        self._cache = (x, xq)
-        return xq
+        return fake_quant_rows(kron_apply_gemms(xt, self.left, self.right), self.input_clip())
 
     def inverse_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L⁻ᵀ, R⁻ᵀ)``, computed once per optimizer step and shared by the site's linears (cleared with the
-        input cache after each step)."""
+        """``(L⁻ᵀ, R⁻ᵀ)``, computed once per optimizer step (cleared by :meth:`new_step`)."""
         if self._inverse is None:
             self._inverse = (torch.linalg.inv(self.left).t(), torch.linalg.inv(self.right).t())
         return self._inverse
 
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``(W ⊘ d)·(L ⊗ R)^{-T}`` (:func:`.transforms.transform_weight`, with the step's cached inverses)."""
-        return transform_weight(w.float(), self.left, self.right, self.diag, self.inverse_factors())
+        """``(W ⊘ d)·(L ⊗ R)^{-T}`` for ``w [out, in]`` in fp32 (:func:`.transforms.transform_weight`'s
+        product, with the step's cached inverses and :func:`.transforms.kron_apply_gemms`)."""
+        w = w.float()
+        if self.diag is not None:
+            w = w / self.diag[None, :]
+        return kron_apply_gemms(w, *self.inverse_factors())
+
+    def _stacked(self):
+        """``(W [Σ out, in], b [Σ out] or None)``: the members' frozen fp32 weights stacked (and biases, when
+        every member has one). An fp32 member weight becomes a view of the stack (same values), so stacking
+        does not hold a second copy of the site's weights."""
+        if self._frozen is None:
+            linears = [m.linear for m in self.members]
+            weight = linears[0].weight.detach().float()
+            if len(linears) > 1:
+                weight = torch.cat([lin.weight.detach().float() for lin in linears])
+                start = 0
+                for lin in linears:
+                    if lin.weight.dtype == weight.dtype and lin.weight.device == weight.device:
+                        lin.weight.data = weight[start:start + lin.out_features]
+                    start += lin.out_features
+            bias = None
+            if all(lin.bias is not None for lin in linears):
+                bias = torch.cat([lin.bias.detach().float() for lin in linears])
+            self._frozen = (weight, bias)
+        return self._frozen
+
+    def quantized_weight(self) -> torch.Tensor:
+        """``Q_ch(W̃; σ(lwc))`` of all members stacked, ``[Σ out, in]`` fp32, built once per optimizer step."""
+        if self._weight is None:
+            if len(self.members) == 1:
+                clip = self.members[0].weight_clip()
+            elif all(m.fixed_clip is None for m in self.members):
+                clip = torch.sigmoid(torch.cat([m.lwc for m in self.members]))
+            else:
+                clip = torch.cat([m.weight_clip() for m in self.members])
+            self._weight = fake_quant_rows(self.transform_weight(self._stacked()[0]), clip)
+        return self._weight
+
+    def member_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Member ``index``'s fp32 output ``Q_tok(x̃) · Q_ch(W̃)ᵀ + b`` for input ``x [..., in]``; one matmul for
+        all members per distinct input (cached by identity of ``x`` until :meth:`new_step`)."""
+        if self._cache is None or self._cache[0] is not x:
+            y = self.transform_input(x) @ self.quantized_weight().t()
+            bias = self._stacked()[1]
+            if bias is not None:
+                y = y + bias
+            if len(self.members) == 1:
+                outs = (y,)
+            else:
+                outs = y.split([m.linear.out_features for m in self.members], -1)
+                if bias is None:
+                    outs = tuple(o + m.linear.bias.float() if m.linear.bias is not None else o
+                                 for o, m in zip(outs, self.members))
+            self._cache = (x, outs)
+        return self._cache[1][index]
 
 
 class FitLinear(nn.Module):
-    """A target linear during Stage II: frozen float weight, the site's transform, its own LWC logits."""
+    """A target linear during Stage II: frozen float weight, the site's transform, its own LWC logits. Its
+    output is computed by the site (:meth:`SiteParams.member_output`) together with the other linears that
+    read the same input."""
 
     def __init__(self, linear: nn.Linear, site: SiteParams, config):
         super().__init__()
-        self.linear, self.site = linear, site
+        self.linear = linear
         self.lwc = nn.Parameter(torch.full((linear.out_features, 1), CLIP_INIT), requires_grad=bool(config.lwc))
         self.fixed_clip = None if config.lwc else float(config.w_clip_ratio)
+        object.__setattr__(self, "site", site)  # not a submodule: the site is shared and owns the transform
+        self.index = site.add_member(self)
 
     def weight_clip(self) -> torch.Tensor:
         """Per-output-channel clip ratios ``[out, 1]``: ``σ(lwc)`` when learned, else exactly ``w_clip_ratio``
@@ -120,11 +239,23 @@ class FitLinear(nn.Module):
         return torch.sigmoid(self.lwc)
 
     def forward(self, x):
-        wq = fake_quant_rows(self.site.transform_weight(self.linear.weight), self.weight_clip())
-        y = self.site.transform_input(x) @ wq.t()
-        if self.linear.bias is not None:
-            y = y + self.linear.bias.float()
-        return y.to(x.dtype)
+        return self.site.member_output(x, self.index).to(x.dtype)
+
+
+def invert_factors_together(params: list[SiteParams]) -> None:
+    """Set every site's ``(L⁻ᵀ, R⁻ᵀ)`` for this step with one batched ``torch.linalg.inv`` per factor size
+    (a block's sites share a few sizes, e.g. 8, 16, 22): fewer, larger kernels forward and backward. Each
+    matrix is inverted by the same LAPACK routine as alone (same result)."""
+    by_size: dict[int, list[torch.Tensor]] = {}
+    for sp in params:
+        for factor in (sp.left, sp.right):
+            by_size.setdefault(factor.shape[0], []).append(factor)
+    inverses = {}
+    for size, factors in by_size.items():
+        inv = torch.linalg.inv(torch.stack(factors)) if len(factors) > 1 else torch.linalg.inv(factors[0])[None]
+        inverses[size] = iter(inv.unbind(0))
+    for sp in params:
+        sp._inverse = (next(inverses[sp.left.shape[0]]).t(), next(inverses[sp.right.shape[0]]).t())
 
 
 def _batched_loss(block, inputs: list[BlockInput], targets: list[torch.Tensor], weights) -> torch.Tensor:
@@ -161,11 +292,13 @@ def _cosine(step: int, total: int, floor: float = 1e-3) -> float:
 
 def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targets: list[torch.Tensor],
               weights: torch.Tensor | None, config, adapter: ModelAdapter) -> dict:
-    """Calibrate and pack one block in place (see the module docstring); returns the number of sites and
-    optimizer steps, the mean weighted loss of each epoch (fake-quantized block, before packing) and the
-    optimization loop's wall time in seconds (``fit_seconds``). Each optimizer step runs the block once on its
-    whole batch of samples (one forward and one backward; per sample only when the captured calls do not
-    stack), so every transformed, fake-quantized weight is built once per step."""
+    """Calibrate and pack one block in place (see the module docstring); returns the number of sites, their
+    input widths (``site_widths``), the number of optimizer steps, the mean weighted loss of each epoch
+    (fake-quantized block, before packing) and the optimization loop's wall time in seconds
+    (``fit_seconds``). Each optimizer step runs the block once on its whole batch of samples (one forward and
+    one backward; per sample only when the captured calls do not stack); each site's transformed,
+    fake-quantized weights are built once per step, for all its linears together, and applied in one matmul
+    (:meth:`SiteParams.member_output`)."""
     dtype = next(block.parameters()).dtype
     block.float()
     inputs = [BlockInput(tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in i.args),
@@ -195,7 +328,7 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     groups = [{"params": transform_params, "lr": config.lr}]
     if clip_params:
         groups.append({"params": clip_params, "lr": config.clip_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    opt = torch.optim.AdamW(groups, weight_decay=0.0, fused=device.type in ("cpu", "cuda"))
     base = [g["lr"] for g in opt.param_groups]
     per_epoch = math.ceil(len(inputs) / batch)
     total = config.epochs * per_epoch
@@ -209,9 +342,10 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
             order = torch.randperm(len(inputs), generator=order_gen).tolist()
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
+                invert_factors_together(params)
                 loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], weights)
                 for sp in params:
-                    sp._cache = sp._inverse = None
+                    sp.new_step()
                 opt.zero_grad(set_to_none=True)
                 (loss / loss.detach().clamp_min(1e-30)).backward()
                 opt.step()
@@ -223,7 +357,8 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     fit_seconds = time.perf_counter() - start_time
     _fold_and_pack(block, sites, params, wrappers, adapter)
     block.to(dtype)
-    return {"sites": len(sites), "steps": step, "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
+    return {"sites": len(sites), "site_widths": [s.in_features for s in sites], "steps": step,
+            "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
 
 
 @torch.no_grad()
