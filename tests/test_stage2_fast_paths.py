@@ -119,6 +119,54 @@ def test_stacked_site_equals_each_linear_alone(bias):
     assert site.left.grad is not None and site.diag.grad is not None and site.lac.grad is not None
 
 
+def _reference_fake_quant(x, clip):
+    """The plain autograd expression the fast fake quantization replaces."""
+    s = clip * x.abs().amax(-1, keepdim=True) / QMAX
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    return torch.clamp(ste_round(x / s), QMIN, QMAX) * s
+
+
+def test_stacked_site_gradients_equal_the_per_linear_graphs():
+    """The loss gradients of every Stage II parameter (Kronecker factors, diagonal, activation clip, each
+    linear's weight clips) through the stacked site equal those of the original per-linear computation (each
+    linear transforming and fake-quantizing its own weight, the plain autograd graph of the fake quantization,
+    the dense Kronecker apply, `torch.linalg.inv` per factor), to fp32 rounding."""
+    torch.manual_seed(3)
+    linears = [nn.Linear(48, n, bias=b) for n, b in ((48, True), (24, False), (12, True))]
+    x = torch.randn(2, 7, 48) * torch.linspace(0.2, 6, 48)
+    cfg = FairCalibConfig(method="flatquant", calibration_dataset=["x"])
+    w_absmax = torch.stack([lin.weight.abs().amax(0) for lin in linears]).amax(0)
+    site = SiteParams(48, x.abs().reshape(-1, 48).amax(0), w_absmax, cfg, torch.Generator().manual_seed(2))
+    fits = [FitLinear(lin, site, cfg) for lin in linears]
+    with torch.no_grad():
+        for i, fit in enumerate(fits):
+            fit.lwc.copy_(torch.linspace(0.5, 3.0, fit.lwc.shape[0])[:, None] - i)  # some clips well below 1
+        site.lac.fill_(1.5)
+    target = [torch.randn(2, 7, lin.out_features) for lin in linears]
+    loss = sum(((fit(x) - t) ** 2).mean() for fit, t in zip(fits, target))
+    loss.backward()
+    fast = {"left": site.left.grad, "right": site.right.grad, "diag": site.diag.grad, "lac": site.lac.grad,
+            **{f"lwc{i}": fit.lwc.grad for i, fit in enumerate(fits)}}
+
+    left, right, diag, lac = (site.left.detach().clone().requires_grad_(), site.right.detach().clone().requires_grad_(),
+                              site.diag.detach().clone().requires_grad_(), site.lac.detach().clone().requires_grad_())
+    lwcs = [fit.lwc.detach().clone().requires_grad_() for fit in fits]
+    xq = _reference_fake_quant(kron_apply(x * diag, left, right), torch.sigmoid(lac))
+    inv_l, inv_r = torch.linalg.inv(left).t(), torch.linalg.inv(right).t()
+    loss_ref = 0
+    for lin, lwc, t in zip(linears, lwcs, target):
+        wq = _reference_fake_quant(kron_apply(lin.weight.detach() / diag[None, :], inv_l, inv_r), torch.sigmoid(lwc))
+        y = xq @ wq.t() + (lin.bias.detach() if lin.bias is not None else 0)
+        loss_ref = loss_ref + ((y - t) ** 2).mean()
+    loss_ref.backward()
+    ref = {"left": left.grad, "right": right.grad, "diag": diag.grad, "lac": lac.grad,
+           **{f"lwc{i}": lwc.grad for i, lwc in enumerate(lwcs)}}
+    torch.testing.assert_close(loss.detach(), loss_ref.detach(), rtol=1e-5, atol=0)
+    for name in ref:
+        assert bool((ref[name] != 0).any()), name
+        torch.testing.assert_close(fast[name], ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_factors_inverted_together_equal_each_alone():
     from fair_calib_hf.calibration.stage2_fit import invert_factors_together
 
