@@ -118,7 +118,9 @@ class FairCalibDLLM(LM):
             path = resolve(str(pretrained))
             kw = {"trust_remote_code": _bool(trust_remote_code)}
             if dtype not in (None, "auto"):
-                kw["dtype"] = getattr(torch, str(dtype))
+                from .dtypes import float_dtype
+
+                kw["dtype"] = float_dtype(dtype)
             model = AutoModel.from_pretrained(path, **kw)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=_bool(trust_remote_code))
         if tokenizer is None:

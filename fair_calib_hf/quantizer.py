@@ -43,6 +43,7 @@ from .checkpoint import (
     verify_loaded_model,
 )
 from .config import QUANT_METHOD, FairCalibConfig
+from .dtypes import float_dtype
 from .modules import W4A4Linear, cpu_layout_choice, prepare_loaded_model
 from .saving import install_save_compat
 from .targets import set_submodule
@@ -172,14 +173,12 @@ def _as_torch_dtype(dtype, model) -> torch.dtype:
     """``dtype`` (a ``torch.dtype``, a name such as ``"bfloat16"`` / ``"torch.float16"``, ``"auto"`` or
     ``None``) as a ``torch.dtype``; ``"auto"``/``None`` mean the dtype of the model's first float parameter.
     Raises ``ValueError`` for anything else."""
-    if isinstance(dtype, str) and dtype != "auto":
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-            raise ValueError(f"dequantize: unknown dtype {dtype!r}; pass a float torch.dtype such as torch.bfloat16")
-        return resolved
     if dtype is None or dtype == "auto":
         return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    return dtype
+    try:
+        return float_dtype(dtype)
+    except ValueError as error:
+        raise ValueError(f"dequantize: {error}") from None
 
 
 def register() -> None:

@@ -250,3 +250,19 @@ def test_prior_with_a_method_other_than_fair_calib_is_refused(tiny_dirs, tmp_pat
         AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(
             method=method, prior_path=str(tmp_path / "prior.safetensors"), calibration_dataset=["a b c"] * 2))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("value", ["int8", "bogus", "torch.qint8", "torch.Tensor"])
+def test_float_dtype_refuses_what_is_not_a_float_dtype(value):
+    """One parser for every dtype name the package accepts (CLI, lm-eval model, benchmark, dequantize)."""
+    from fair_calib_hf.dtypes import float_dtype
+
+    with pytest.raises(ValueError, match=f"unknown float dtype '{value}'.*'bfloat16'"):
+        float_dtype(value)
+
+
+def test_float_dtype_spellings():
+    from fair_calib_hf.dtypes import float_dtype
+
+    assert float_dtype("bfloat16") is torch.bfloat16 and float_dtype("torch.float16") is torch.float16
+    assert float_dtype(torch.float32) is torch.float32 and float_dtype(" float32 ") is torch.float32

@@ -104,6 +104,8 @@ def test_loglikelihood_is_the_monte_carlo_estimate_and_generation_respects_until
     assert "+" not in text
     with pytest.raises(ValueError, match="pretrained"):
         FairCalibDLLM()
+    with pytest.raises(ValueError, match="unknown float dtype 'int8'"):  # not torch's AttributeError
+        FairCalibDLLM(pretrained=tiny_dirs["dream"], dtype="int8")
 
 
 ZOO_YAML = """task: zoo_arith_gen

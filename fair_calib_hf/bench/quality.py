@@ -45,6 +45,7 @@ import time
 
 import torch
 
+from ..dtypes import float_dtype
 from .common import rss_mb, write_text_atomic
 
 # name -> (method, FairCalibConfig overrides). QuaRot as its own recipe runs it: RTN weights with a per-channel
@@ -73,7 +74,7 @@ QUICK = dict(seeds=(0,), n_eval=32, n_diag=16,
 def _load(path, dtype: str = "float32"):
     from transformers import AutoModel, AutoTokenizer
 
-    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=getattr(torch, dtype)).eval()
+    model = AutoModel.from_pretrained(path, trust_remote_code=True, dtype=float_dtype(dtype)).eval()
     return model, AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 
 
@@ -184,7 +185,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
         before = rss_mb()
         started = time.perf_counter()
         student = AutoModel.from_pretrained(model_path, trust_remote_code=True, quantization_config=cfg,
-                                            dtype=getattr(torch, dtype)).eval()
+                                            dtype=float_dtype(dtype)).eval()
         seconds = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         texts, _ = generate_answers(student, tokenizer, task, examples, plain)

@@ -75,7 +75,9 @@ def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True
 
 
 def _dtype(name: str):
-    return "auto" if name in (None, "auto") else getattr(torch, name)
+    from ..dtypes import float_dtype
+
+    return "auto" if name in (None, "auto") else float_dtype(name)
 
 
 def _device_map(value):
