@@ -82,19 +82,14 @@ def stage2_flops(model, samples: int, seq_len: int, epochs: int, steps_per_block
 
 
 def _zoo_config(name: str, method: str):
-    """``(path, FairCalibConfig)`` as ``fair-calib quantize NAME --method METHOD`` builds it by default."""
-    from transformers import AutoTokenizer
-
-    from fair_calib_hf import FairCalibConfig, zoo
-    from fair_calib_hf.zoo.evaluate import calibration_geometry
+    """``(path, FairCalibConfig)`` as ``fair-calib quantize NAME --method METHOD`` builds it by default (the
+    CLI's own :func:`~fair_calib_hf.cli.commands.build_config`, with the CLI's defaults: seed 0, no ``--dataset``)."""
+    from fair_calib_hf import zoo
+    from fair_calib_hf.cli.commands import build_config, load_tokenizer
 
     path = zoo.resolve(name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    task = zoo.task_of(path)
-    count = 128
-    return path, FairCalibConfig(method=method, seed=0, num_samples=count, tokenizer=tokenizer,
-                                 calibration_dataset=task.calibration_sequences(tokenizer, count, seed=0),
-                                 **calibration_geometry(task, zoo.family_of(path)))
+    cfg, _ = build_config(argparse.Namespace(seed=0, dataset=None), path, True, method, load_tokenizer(path))
+    return path, cfg
 
 
 def run_one(model_name: str, method: str) -> dict:
