@@ -33,7 +33,7 @@ from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
-from .transforms import kron_apply_gemms, kronecker_factors, orthogonal_hadamard_factors
+from .transforms import kron_apply_gemms, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
 CLIP_INIT = 4.0
 
@@ -160,12 +160,10 @@ class SiteParams(nn.Module):
         return self._inverse
 
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``(W ⊘ d)·(L ⊗ R)^{-T}`` for ``w [out, in]`` in fp32 (:func:`.transforms.transform_weight`'s
-        product, with the step's cached inverses and :func:`.transforms.kron_apply_gemms`)."""
-        w = w.float()
-        if self.diag is not None:
-            w = w / self.diag[None, :]
-        return kron_apply_gemms(w, *self.inverse_factors())
+        """``(W ⊘ d)·(L ⊗ R)^{-T}`` for ``w [out, in]`` in fp32 (:func:`.transforms.transform_weight`, with the
+        step's cached inverses and :func:`.transforms.kron_apply_gemms`)."""
+        return transform_weight(w.float(), self.left, self.right, self.diag, self.inverse_factors(),
+                                apply=kron_apply_gemms)
 
     def _stacked(self):
         """``(W [Σ out, in], b [Σ out] or None)``: the members' frozen fp32 weights stacked (and biases, when

@@ -25,15 +25,17 @@ def kronecker_factors(n: int) -> tuple[int, int]:
 
 def transform_weight(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                      diag: torch.Tensor | None = None,
-                     inverses_t: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     inverses_t: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     apply=None) -> torch.Tensor:
     """The weight that consumes transformed inputs: ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}``, so that
     ``((x ⊙ diag)·(left ⊗ right)) · W̃ᵀ = x Wᵀ`` in exact arithmetic. Computed in the dtype of the arguments
     (float64 when packing, fp32 with autograd while fitting). ``inverses_t``: ``(left⁻ᵀ, right⁻ᵀ)`` already
-    computed (Stage II shares them among a site's linears for one optimizer step); default: inverted here."""
+    computed (Stage II computes them once per optimizer step); default: inverted here. ``apply``: how the
+    Kronecker product is applied (default :func:`kron_apply`; Stage II passes :func:`kron_apply_gemms`)."""
     w = weight / diag[None, :] if diag is not None else weight
     if inverses_t is None:
         inverses_t = (torch.linalg.inv(left).t(), torch.linalg.inv(right).t())
-    return kron_apply(w, *inverses_t)
+    return (apply or kron_apply)(w, *inverses_t)
 
 
 def kron_apply_gemms(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
