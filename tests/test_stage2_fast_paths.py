@@ -119,13 +119,6 @@ def test_stacked_site_equals_each_linear_alone(bias):
     assert site.left.grad is not None and site.diag.grad is not None and site.lac.grad is not None
 
 
-def _reference_fake_quant(x, clip):
-    """The plain autograd expression the fast fake quantization replaces."""
-    s = clip * x.abs().amax(-1, keepdim=True) / QMAX
-    s = torch.where(s == 0, torch.ones_like(s), s)
-    return torch.clamp(ste_round(x / s), QMIN, QMAX) * s
-
-
 def test_stacked_site_gradients_equal_the_per_linear_graphs():
     """The loss gradients of every Stage II parameter (Kronecker factors, diagonal, activation clip, each
     linear's weight clips) through the stacked site equal those of the original per-linear computation (each
@@ -151,11 +144,11 @@ def test_stacked_site_gradients_equal_the_per_linear_graphs():
     left, right, diag, lac = (site.left.detach().clone().requires_grad_(), site.right.detach().clone().requires_grad_(),
                               site.diag.detach().clone().requires_grad_(), site.lac.detach().clone().requires_grad_())
     lwcs = [fit.lwc.detach().clone().requires_grad_() for fit in fits]
-    xq = _reference_fake_quant(kron_apply(x * diag, left, right), torch.sigmoid(lac))
+    xq = _plain_fake_quant_rows(kron_apply(x * diag, left, right), torch.sigmoid(lac))
     inv_l, inv_r = torch.linalg.inv(left).t(), torch.linalg.inv(right).t()
     loss_ref = 0
     for lin, lwc, t in zip(linears, lwcs, target):
-        wq = _reference_fake_quant(kron_apply(lin.weight.detach() / diag[None, :], inv_l, inv_r), torch.sigmoid(lwc))
+        wq = _plain_fake_quant_rows(kron_apply(lin.weight.detach() / diag[None, :], inv_l, inv_r), torch.sigmoid(lwc))
         y = xq @ wq.t() + (lin.bias.detach() if lin.bias is not None else 0)
         loss_ref = loss_ref + ((y - t) ** 2).mean()
     loss_ref.backward()
