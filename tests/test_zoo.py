@@ -1,5 +1,6 @@
 """Zoo tasks (splits, answers, layout), the masked-diffusion trainer (determinism, resumption) and the shipped
 reference models."""
+import dataclasses
 import json
 import os
 import random
@@ -15,7 +16,7 @@ from fair_calib_hf.reference_models import build_tokenizer, special_token_ids
 from fair_calib_hf.zoo import RECIPES, available, resolve, task_of
 from fair_calib_hf.zoo.evaluate import answer_log_likelihood, default_decode_config, evaluate
 from fair_calib_hf.zoo.tasks import SPLITS, Example, get_task, split_of, stdlib_lines
-from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, make_batch, train
+from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, lr_at, make_batch, train
 
 
 @pytest.mark.parametrize("name", ["arith", "arith-fewshot", "code"])
@@ -159,6 +160,25 @@ def test_training_is_deterministic_and_resumable(kind, tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="different TrainConfig"):
         train(_tiny_recipe(kind, 8), str(tmp_path / "b"), log=lambda *a, **k: None)
+
+
+def test_warm_restart_continues_a_finished_run(tmp_path):
+    quiet = lambda *a, **k: None  # noqa: E731
+    cfg = _tiny_recipe("llada", 6)
+    longer = dataclasses.replace(cfg, steps=9, restarts=((6, cfg.lr / 2),))
+    assert [lr_at(cfg, s) for s in range(6)] == [lr_at(longer, s) for s in range(6)]
+    assert [lr_at(longer, s) for s in (6, 7)] == [cfg.lr / 2 / 2, cfg.lr / 2]  # a new warm-up (2 steps) to the peak
+    train(cfg, str(tmp_path / "a"), log=quiet)
+    continued, history = train(longer, str(tmp_path / "a"), log=quiet)
+    straight, _ = train(longer, str(tmp_path / "b"), log=quiet)
+    assert history[-1]["step"] == 9
+    for (name, a), b in zip(straight.state_dict().items(), continued.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="different TrainConfig"):  # a restart inside the steps already run
+        train(dataclasses.replace(cfg, steps=12, restarts=((5, cfg.lr / 2),)), str(tmp_path / "a"), log=quiet)
+    for bad in (((9, 1e-3),), ((0, 1e-3),), ((6, 0.0),), ((7, 1e-3), (6, 1e-3))):
+        with pytest.raises(ValueError, match="restarts"):
+            dataclasses.replace(cfg, steps=9, restarts=bad)
 
 
 def test_diffusion_loss_masks_only_answers_and_uses_the_shift():

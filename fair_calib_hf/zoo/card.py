@@ -84,8 +84,10 @@ def write_card(name: str, count: int = 512) -> dict:
         *([f"- fine-tuned from `zoo:{recipe['init_from']}` (its weights replace the random initialisation)"]
           if recipe.get("init_from") else []),
         f"- {recipe['steps']} steps × batch {recipe['batch_size']}, AdamW lr {recipe['lr']} (warm-up "
-        f"{recipe['warmup_steps']}, cosine to {recipe['min_lr_ratio']}×), weight decay {recipe['weight_decay']}, "
-        f"seed {recipe['seed']}",
+        f"{recipe['warmup_steps']}, cosine to {recipe['min_lr_ratio']}×"
+        + "".join(f"; warm restart at step {start} to lr {peak}, same warm-up and cosine"
+                  for start, peak in recipe.get("restarts") or ())
+        + f"), weight decay {recipe['weight_decay']}, seed {recipe['seed']}",
         f"- {record['train_seconds'] / 60:.0f} min of training on a 2-core CPU (Python {record['python']}); "
         f"final training loss {record['history'][-1]['loss']:.4f}",
         f"- reproduce: `python -m fair_calib_hf.zoo.train {name} --work runs/{name}`"

@@ -94,11 +94,29 @@ def diffusion_loss(model, inputs, targets, masked, t, shift: int) -> torch.Tenso
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of ``step`` (0-based)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Learning rate of ``step`` (0-based): linear warm-up then cosine decay within the cycle that contains
+    ``step`` (the first from step 0 at ``cfg.lr``, then one per ``cfg.restarts`` entry)."""
+    cycles = [(0, cfg.lr), *cfg.restarts]
+    index = max(i for i, (start, _) in enumerate(cycles) if start <= step)
+    start, peak = cycles[index]
+    end = cycles[index + 1][0] if index + 1 < len(cycles) else cfg.steps
+    local = step - start
+    if local < cfg.warmup_steps:
+        return peak * (local + 1) / cfg.warmup_steps
+    progress = (local - cfg.warmup_steps) / max(1, end - start - cfg.warmup_steps)
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _continues(saved: dict, cfg: TrainConfig, step: int) -> bool:
+    """Whether a state written at ``step`` by the recipe ``saved`` (a ``TrainConfig`` as a dict) is a prefix of
+    ``cfg``'s run: every field equal but ``steps`` and ``restarts``, and the same rate at every step it ran
+    (e.g. a finished run continued by a warm restart)."""
+    saved = {"restarts": (), **saved}
+    if {k: v for k, v in saved.items() if k not in ("steps", "restarts")} != \
+            {k: v for k, v in asdict(cfg).items() if k not in ("steps", "restarts")}:
+        return False
+    before = TrainConfig(**saved)
+    return step <= cfg.steps and all(lr_at(before, s) == lr_at(cfg, s) for s in range(step))
 
 
 def _save_state(path: str, model, optimizer, step: int, cfg: TrainConfig, history: list) -> None:
@@ -127,8 +145,9 @@ def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=pri
     step, history = 0, []
     if os.path.exists(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"{state_path} was written by a different TrainConfig; use another --work folder")
+        if state["config"] != asdict(cfg) and not _continues(state["config"], cfg, state["step"]):
+            raise ValueError(f"{state_path} was written by a different TrainConfig (not one this recipe continues: "
+                             "same fields but steps/restarts, same rate at every step run); use another --work folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
