@@ -13,9 +13,11 @@ class TrainConfig:
     """One reference model's recipe: architecture ``kind`` with ``model`` config overrides, ``task``, optimizer
     (AdamW, linear warm-up then cosine decay to ``min_lr_ratio · lr``; each ``restarts`` entry
     ``(start_step, peak_lr)`` begins a new warm-up and cosine cycle there, SGDR-style warm restarts, Loshchilov &
-    Hutter 2017, so that a finished run can be continued without changing the schedule of the steps it ran), curriculum (``level`` rises linearly
-    from 0 to 1 over the first ``curriculum_fraction`` of the steps), the noised region (``mask_prompt``: the
-    answer only, as LLaDA's SFT, or every position but the first, as LLaDA's pre-training) and bookkeeping."""
+    Hutter 2017, so that a finished run can be continued without changing the schedule of the steps it ran;
+    ``ValueError`` unless the start steps increase within ``(0, steps)`` and the rates are positive), curriculum
+    (``level`` rises linearly from 0 to 1 over the first ``curriculum_fraction`` of the steps), the noised
+    region (``mask_prompt``: the answer only, as LLaDA's SFT, or every position but the first, as LLaDA's
+    pre-training) and bookkeeping."""
 
     kind: str
     task: str
