@@ -181,6 +181,32 @@ def test_warm_restart_continues_a_finished_run(tmp_path):
             dataclasses.replace(cfg, steps=9, restarts=bad)
 
 
+def test_suffix_masking_rows_and_continuation(tmp_path):
+    quiet = lambda *a, **k: None  # noqa: E731
+    cfg = _tiny_recipe("llada", 6)
+    task, tokenizer = get_task(cfg.task), build_tokenizer(cfg.kind)
+    mask_id = special_token_ids("llada")["mask_token_id"]
+    plain = make_batch(task, tokenizer, cfg, 3, mask_id)
+    assert all(torch.equal(a, b) for a, b in zip(plain, make_batch(
+        task, tokenizer, dataclasses.replace(cfg, suffix_mask_fraction=1.0, suffix_mask_start=4), 3, mask_id)))
+    inputs, targets, masked, t = make_batch(task, tokenizer, dataclasses.replace(cfg, suffix_mask_fraction=1.0), 3,
+                                            mask_id)
+    assert torch.equal(masked.int().cummax(1).values, masked.int()) and masked[:, -1].all()  # a suffix per row
+    assert torch.allclose(t, masked.float().mean(1))
+    assert torch.equal(inputs[:, -targets.shape[1]:], targets.masked_fill(masked, mask_id))
+    half = make_batch(task, tokenizer, dataclasses.replace(cfg, suffix_mask_fraction=0.5), 3, mask_id)
+    same = (half[2] == plain[2]).all(1) & (half[3] == plain[3])
+    assert 0 < int(same.sum()) < len(same)  # the other rows are the plain recipe's
+    train(cfg, str(tmp_path / "a"), max_steps=4, log=quiet)
+    switched_on = dataclasses.replace(cfg, suffix_mask_fraction=0.5, suffix_mask_start=4)
+    _, history = train(switched_on, str(tmp_path / "a"), log=quiet)  # from the saved step on: continues
+    assert history[-1]["step"] == 6
+    with pytest.raises(ValueError, match="different TrainConfig"):  # would change steps already run
+        train(dataclasses.replace(switched_on, suffix_mask_start=2), str(tmp_path / "a"), log=quiet)
+    with pytest.raises(ValueError, match="suffix_mask_fraction"):
+        dataclasses.replace(cfg, suffix_mask_fraction=1.5)
+
+
 def test_diffusion_loss_masks_only_answers_and_uses_the_shift():
     cfg = _tiny_recipe("dream", 4)
     task, tok = get_task("arith"), build_tokenizer("dream")

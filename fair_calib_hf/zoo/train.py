@@ -4,7 +4,11 @@ For each example: draw ``t ~ U(ε, 1)``, replace every token of the noised regio
 independently with probability ``t`` (at least one), and take the cross-entropy of the masked tokens weighted by
 ``1/t``, summed and divided by the number of region tokens in the batch. The region is the answer (SFT: the
 prompt is never masked) or, with ``mask_prompt``, every position but the first (pre-training, which supervises
-the prompt's tokens too: about seven times the supervised tokens per example on the code task). LLaDA-style
+the prompt's tokens too: about seven times the supervised tokens per example on the code task). With suffix
+masking (``suffix_mask_fraction``, from ``suffix_mask_start`` on), that share of rows instead masks a random
+suffix of the region (cut ``c ~ U{0, …, R−1}``, positions ``≥ c`` masked, ``t = (R − c)/R``): the state a
+left-to-right or semi-autoregressive decoder is in, where a token that reappears later in the answer cannot be
+copied from there (an augmentation of this project's, not LLaDA's objective). LLaDA-style
 models predict token ``i`` at output ``i``; Dream-style models at output ``i − 1`` (the adapter's logit shift).
 
 Determinism and resumption: the batch of step ``s`` (examples, ``t`` and masks) is a function of ``(seed, s)``
@@ -79,6 +83,13 @@ def make_batch(task, tokenizer, cfg: TrainConfig, step: int, mask_id: int):
     masked = torch.rand(b, g, generator=gen) < t[:, None]
     empty = ~masked.any(1)
     masked[empty, torch.randint(0, g, (int(empty.sum()),), generator=gen)] = True
+    share = cfg.suffix_masking_at(step)
+    if share > 0:  # its own generator: the other rows stay those of the plain recipe
+        suffix_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 2**40)
+        rows = torch.rand(b, generator=suffix_gen) < share
+        cut = torch.randint(0, g, (b,), generator=suffix_gen)
+        masked = torch.where(rows[:, None], torch.arange(g)[None] >= cut[:, None], masked)
+        t = torch.where(rows, (g - cut).to(t.dtype) / g, t)
     inputs = torch.cat([prompts, answers.masked_fill(masked, mask_id)], 1)
     return inputs, answers, masked, t
 
@@ -109,14 +120,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def _continues(saved: dict, cfg: TrainConfig, step: int) -> bool:
     """Whether a state written at ``step`` by the recipe ``saved`` (a ``TrainConfig`` as a dict) is a prefix of
-    ``cfg``'s run: every field equal but ``steps`` and ``restarts``, and the same rate at every step it ran
-    (e.g. a finished run continued by a warm restart)."""
-    saved = {"restarts": (), **saved}
-    if {k: v for k, v in saved.items() if k not in ("steps", "restarts")} != \
-            {k: v for k, v in asdict(cfg).items() if k not in ("steps", "restarts")}:
+    ``cfg``'s run: every field equal but ``steps``, ``restarts`` and the suffix masking, and the same rate and
+    the same suffix-masking share at every step it ran (e.g. a finished run continued by a warm restart, or
+    suffix masking switched on from the saved step)."""
+    saved = {"restarts": (), "suffix_mask_fraction": 0.0, "suffix_mask_start": 0, **saved}
+    free = ("steps", "restarts", "suffix_mask_fraction", "suffix_mask_start")
+    if {k: v for k, v in saved.items() if k not in free} != {k: v for k, v in asdict(cfg).items() if k not in free}:
         return False
     before = TrainConfig(**saved)
-    return step <= cfg.steps and all(lr_at(before, s) == lr_at(cfg, s) for s in range(step))
+    return step <= cfg.steps and all(lr_at(before, s) == lr_at(cfg, s) and
+                                     before.suffix_masking_at(s) == cfg.suffix_masking_at(s) for s in range(step))
 
 
 def _save_state(path: str, model, optimizer, step: int, cfg: TrainConfig, history: list) -> None:
@@ -147,7 +160,8 @@ def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=pri
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state["config"] != asdict(cfg) and not _continues(state["config"], cfg, state["step"]):
             raise ValueError(f"{state_path} was written by a different TrainConfig (not one this recipe continues: "
-                             "same fields but steps/restarts, same rate at every step run); use another --work folder")
+                             "same fields but steps/restarts/suffix masking, same rate and masking at every step run); "
+                             "use another --work folder")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
