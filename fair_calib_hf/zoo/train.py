@@ -123,11 +123,11 @@ def _continues(saved: dict, cfg: TrainConfig, step: int) -> bool:
     ``cfg``'s run: every field equal but ``steps``, ``restarts`` and the suffix masking, and the same rate and
     the same suffix-masking share at every step it ran (e.g. a finished run continued by a warm restart, or
     suffix masking switched on from the saved step)."""
-    saved = {"restarts": (), "suffix_mask_fraction": 0.0, "suffix_mask_start": 0, **saved}
+    before = TrainConfig(**saved)  # fields it predates take their defaults
     free = ("steps", "restarts", "suffix_mask_fraction", "suffix_mask_start")
-    if {k: v for k, v in saved.items() if k not in free} != {k: v for k, v in asdict(cfg).items() if k not in free}:
+    if {k: v for k, v in asdict(before).items() if k not in free} != \
+            {k: v for k, v in asdict(cfg).items() if k not in free}:
         return False
-    before = TrainConfig(**saved)
     return step <= cfg.steps and all(lr_at(before, s) == lr_at(cfg, s) and
                                      before.suffix_masking_at(s) == cfg.suffix_masking_at(s) for s in range(step))
 
