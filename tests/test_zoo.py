@@ -85,6 +85,33 @@ def test_fewshot_arithmetic_layout_and_splits():
         assert prompts.shape == (300, task.prompt_width)
 
 
+def test_fewshot_min_shots_mixes_shot_counts_only_where_asked(tmp_path, monkeypatch):
+    """``min_shots`` (a training option) draws 0 … 3 shots per example, each prompt still fits and keeps its
+    question's split; the default task, which every score uses, always has 3; the trainer builds its batches
+    with the recipe's ``task_options``; a bad option raises."""
+    mixed = get_task("arith-fewshot", min_shots=0)
+    examples = mixed.examples("train", 400, seed=3)
+    counts = {ex.prompt.count("\n") for ex in examples}
+    assert counts == {0, 1, 2, 3}
+    assert all(split_of("arith", ex.prompt.rsplit("\n", 1)[-1], ex.answer) == "train" for ex in examples)
+    prompts, _ = mixed.encode(examples, build_tokenizer("llada"))
+    assert prompts.shape == (400, mixed.prompt_width)
+    assert {ex.prompt.count("\n") for ex in get_task("arith-fewshot").examples("train", 100, seed=3)} == {3}
+    for bad in ({"min_shots": 4}, {"min_shots": -1}):
+        with pytest.raises(ValueError, match="min_shots"):
+            get_task("arith-fewshot", **bad)
+    with pytest.raises(ValueError, match="does not take"):
+        get_task("arith", min_shots=0)
+    import fair_calib_hf.zoo.train as trainer
+
+    built = []
+    monkeypatch.setattr(trainer, "get_task", lambda name, **options: built.append(options) or get_task(name, **options))
+    cfg = TrainConfig(kind="llada", task="arith-fewshot", steps=2, batch_size=8, task_options={"min_shots": 0},
+                      model=dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64))
+    _, history = train(cfg, str(tmp_path / "run"), log=lambda *a, **k: None)
+    assert history[-1]["step"] == 2 and built == [{"min_shots": 0}]
+
+
 def test_fine_tuning_recipe_starts_from_the_zoo_model():
     from fair_calib_hf.zoo.train import build_model
 

@@ -90,7 +90,9 @@ def write_card(name: str, count: int = 512) -> dict:
         + f"), weight decay {recipe['weight_decay']}, seed {recipe['seed']}"
         + (f"; from step {recipe['suffix_mask_start']} on, {100 * recipe['suffix_mask_fraction']:.0f} % of each "
            "batch's rows masked as a random answer suffix instead of independently"
-           if recipe.get("suffix_mask_fraction") else ""),
+           if recipe.get("suffix_mask_fraction") else "")
+        + (f"; training batches drawn from the task built with {json.dumps(recipe['task_options'])} (scores, "
+           "calibration and test use its defaults)" if recipe.get("task_options") else ""),
         f"- {record['train_seconds'] / 60:.0f} min of training on a 2-core CPU (Python {record['python']}); "
         f"final training loss {record['history'][-1]['loss']:.4f}",
         f"- reproduce: `python -m fair_calib_hf.zoo.train {name} --work runs/{name}`"

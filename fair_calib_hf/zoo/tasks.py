@@ -184,10 +184,20 @@ class FewShotArithmeticTask(ArithmeticTask):
     prompt_width = 124
     gen_length = 32
 
+    def __init__(self, min_shots: int | None = None):
+        """``min_shots``: draw each example's number of shots uniformly from ``min_shots … shots`` (the prompt
+        stays ``prompt_width`` wide, left-padded), a training augmentation (:attr:`TrainConfig.task_options`);
+        ``None`` (the default, and what calibration, test and every score use): always ``shots``.
+        ``ValueError`` outside ``0 … shots``."""
+        if min_shots is not None and not 0 <= min_shots <= self.shots:
+            raise ValueError(f"min_shots={min_shots!r} must be in 0 … {self.shots} (or None for always {self.shots})")
+        self.min_shots = min_shots
+
     def sample(self, rng: random.Random, level: float = 1.0) -> Example:
         question = ArithmeticTask.sample(self, rng, level)
+        count = self.shots if self.min_shots is None else rng.randint(self.min_shots, self.shots)
         shots = []
-        while len(shots) < self.shots:
+        while len(shots) < count:
             shot = ArithmeticTask.sample(self, rng, level)
             if split_of(ArithmeticTask.name, shot.prompt, shot.answer) == "train" and shot.prompt != question.prompt:
                 shots.append(shot)
@@ -249,11 +259,15 @@ class CodeCompletionTask(Task):
 TASKS = {"arith": ArithmeticTask, "arith-fewshot": FewShotArithmeticTask, "code": CodeCompletionTask}
 
 
-def get_task(name: str) -> Task:
-    """A task by name (``"arith"``, ``"code"``)."""
+def get_task(name: str, **options) -> Task:
+    """A task by name (``"arith"``, ``"arith-fewshot"``, ``"code"``), built with ``options`` (the task class's
+    keyword arguments, e.g. ``min_shots`` of ``"arith-fewshot"``; ``ValueError`` for one it does not take)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASKS)}")
-    return TASKS[name]()
+    try:
+        return TASKS[name](**options)
+    except TypeError as error:
+        raise ValueError(f"task {name!r} does not take the options {options!r} ({error})") from None
 
 
 def python_version() -> str:

@@ -145,7 +145,7 @@ def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=pri
     from ..architectures import get_adapter
 
     os.makedirs(work_dir, exist_ok=True)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **cfg.task_options)
     tokenizer = build_tokenizer(cfg.kind)
     model = build_model(cfg).train()
     adapter = get_adapter(model)
