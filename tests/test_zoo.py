@@ -106,8 +106,7 @@ def test_fewshot_min_shots_mixes_shot_counts_only_where_asked(tmp_path, monkeypa
 
     built = []
     monkeypatch.setattr(trainer, "get_task", lambda name, **options: built.append(options) or get_task(name, **options))
-    cfg = TrainConfig(kind="llada", task="arith-fewshot", steps=2, batch_size=8, task_options={"min_shots": 0},
-                      model=dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64))
+    cfg = dataclasses.replace(_tiny_recipe("llada", 2), task="arith-fewshot", task_options={"min_shots": 0})
     _, history = train(cfg, str(tmp_path / "run"), log=lambda *a, **k: None)
     assert history[-1]["step"] == 2 and built == [{"min_shots": 0}]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import os
 import random
 import sys
@@ -265,9 +266,10 @@ def get_task(name: str, **options) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASKS)}")
     try:
-        return TASKS[name](**options)
+        inspect.signature(TASKS[name]).bind(**options)
     except TypeError as error:
         raise ValueError(f"task {name!r} does not take the options {options!r} ({error})") from None
+    return TASKS[name](**options)
 
 
 def python_version() -> str:
