@@ -91,7 +91,8 @@ RECIPES = {
     # (added during the run, at step 4000: the steps already run keep their rates, so the state continued).
     "llada-arith-fewshot": TrainConfig(
         kind="llada", task="arith-fewshot", steps=12000, batch_size=64, lr=1.5e-3, warmup_steps=100,
-        restarts=((6000, 1e-3),), task_options={"min_shots": 0}, suffix_mask_fraction=0.25, curriculum_fraction=0.0, checkpoint_every=100,
+        restarts=((6000, 1e-3),), task_options={"min_shots": 0}, suffix_mask_fraction=0.25,
+        curriculum_fraction=0.0, checkpoint_every=100,
         model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
     "dream-arith-fewshot": TrainConfig(
         kind="dream", task="arith-fewshot", steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
