@@ -17,7 +17,7 @@ resumed from a checkpoint continues exactly as the uninterrupted run would (test
 
 Command line::
 
-    python -m fair_calib_hf.zoo.train llada-arith --work runs/llada-arith [--steps N] [--out DIR]
+    python -m fair_calib_hf.zoo.train llada-arith --work runs/llada-arith [--max-steps N] [--out DIR]
 """
 from __future__ import annotations
 
