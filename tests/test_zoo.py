@@ -366,3 +366,25 @@ def test_shipped_remote_code_is_the_package_source(name):
         shipped = os.path.join(resolve(f"zoo:{name}"), os.path.basename(source))
         with open(source, "rb") as a, open(shipped, "rb") as b:
             assert a.read() == b.read(), f"{shipped} differs from {source}"
+
+
+def test_answer_position_probe_scores_shot_counts_and_rejects_bad_options(capsys):
+    """``benchmarks/answer_position_accuracy.py`` (the probe BENCHMARKS.md follows a training with): a shipped
+    few-shot model, 0 shots, train split; every row has one value per answer position, the cross-entropy row is
+    ≥ 0, and some token is right on every problem under ``single``. ``--shots`` on a task without shots, or
+    beyond the prompt's width, is an argparse error."""
+    import runpy
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "answer_position_accuracy.py")
+    probe = runpy.run_path(script)["main"]
+    probe(["zoo:dream-arith-fewshot", "--count", "4", "--split", "train", "--shots", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "4 train-split problems (seed 7, 0 shots)" in lines[0]
+    width = task_of(resolve("zoo:dream-arith-fewshot")).gen_length
+    rows = {line[:12].strip(): [float(v) for v in line[12:].split()] for line in lines[3:]}
+    assert list(rows) == ["single", "suffix", "suffix nats"]
+    assert all(len(values) == width for values in rows.values())
+    assert min(rows["suffix nats"]) >= 0 and max(rows["single"]) == 1.0
+    for argv in (["zoo:dream-arith", "--shots", "1"], ["zoo:dream-arith-fewshot", "--shots", "4"]):
+        with pytest.raises(SystemExit):
+            probe(argv)
+        assert "--shots" in capsys.readouterr().err
