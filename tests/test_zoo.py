@@ -16,7 +16,7 @@ from fair_calib_hf.reference_models import build_tokenizer, special_token_ids
 from fair_calib_hf.zoo import RECIPES, available, resolve, task_of
 from fair_calib_hf.zoo.evaluate import answer_log_likelihood, default_decode_config, evaluate
 from fair_calib_hf.zoo.tasks import SPLITS, Example, get_task, split_of, stdlib_lines
-from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, lr_at, make_batch, train
+from fair_calib_hf.zoo.train import TrainConfig, diffusion_loss, load_trained_state, lr_at, make_batch, train
 
 
 @pytest.mark.parametrize("name", ["arith", "arith-fewshot", "code"])
@@ -205,6 +205,32 @@ def test_warm_restart_continues_a_finished_run(tmp_path):
     for bad in (((9, 1e-3),), ((0, 1e-3),), ((6, 0.0),), ((7, 1e-3), (6, 1e-3))):
         with pytest.raises(ValueError, match="restarts"):
             dataclasses.replace(cfg, steps=9, restarts=bad)
+
+
+def test_export_writes_an_intermediate_state_as_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """``zoo.train --export --out DIR`` writes the state in ``--work`` as it stands (the weights of step 4 of a
+    6-step run), trains nothing, and refuses to run without ``--out`` or on a folder with no state."""
+    from fair_calib_hf.zoo import train as train_module
+    quiet = lambda *a, **k: None  # noqa: E731
+    cfg = _tiny_recipe("llada", 6)
+    monkeypatch.setitem(RECIPES, "tiny-export-test", cfg)
+    work = str(tmp_path / "work")
+    trained, _ = train(cfg, work, max_steps=4, log=quiet)
+    loaded, history = load_trained_state(cfg, work)
+    assert history[-1]["step"] == 4
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    train_module.main(["tiny-export-test", "--work", work, "--export", "--out", str(tmp_path / "ckpt")])
+    assert "at step 4" in capsys.readouterr().out
+    exported = AutoModel.from_pretrained(str(tmp_path / "ckpt"), trust_remote_code=True)
+    for (name, a), b in zip(trained.state_dict().items(), exported.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.load(os.path.join(work, "state.pt"), weights_only=False)["step"] == 4  # nothing trained
+    with pytest.raises(SystemExit):
+        train_module.main(["tiny-export-test", "--work", work, "--export"])
+    assert "--export needs --out" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="state.pt does not exist"):
+        load_trained_state(cfg, str(tmp_path / "empty"))
 
 
 def test_suffix_masking_rows_and_continuation(tmp_path):

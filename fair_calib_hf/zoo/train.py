@@ -18,6 +18,7 @@ resumed from a checkpoint continues exactly as the uninterrupted run would (test
 Command line::
 
     python -m fair_calib_hf.zoo.train llada-arith --work runs/llada-arith [--max-steps N] [--out DIR]
+    python -m fair_calib_hf.zoo.train llada-arith --work runs/llada-arith --export --out DIR   # the state as it stands
 """
 from __future__ import annotations
 
@@ -139,6 +140,30 @@ def _save_state(path: str, model, optimizer, step: int, cfg: TrainConfig, histor
     os.replace(tmp, path)
 
 
+def _load_state(state_path: str, cfg: TrainConfig) -> dict:
+    """The training state at ``state_path``; ``ValueError`` unless ``cfg`` is the recipe that wrote it or one
+    that continues it (:func:`_continues`)."""
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state["config"] != asdict(cfg) and not _continues(state["config"], cfg, state["step"]):
+        raise ValueError(f"{state_path} was written by a different TrainConfig (not one this recipe continues: "
+                         "same fields but steps/restarts/suffix masking, same rate and masking at every step run); "
+                         "use another --work folder")
+    return state
+
+
+def load_trained_state(cfg: TrainConfig, work_dir: str):
+    """The model of the training state in ``work_dir`` as it stands (an intermediate one while a run goes on, for
+    probing it) and its loss history: ``(model in eval mode, history)``. ``FileNotFoundError`` when ``work_dir``
+    holds no ``state.pt``; ``ValueError`` as :func:`train` when ``cfg`` does not continue that state."""
+    state_path = os.path.join(work_dir, "state.pt")
+    if not os.path.exists(state_path):
+        raise FileNotFoundError(f"{state_path} does not exist: --work must be the folder a training run wrote")
+    state = _load_state(state_path, cfg)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.eval(), state["history"]
+
+
 def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=print):
     """Train (or resume, from ``work_dir/state.pt``) and return ``(model, history)``; ``max_steps`` stops early
     (for tests and time-boxed runs) with the state saved, so a later call resumes."""
@@ -157,11 +182,7 @@ def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=pri
     state_path = os.path.join(work_dir, "state.pt")
     step, history = 0, []
     if os.path.exists(state_path):
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(cfg) and not _continues(state["config"], cfg, state["step"]):
-            raise ValueError(f"{state_path} was written by a different TrainConfig (not one this recipe continues: "
-                             "same fields but steps/restarts/suffix masking, same rate and masking at every step run); "
-                             "use another --work folder")
+        state = _load_state(state_path, cfg)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
@@ -202,10 +223,20 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="where to write the trained checkpoint (default: the package's zoo folder)")
     parser.add_argument("--max-steps", type=int, help="stop after this step (resume later)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--export", action="store_true",
+                        help="train nothing: write the state in --work as it stands (an intermediate checkpoint, "
+                             "e.g. of a running training) to --out, which it needs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = RECIPES[args.name]
+    if args.export:
+        if not args.out:
+            parser.error("--export needs --out DIR (an intermediate checkpoint does not belong in the package's zoo)")
+        model, history = load_trained_state(cfg, args.work)
+        path = save_reference_model(args.name, model, cfg, history, args.out)
+        print(f"saved {args.name} at step {history[-1]['step'] if history else 0} to {path}")
+        return
     model, history = train(cfg, args.work, max_steps=args.max_steps)
     if history and history[-1]["step"] == cfg.steps:
         path = save_reference_model(args.name, model, cfg, history, args.out)
