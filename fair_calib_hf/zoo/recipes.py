@@ -74,24 +74,14 @@ RECIPES = {
         model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
     # The paper-regime testbed (issue 13): the arithmetic models fine-tuned on the 3-shot layout, where the
     # answer window is 20.5 % of a calibration sequence.
-    # The LLaDA-style one's first recipe (always 3 shots, batch 128, rate 1.5e-3, warm restarts at steps 6000
-    # and 9000, suffix masking from 10100; its step-11300 state is in commit de11c29) never learnt one digit,
-    # the units of the second intermediate result, once the later copy of that result is masked too: 5 % at step
-    # 10000, 14 % at 11300, 2 % at 13000 (11 % exact match on the test split at step 6000, 6 % on 128
-    # calibration-split problems at 13000), and on 0–2-shot prompts it solved nothing: it had learnt the one
-    # 3-shot layout. The second (fifth session; from `llada-arith`, 6000 × 128 at 1e-3, 0–3 shots per example
-    # through `task_options={"min_shots": 0}`, a quarter of each batch suffix-masked; its step-5000 state is in
-    # commit d930b42) learnt the third result's units digit but not the first two (5 % each at step 5000, 6 %
-    # exact match). The third (sixth session; from `llada-arith`, 6000 × 64 at 1e-3, always 3 shots, the whole
-    # sequence noised as in LLaDA's pre-training, `mask_prompt=True`, so that the shots' worked answers are
-    # supervised too) learnt none of the twelve computed units digits by step 4300 (a uniform guess at each). A
-    # fine-tune starts from a base model that is confidently wrong on any few-shot prompt (even one shot at the
-    # tightest width: 19–43 nats per answer token), so this recipe trains from scratch, 0–3 shots per example,
-    # so that the 0-shot layout the base model learnt is part of the data, with a warm restart at step 6000
-    # (added during the run, at step 4000: the steps already run keep their rates, so the state continued).
+    # The LLaDA-style one is the fourth recipe tried: three fine-tunes of `llada-arith` did not learn the
+    # intermediate units digits at this length (BENCHMARKS.md, "Not done this round", has each recipe, its
+    # probes and the commits holding its state). This one trains from scratch with 0–3 shots per example (the
+    # 0-shot layout is part of the data) and warm restarts at steps 6000 and 12000, each added during the run
+    # (the steps already run keep their rates, so the committed state continues).
     "llada-arith-fewshot": TrainConfig(
-        kind="llada", task="arith-fewshot", steps=12000, batch_size=64, lr=1.5e-3, warmup_steps=100,
-        restarts=((6000, 1e-3),), task_options={"min_shots": 0}, suffix_mask_fraction=0.25,
+        kind="llada", task="arith-fewshot", steps=18000, batch_size=64, lr=1.5e-3, warmup_steps=100,
+        restarts=((6000, 1e-3), (12000, 1e-3)), task_options={"min_shots": 0}, suffix_mask_fraction=0.25,
         curriculum_fraction=0.0, checkpoint_every=100,
         model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
     "dream-arith-fewshot": TrainConfig(
