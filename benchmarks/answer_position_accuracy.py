@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from fair_calib_hf import zoo
 from fair_calib_hf.architectures import get_adapter
+from fair_calib_hf.zoo.tasks import get_task
 
 
 @torch.no_grad()
@@ -46,11 +47,10 @@ def main(argv=None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     task = zoo.task_of(path)
     if args.shots is not None:
-        if not hasattr(task, "shots"):
-            parser.error(f"--shots: task {task.name!r} is not a few-shot task; drop --shots")
-        if not 0 <= args.shots <= type(task).shots:
-            parser.error(f"--shots {args.shots}: must be in 0 … {type(task).shots} (the prompt width holds no more)")
-        task.shots = args.shots
+        try:
+            task = get_task(task.name, shots=args.shots)
+        except ValueError as error:
+            parser.error(f"--shots {args.shots}: {error}")
     prompts, answers = task.encode(task.examples(args.split, args.count, args.seed), tokenizer)
     mask_id = get_adapter(model).mask_token_id(model.config)
     sequence = torch.cat([prompts, answers], 1)

@@ -102,6 +102,12 @@ def test_fewshot_min_shots_mixes_shot_counts_only_where_asked(tmp_path, monkeypa
             get_task("arith-fewshot", **bad)
     with pytest.raises(ValueError, match="does not take"):
         get_task("arith", min_shots=0)
+    fixed = get_task("arith-fewshot", shots=1)  # a fixed smaller count (the probe's --shots), same width
+    assert {ex.prompt.count("\n") for ex in fixed.examples("train", 100, seed=3)} == {1}
+    assert fixed.encode(fixed.examples("train", 4, seed=3), build_tokenizer("llada"))[0].shape[1] == 124
+    for bad in ({"shots": 4}, {"shots": -1}, {"shots": 1, "min_shots": 2}):
+        with pytest.raises(ValueError, match="shots"):
+            get_task("arith-fewshot", **bad)
     import fair_calib_hf.zoo.train as trainer
 
     built = []

@@ -185,11 +185,18 @@ class FewShotArithmeticTask(ArithmeticTask):
     prompt_width = 124
     gen_length = 32
 
-    def __init__(self, min_shots: int | None = None):
+    def __init__(self, min_shots: int | None = None, shots: int | None = None):
         """``min_shots``: draw each example's number of shots uniformly from ``min_shots … shots`` (the prompt
         stays ``prompt_width`` wide, left-padded), a training augmentation (:attr:`TrainConfig.task_options`);
         ``None`` (the default, and what calibration, test and every score use): always ``shots``.
-        ``ValueError`` outside ``0 … shots``."""
+        ``shots``: the number of solved problems (default and most: the class's 3, what the prompt width holds),
+        e.g. to probe a model on the fewer-shot layouts ``min_shots`` trains on.
+        ``ValueError`` for ``shots`` outside ``0 … 3`` or ``min_shots`` outside ``0 … shots``."""
+        if shots is not None:
+            if not 0 <= shots <= type(self).shots:
+                raise ValueError(f"shots={shots!r} must be in 0 … {type(self).shots} "
+                                 "(the prompt width holds no more)")
+            self.shots = shots
         if min_shots is not None and not 0 <= min_shots <= self.shots:
             raise ValueError(f"min_shots={min_shots!r} must be in 0 … {self.shots} (or None for always {self.shots})")
         self.min_shots = min_shots
