@@ -222,8 +222,8 @@ def test_export_writes_an_intermediate_state_as_a_checkpoint(tmp_path, monkeypat
     monkeypatch.setitem(RECIPES, "tiny-export-test", cfg)
     work = str(tmp_path / "work")
     trained, _ = train(cfg, work, max_steps=4, log=quiet)
-    loaded, history = load_trained_state(cfg, work)
-    assert history[-1]["step"] == 4
+    loaded, history, step = load_trained_state(cfg, work)
+    assert history[-1]["step"] == step == 4
     for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
     train_module.main(["tiny-export-test", "--work", work, "--export", "--out", str(tmp_path / "ckpt")])
@@ -237,6 +237,26 @@ def test_export_writes_an_intermediate_state_as_a_checkpoint(tmp_path, monkeypat
     assert "--export needs --out" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="state.pt does not exist"):
         load_trained_state(cfg, str(tmp_path / "empty"))
+
+
+def test_export_reports_the_state_step_not_the_last_logged_one(tmp_path, monkeypatch, capsys):
+    """A run stopped between a checkpoint and the next log line (checkpoint every step, log every 3): the state
+    is at step 5, the loss history's last entry at step 3; ``--export`` names step 5, the weights it writes."""
+    from fair_calib_hf.zoo import train as train_module
+
+    def stop_at_end(line, **_):
+        if "step 6/" in line:
+            raise KeyboardInterrupt  # interrupted after step 6's update, before its checkpoint
+
+    cfg = dataclasses.replace(_tiny_recipe("llada", 6), log_every=3, checkpoint_every=1)
+    monkeypatch.setitem(RECIPES, "tiny-export-step-test", cfg)
+    work = str(tmp_path / "work")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, work, log=stop_at_end)
+    _, history, step = load_trained_state(cfg, work)
+    assert (history[-1]["step"], step) == (3, 5)
+    train_module.main(["tiny-export-step-test", "--work", work, "--export", "--out", str(tmp_path / "ckpt")])
+    assert "at step 5 " in capsys.readouterr().out
 
 
 def test_suffix_masking_rows_and_continuation(tmp_path):

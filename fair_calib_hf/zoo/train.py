@@ -153,15 +153,17 @@ def _load_state(state_path: str, cfg: TrainConfig) -> dict:
 
 def load_trained_state(cfg: TrainConfig, work_dir: str):
     """The model of the training state in ``work_dir`` as it stands (an intermediate one while a run goes on, for
-    probing it) and its loss history: ``(model in eval mode, history)``. ``FileNotFoundError`` when ``work_dir``
-    holds no ``state.pt``; ``ValueError`` as :func:`train` when ``cfg`` does not continue that state."""
+    probing it), its loss history and its step: ``(model in eval mode, history, step)``. The history's last entry
+    can be older than ``step`` when the run stopped between a checkpoint and the next log line.
+    ``FileNotFoundError`` when ``work_dir`` holds no ``state.pt``; ``ValueError`` as :func:`train` when ``cfg``
+    does not continue that state."""
     state_path = os.path.join(work_dir, "state.pt")
     if not os.path.exists(state_path):
         raise FileNotFoundError(f"{state_path} does not exist: --work must be the folder a training run wrote")
     state = _load_state(state_path, cfg)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
-    return model.eval(), state["history"]
+    return model.eval(), state["history"], state["step"]
 
 
 def train(cfg: TrainConfig, work_dir: str, max_steps: int | None = None, log=print):
@@ -233,9 +235,9 @@ def main(argv=None) -> None:
     if args.export:
         if not args.out:
             parser.error("--export needs --out DIR (an intermediate checkpoint does not belong in the package's zoo)")
-        model, history = load_trained_state(cfg, args.work)
+        model, history, step = load_trained_state(cfg, args.work)
         path = save_reference_model(args.name, model, cfg, history, args.out)
-        print(f"saved {args.name} at step {history[-1]['step'] if history else 0} to {path}")
+        print(f"saved {args.name} at step {step} to {path}")
         return
     model, history = train(cfg, args.work, max_steps=args.max_steps)
     if history and history[-1]["step"] == cfg.steps:
