@@ -77,12 +77,12 @@ RECIPES = {
     # The LLaDA-style one is the fourth recipe tried: three fine-tunes of `llada-arith` did not learn the
     # intermediate units digits at this length (BENCHMARKS.md, "Not done this round", has each recipe, its
     # probes and the commits holding its state). This one trains from scratch with 0–3 shots per example (the
-    # 0-shot layout is part of the data) and warm restarts at steps 6000, 12000 and 18000, each added during the run
-    # (the steps already run keep their rates, so the committed state continues).
+    # 0-shot layout is part of the data) and warm restarts at steps 6000, 12000, 18000 and 22000, each added during
+    # the run (the steps already run keep their rates, so the committed state continues).
     "llada-arith-fewshot": TrainConfig(
-        kind="llada", task="arith-fewshot", steps=22000, batch_size=64, lr=1.5e-3, warmup_steps=100,
-        restarts=((6000, 1e-3), (12000, 1e-3), (18000, 5e-4)), task_options={"min_shots": 0}, suffix_mask_fraction=0.25,
-        curriculum_fraction=0.0, checkpoint_every=100,
+        kind="llada", task="arith-fewshot", steps=28000, batch_size=64, lr=1.5e-3, warmup_steps=100,
+        restarts=((6000, 1e-3), (12000, 1e-3), (18000, 5e-4), (22000, 5e-4)),
+        task_options={"min_shots": 0}, suffix_mask_fraction=0.25, curriculum_fraction=0.0, checkpoint_every=100,
         model=dict(d_model=128, n_heads=4, n_kv_heads=4, n_layers=4, mlp_hidden_size=384, init_std=0.02)),
     "dream-arith-fewshot": TrainConfig(
         kind="dream", task="arith-fewshot", steps=4000, batch_size=64, lr=1e-3, warmup_steps=50,
