@@ -54,7 +54,7 @@ def write_card(name: str, count: int = 512) -> dict:
         json.dump(record, handle, indent=1)
     size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
     lines = [
-        f"# {name}: a {recipe['kind'].upper() if recipe['kind'] == 'llada' else 'Dream'}-style masked-diffusion LM "
+        f"# {name}: a {'LLaDA' if recipe['kind'] == 'llada' else 'Dream'}-style masked-diffusion LM "
         f"trained by fair_calib_hf",
         "",
         "A small reference model for measuring quantization quality offline (no real dLLM weights can be "
