@@ -15,10 +15,10 @@ from safetensors import safe_open
 from torch import nn
 
 from .architectures import get_adapter
-from .modules import W4A4Linear
+from .modules import PackedLinear, W4A4Linear, WeightOnlyLinear
 from .targets import block_targets, set_submodule
 
-PACKED_SUFFIXES = ("weight_packed", "weight_scale", "input_clip")
+PACKED_SUFFIXES = ("weight_packed", "weight_int8", "weight_scale", "input_clip")
 """Buffer names only a packed module has; such a key on a non-packed module means a config mismatch."""
 
 _ST_DTYPES = {
@@ -32,9 +32,10 @@ class CheckpointMismatchError(ValueError):
 
 
 def build_packed_skeleton(model: nn.Module, config) -> list[str]:
-    """Swap every quantization target for an empty ``W4A4Linear`` of the exact saved layout (transform
-    factors and online diagonal as :func:`fair_calib_hf.calibration.sites.transform_layout` decides), on the
-    linear's device (usually meta). Returns the converted module paths."""
+    """Swap every quantization target for an empty packed linear of the exact saved layout: ``W4A4Linear``
+    (transform factors and online diagonal as :func:`fair_calib_hf.calibration.sites.transform_layout`
+    decides) or, for a weight-only precision, ``WeightOnlyLinear`` (bits, group size), on the linear's device
+    (usually meta). Returns the converted module paths."""
     from .calibration.sites import transform_layout
 
     adapter = get_adapter(model)
@@ -42,9 +43,16 @@ def build_packed_skeleton(model: nn.Module, config) -> list[str]:
     for index, block in enumerate(adapter.blocks(model)):
         block_path = f"{adapter.blocks_path}.{index}"
         targets = [(n, m) for n, m in block_targets(block, block_path, config.modules_to_not_convert)
-                   if not isinstance(m, W4A4Linear)]
+                   if not isinstance(m, PackedLinear)]
         converted = {n[len(block_path) + 1:] for n, _ in targets}
         for name, linear in targets:
+            if config.precision.weight_only:
+                packed = WeightOnlyLinear(linear.in_features, linear.out_features, config.w_bits, config.group_size,
+                                          bias=linear.bias is not None, dtype=linear.weight.dtype,
+                                          device=linear.weight.device)
+                set_submodule(model, name, packed)
+                names.append(name)
+                continue
             factors, online_diag = transform_layout(config, adapter, name[len(block_path) + 1:],
                                                     linear.in_features, converted)
             packed = W4A4Linear(
@@ -61,7 +69,7 @@ def expected_packed_tensors(model: nn.Module) -> dict[str, tuple[tuple[int, ...]
     """``{state-dict key: (shape, dtype or None for any float)}`` of every packed buffer in ``model``."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, W4A4Linear):
+        if isinstance(module, PackedLinear):
             for key, spec in module.expected_buffers().items():
                 out[f"{name}.{key}"] = spec
     return out
@@ -129,7 +137,7 @@ def _header_problems(header: dict, model) -> list[str]:
     modules = dict(model.named_modules())
     for key in header:
         module_name, _, leaf = key.rpartition(".")
-        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), W4A4Linear):
+        if leaf in PACKED_SUFFIXES and not isinstance(modules.get(module_name), PackedLinear):
             problems.append(f"packed tensor {key} belongs to a module the config keeps in float")
     return problems
 
@@ -180,10 +188,9 @@ def verify_loaded_model(model: nn.Module) -> None:
     """Check the loaded buffers themselves: materialised (not meta), right shape and dtype."""
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, W4A4Linear):
-            for key, buf in module.named_buffers():
-                if key == "weight_prepared":  # the runtime CPU layout of weight_packed: check the codes it holds
-                    key, buf = "weight_packed", module.packed_weight()
+        if isinstance(module, PackedLinear):
+            # the checkpoint's view (a prepared CPU layout rebuilds the stored codes): check the codes it holds
+            for key, buf in module.state_dict(keep_vars=True).items():
                 if not buf.is_meta:  # a meta buffer was never loaded: reported as missing
                     found[f"{name}.{key}"] = (tuple(buf.shape), buf.dtype)
     _raise(_check(found, expected_packed_tensors(model)), "(loaded buffers)")

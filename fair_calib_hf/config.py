@@ -19,17 +19,21 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .packing import PACK_FORMAT
+from .precisions import find_precision, valid_combinations
 
 
 QUANT_METHOD = "fair_calib"
 FORMAT_VERSION = 1
 """Version of the checkpoint layout written by this release; a checkpoint with a higher one is refused."""
 
-METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
+METHODS = ("rtn", "gptq", "quarot", "flatquant", "fair_calib")
 IMPLEMENTED_METHODS = METHODS
 """Methods that can calibrate in this release."""
 DATA_FREE_METHODS = ("rtn", "quarot")
-"""Methods that can run without calibration data (their weights do not depend on activations)."""
+"""Methods that can run without calibration data (their weights do not depend on activations) when their
+weights are rounded to nearest (``weight_rounding="rtn"``)."""
+WEIGHT_ROUNDINGS = ("rtn", "gptq")
+GPTQ_POSITION_WEIGHTS = ("uniform", "prior")
 PRIOR_SCHEDULES = ("early", "late", "flat")
 PRIOR_TERMS = ("both", "frontier", "reliability")
 PRIOR_RELIABILITY = ("prob", "neg_entropy", "margin")
@@ -44,7 +48,9 @@ _SERIALIZED_FIELDS = (
     "quant_method", "format_version", "pack_format", "method", "w_bits", "a_bits", "w_clip_ratio",
     "a_clip_ratio", "num_samples", "seq_len", "pack_samples", "dataset_text_column", "dataset_config", "dataset_split",
     "apply_chat_template", "block_inputs", "calibration_device",
-    "modules_to_not_convert", "seed",
+    "modules_to_not_convert", "seed", "group_size",
+    # weight rounding
+    "weight_rounding", "gptq_position_weights", "gptq_damp", "gptq_block_size", "gptq_act_order",
     # QuaRot
     "w_clip_search",
     # Stage I (fair_calib)
@@ -58,6 +64,7 @@ _SERIALIZED_FIELDS = (
 STAGE1_FIELDS = ("n_probe", "prior_window", "probe_steps", "probe_block_length", "probe_batch_size", "prior_schedule",
                  "prior_gamma", "prior_terms", "prior_reliability", "prior_floor", "prior_path")
 STAGE2_FIELDS = ("epochs", "lr", "clip_lr", "batch_size", "add_diag", "diag_alpha", "lwc", "lac")
+GPTQ_FIELDS = ("gptq_position_weights", "gptq_damp", "gptq_block_size", "gptq_act_order")
 DATA_FIELDS = ("calibration_dataset", "num_samples", "seq_len", "pack_samples", "dataset_text_column",
                "dataset_config", "dataset_split", "apply_chat_template", "block_inputs")
 
@@ -69,6 +76,8 @@ def applicable_fields(method: str, with_data: bool) -> set[str]:
     skip = set()
     if method != "fair_calib":
         skip.update(STAGE1_FIELDS)
+    if method == "gptq":
+        skip.difference_update(STAGE1_FIELDS)  # the Stage I prior can weight GPTQ's Hessian
     if method not in ("flatquant", "fair_calib"):
         skip.update(STAGE2_FIELDS)
     if method != "quarot":
@@ -128,7 +137,12 @@ class FairCalibConfig(QuantizationConfigMixin):
     Args:
         method: ``"rtn"`` (round-to-nearest weights, dynamic per-token activations), ``"quarot"``,
             ``"flatquant"`` or ``"fair_calib"`` (all four implemented; see the README's Methods table).
-        w_bits, a_bits: weight and activation bits; W4A4 only, so both must be 4.
+        method ``"gptq"``: no transform, weights rounded by GPTQ (``weight_rounding`` is then ``"gptq"``).
+        w_bits, a_bits: weight and activation bits: ``(4, 4)`` (W4A4, the default), ``(4, 16)`` or ``(8, 16)``
+            (weight-only: activations stay in the model's dtype; methods ``rtn`` / ``gptq``). Other combinations
+            are refused with the valid ones listed (:mod:`fair_calib_hf.precisions`).
+        group_size: weight scale groups along the input dimension: ``None`` (one scale per output channel, the
+            default) or 32 / 64 / 128 (W4A16 only).
         w_clip_ratio: weight clip ratio in (0, 1]; the per-channel scale is ``ratio · max|W_row| / 7``.
         a_clip_ratio: activation clip ratio in (0, 1]; the per-token scale is ``ratio · max|x_row| / 7``.
         calibration_dataset: calibration data: a list of strings (tokenized with ``tokenizer`` or the model's
@@ -154,6 +168,17 @@ class FairCalibConfig(QuantizationConfigMixin):
             always kept in float.
         seed: seed of every random choice made during calibration.
         tokenizer: runtime only: the tokenizer for string calibration data.
+
+    Weight rounding (:mod:`fair_calib_hf.calibration.gptq`):
+        weight_rounding: ``"rtn"`` (round to nearest) or ``"gptq"`` (GPTQ, Frantar et al. 2022, on the grid RTN
+            would use, on the weights after any fitted transform is folded in); ``None``: ``"gptq"`` for
+            ``method="gptq"``, else ``"rtn"``. GPTQ needs calibration data.
+        gptq_position_weights: ``"uniform"`` (plain GPTQ, ``H = 2 Σ x xᵀ``) or ``"prior"`` (each token's
+            contribution to ``H`` weighted by the Stage I position prior; Stage I runs for ``gptq`` too);
+            ``None``: ``"prior"`` for ``fair_calib``, else ``"uniform"``.
+        gptq_damp: damping as a fraction of the mean Hessian diagonal (0.01). gptq_block_size: columns per lazy
+            batch update (128). gptq_act_order: process columns in decreasing Hessian diagonal order (False);
+            the scale groups stay fixed in column order (static groups).
 
     QuaRot:
         w_clip_search: search a per-channel weight clip ratio on a grid (1.0 … 0.5) minimising the weight
@@ -200,6 +225,12 @@ class FairCalibConfig(QuantizationConfigMixin):
         modules_to_not_convert: list[str] | None = None,
         seed: int = 0,
         tokenizer: Any = None,
+        group_size: int | None = None,
+        weight_rounding: str | None = None,
+        gptq_position_weights: str | None = None,
+        gptq_damp: float = 0.01,
+        gptq_block_size: int = 128,
+        gptq_act_order: bool = False,
         w_clip_search: bool = False,
         n_probe: int = 512,
         prior_window: int = 256,
@@ -248,6 +279,13 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else None
         self.seed = seed
         self.tokenizer = tokenizer
+        self.group_size = group_size
+        if weight_rounding is None:
+            weight_rounding = "gptq" if method == "gptq" else "rtn"
+        if gptq_position_weights is None:
+            gptq_position_weights = "prior" if method == "fair_calib" else "uniform"
+        self.weight_rounding, self.gptq_position_weights = weight_rounding, gptq_position_weights
+        self.gptq_damp, self.gptq_block_size, self.gptq_act_order = gptq_damp, gptq_block_size, gptq_act_order
         self.w_clip_search = w_clip_search
         self.n_probe, self.prior_window, self.probe_steps = n_probe, prior_window, probe_steps
         self.probe_block_length, self.probe_batch_size = probe_block_length, probe_batch_size
@@ -268,9 +306,7 @@ class FairCalibConfig(QuantizationConfigMixin):
             _fail("pack_format", self.pack_format, repr(PACK_FORMAT))
         if self.method not in METHODS:
             _fail("method", self.method, ", ".join(METHODS))
-        for name in ("w_bits", "a_bits"):
-            if getattr(self, name) != 4 or isinstance(getattr(self, name), bool):
-                _fail(name, getattr(self, name), "4 (W4A4 only)")
+        self._validate_precision()
         for name in ("w_clip_ratio", "a_clip_ratio"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
@@ -294,7 +330,7 @@ class FairCalibConfig(QuantizationConfigMixin):
         if self.pack_samples is False and self.method in ("flatquant", "fair_calib"):
             _fail("pack_samples", self.pack_samples, f"None or True for method={self.method!r} (Stage II needs "
                   "sequences of exactly seq_len tokens)")
-        for name in ("w_clip_search", "add_diag", "lwc", "lac"):
+        for name in ("w_clip_search", "add_diag", "lwc", "lac", "gptq_act_order"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "True or False")
         for name, allowed in (("prior_schedule", PRIOR_SCHEDULES), ("prior_terms", PRIOR_TERMS),
@@ -321,6 +357,45 @@ class FairCalibConfig(QuantizationConfigMixin):
             _fail("modules_to_not_convert", self.modules_to_not_convert, "a list of module paths or 're:' patterns")
         self._validate_calibration_dataset()
 
+    def _validate_precision(self) -> None:
+        """Bits, group size and weight rounding: only the combinations :mod:`fair_calib_hf.precisions` lists."""
+        precision = find_precision(self.w_bits, self.a_bits)
+        if precision is None:
+            _fail("w_bits/a_bits", (self.w_bits, self.a_bits), valid_combinations())
+        if self.method not in precision.methods:
+            _fail("method", self.method, f"{', '.join(precision.methods)} at W{self.w_bits}A{self.a_bits} (the "
+                  "transforms of quarot/flatquant/fair_calib exist to quantize activations); valid: "
+                  + valid_combinations())
+        if self.group_size not in precision.group_sizes or isinstance(self.group_size, bool):
+            allowed = ", ".join("None (per-channel)" if g is None else str(g) for g in precision.group_sizes)
+            _fail("group_size", self.group_size, f"{allowed} at W{self.w_bits}A{self.a_bits}; valid: "
+                  + valid_combinations())
+        if self.weight_rounding not in WEIGHT_ROUNDINGS:
+            _fail("weight_rounding", self.weight_rounding, ", ".join(WEIGHT_ROUNDINGS))
+        if self.method == "gptq" and self.weight_rounding != "gptq":
+            _fail("weight_rounding", self.weight_rounding, "'gptq' (or None) for method='gptq'; plain "
+                  "round-to-nearest is method='rtn'")
+        if self.gptq_position_weights not in GPTQ_POSITION_WEIGHTS:
+            _fail("gptq_position_weights", self.gptq_position_weights, ", ".join(GPTQ_POSITION_WEIGHTS))
+        if self.gptq_position_weights == "prior" and self.method not in ("gptq", "fair_calib"):
+            _fail("gptq_position_weights", self.gptq_position_weights, "'uniform' for method="
+                  f"{self.method!r} ('prior' needs the Stage I prior: method 'gptq' or 'fair_calib')")
+        if isinstance(self.gptq_damp, bool) or not isinstance(self.gptq_damp, (int, float)) or not self.gptq_damp > 0:
+            _fail("gptq_damp", self.gptq_damp, "a positive number (0.01: 1 % of the mean Hessian diagonal)")
+        v = self.gptq_block_size
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            _fail("gptq_block_size", v, "a positive integer")
+
+    @property
+    def precision(self):
+        """The :class:`~fair_calib_hf.precisions.Precision` of ``w_bits`` / ``a_bits``."""
+        return find_precision(self.w_bits, self.a_bits)
+
+    @property
+    def uses_prior(self) -> bool:
+        """Whether calibration runs Stage I: ``fair_calib``, or ``gptq`` with the prior in its Hessian."""
+        return self.method == "fair_calib" or (self.method == "gptq" and self.gptq_position_weights == "prior")
+
     def _validate_calibration_dataset(self) -> None:
         data = self.calibration_dataset
         if data is None:
@@ -339,8 +414,9 @@ class FairCalibConfig(QuantizationConfigMixin):
 
     @property
     def requires_calibration_data(self) -> bool:
-        """Whether the method needs calibration data (all but the data-free ``rtn`` and ``quarot``)."""
-        return self.method not in DATA_FREE_METHODS
+        """Whether the method needs calibration data (all but ``rtn`` and ``quarot`` with round-to-nearest
+        weights)."""
+        return self.method not in DATA_FREE_METHODS or self.weight_rounding == "gptq"
 
     @classmethod
     def from_dict(cls, config_dict: dict, return_unused_kwargs: bool = False, **kwargs):

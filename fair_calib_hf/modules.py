@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .packing import dequantize_weight, packed_width, quantize_weight_per_channel
+from .packing import (dequantize_grouped, dequantize_weight, group_count, packed_width, quantize_to_grid,
+                      quantize_weight_grouped, quantize_weight_per_channel, store_codes)
 
 
 def _apply_keeping_float32(module: nn.Module, names: tuple[str, ...], fn, recurse: bool) -> nn.Module:
@@ -85,11 +86,21 @@ class InputTransform(nn.Module):
         return p
 
 
-class W4A4Linear(nn.Module):
+class PackedLinear(nn.Module):
+    """Base of every packed linear (:class:`W4A4Linear`, :class:`WeightOnlyLinear`): what the checkpoint code,
+    ``dequantize()`` and the CPU-layout helpers rely on. Subclasses define ``expected_buffers()``,
+    ``to_linear(dtype)``, ``set_weight_codes(codes)``, ``prepare_cpu_layout()`` / ``unprepare_cpu_layout()`` and
+    ``is_prepared``."""
+
+    is_prepared = False
+
+
+class W4A4Linear(PackedLinear):
     """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring).
     ``weight_scale`` and ``input_clip`` stay float32 under dtype casts; ``bias`` follows them."""
 
     FLOAT32_BUFFERS = ("weight_scale", "input_clip")
+    bits, group_size = 4, None  # the weight grid (GPTQ reads it the same way for every packed linear)
 
     def __init__(
         self,
@@ -126,6 +137,20 @@ class W4A4Linear(nn.Module):
         if prepared and self.weight_packed.device.type == "cpu":
             self.prepare_cpu_layout()
         return result
+
+    @property
+    def is_prepared(self) -> bool:
+        return self.weight_prepared is not None
+
+    @torch.no_grad()
+    def set_weight_codes(self, codes: torch.Tensor) -> None:
+        """Replace the int4 weight codes (int8 ``[out, in]`` in [-8, 7]) keeping the scales (GPTQ's rounding on
+        the RTN grid)."""
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        self.weight_packed.copy_(store_codes(codes, 4))
+        if prepared:
+            self.prepare_cpu_layout()
 
     def prepare_cpu_layout(self) -> bool:
         """Hold the weight codes in the CPU VNNI GEMM's prepared layout (:func:`fair_calib_hf.ops.cpu.prepare_weight`,
@@ -266,15 +291,15 @@ class W4A4Linear(nn.Module):
 
 
 def prepare_cpu_layout(model: nn.Module) -> int:
-    """:meth:`W4A4Linear.prepare_cpu_layout` on every ``W4A4Linear`` of ``model`` (call it once after loading, on
+    """``prepare_cpu_layout()`` on every packed linear (:class:`PackedLinear`) of ``model`` (call it once after loading, on
     the CPU); returns how many were prepared (0 where the layout is not available)."""
-    return sum(1 for m in model.modules() if isinstance(m, W4A4Linear) and m.prepare_cpu_layout())
+    return sum(1 for m in model.modules() if isinstance(m, PackedLinear) and m.prepare_cpu_layout())
 
 
 def unprepare_cpu_layout(model: nn.Module) -> int:
-    """:meth:`W4A4Linear.unprepare_cpu_layout` on every prepared ``W4A4Linear`` of ``model``: back to the packed
-    ``weight_packed`` buffers (same memory); returns how many were unprepared."""
-    modules = [m for m in model.modules() if isinstance(m, W4A4Linear) and m.weight_prepared is not None]
+    """``unprepare_cpu_layout()`` on every prepared packed linear of ``model``: back to the stored codes
+    (``weight_packed`` / ``weight_int8``); returns how many were unprepared."""
+    modules = [m for m in model.modules() if isinstance(m, PackedLinear) and m.is_prepared]
     for m in modules:
         m.unprepare_cpu_layout()
     return len(modules)
@@ -302,3 +327,187 @@ def prepare_loaded_model(model: nn.Module) -> int:
     the CPU are prepared (offloaded ones sit on the ``meta`` device and stay packed); returns how many were
     prepared (0 without AVX-512 VNNI or the compiled kernels)."""
     return 0 if cpu_layout_choice() == "packed" else prepare_cpu_layout(model)
+
+
+class WeightOnlyLinear(PackedLinear):
+    """Linear layer with ``bits``-bit weights (4 or 8) and activations left in their dtype (W4A16 / W8A16).
+
+    =========================== =========================== ==================================================
+    key                         dtype / shape               meaning
+    =========================== =========================== ==================================================
+    ``weight_packed``           ``uint8 [out, ceil(in/2)]`` 4-bit: int4 codes, the W4A4 byte layout
+    ``weight_int8``             ``int8 [out, in]``          8-bit: the codes
+    ``weight_scale``            ``float32 [out, G]``        per output channel (``G = 1``) or per group of
+                                                            ``group_size`` input channels (``G = ceil(in/gs)``)
+    ``bias``                    model dtype ``[out]``       only if the original Linear had one
+    =========================== =========================== ==================================================
+
+    Forward: ``y = x · (codes ⊙ s_w)ᵀ + b`` (:func:`fair_calib_hf.ops.weight_only_gemm`; the reference computes
+    in fp32 and returns the input dtype). On a CPU with the compiled path (torch's int4 weight-only kernel,
+    :mod:`fair_calib_hf.ops.weight_only_cpu`), :meth:`prepare_cpu_layout` converts 4-bit codes to torch's own
+    packed layout (non-persistent buffers ``weight_int4pack`` and ``scales_and_zeros``; ``weight_packed`` is freed,
+    rebuilt exactly for saving and device moves; shapes whose layout cannot be inverted stay unprepared). ``weight_scale`` stays float32
+    under dtype casts; ``bias`` follows them."""
+
+    FLOAT32_BUFFERS = ("weight_scale",)
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int | None = None,
+                 bias: bool = False, dtype: torch.dtype | None = None, device=None):
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"WeightOnlyLinear: bits={bits!r}; allowed: 4, 8")
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        if bits == 4:
+            self.register_buffer("weight_packed", torch.zeros(out_features, packed_width(in_features),
+                                                              dtype=torch.uint8, device=device))
+        else:
+            self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8,
+                                                            device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, group_count(in_features, group_size),
+                                                        dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype or torch.float32, device=device))
+        else:
+            self.bias = None
+        self.register_buffer("weight_int4pack", None, persistent=False)
+        self.register_buffer("scales_and_zeros", None, persistent=False)
+
+    @property
+    def codes_name(self) -> str:
+        """The state-dict name of the stored codes: ``weight_packed`` (4-bit) or ``weight_int8`` (8-bit)."""
+        return "weight_packed" if self.bits == 4 else "weight_int8"
+
+    @property
+    def is_prepared(self) -> bool:
+        return self.weight_int4pack is not None
+
+    def stored_codes(self) -> torch.Tensor:
+        """The stored codes (rebuilt from the prepared layout when ``weight_packed`` was freed)."""
+        stored = self._buffers[self.codes_name]
+        if stored is None:
+            stored = ops.weight_only_cpu.unprepare_int4(self.weight_int4pack, self.out_features, self.in_features)
+        return stored
+
+    def _apply(self, fn, recurse=True):
+        prepared = self.is_prepared
+        if prepared:
+            self.unprepare_cpu_layout()
+        result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
+        if prepared and self.weight_scale.device.type == "cpu":
+            self.prepare_cpu_layout()
+        return result
+
+    def prepare_cpu_layout(self) -> bool:
+        """Convert 4-bit codes to torch's CPU int4 weight-only layout (:func:`.ops.weight_only_cpu.prepare_int4`);
+        idempotent. Returns whether the module is now prepared: ``False`` for 8-bit weights, off the CPU, or for a
+        shape torch's kernel does not take (``out`` not a multiple of 16, ``in`` not a multiple of the group, a
+        layout this release cannot invert)."""
+        if self.is_prepared:
+            return True
+        if self.bits != 4 or self.weight_scale.device.type != "cpu":
+            return False
+        prepared = ops.weight_only_cpu.prepare_int4(self.weight_packed, self.weight_scale, self.in_features,
+                                                    self.group_size)
+        if prepared is None:
+            return False
+        self._buffers["weight_int4pack"], self._buffers["scales_and_zeros"] = prepared
+        self._buffers["weight_packed"] = None  # rebuilt exactly from the prepared layout when needed
+        return True
+
+    def unprepare_cpu_layout(self) -> None:
+        """Back to the stored codes only (prepared buffers freed); no-op when not prepared."""
+        if not self.is_prepared:
+            return
+        self._buffers["weight_packed"] = self.stored_codes()
+        self._buffers["weight_int4pack"] = self._buffers["scales_and_zeros"] = None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self._buffers.get(self.codes_name) is not None:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._buffers[self.codes_name] = self.stored_codes()  # the checkpoint format, for this call only
+        try:
+            return super()._save_to_state_dict(destination, prefix, keep_vars)
+        finally:
+            self._buffers[self.codes_name] = None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        finally:
+            if prepared:
+                self.prepare_cpu_layout()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int | None = None,
+                    weight_clip: torch.Tensor | float = 1.0, weight: torch.Tensor | None = None) -> "WeightOnlyLinear":
+        """Quantize ``linear`` round-to-nearest (:func:`fair_calib_hf.packing.quantize_weight_grouped`);
+        ``weight`` overrides ``linear.weight``; ``weight_clip`` is a scalar or ``[out, 1]`` ratio in (0, 1]."""
+        w = linear.weight if weight is None else weight
+        module = cls(linear.in_features, linear.out_features, bits, group_size, bias=linear.bias is not None,
+                     dtype=linear.bias.dtype if linear.bias is not None else None, device=w.device)
+        stored, scale = quantize_weight_grouped(w, bits, group_size, weight_clip)
+        module._buffers[module.codes_name].copy_(stored)
+        module.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    @torch.no_grad()
+    def set_weight_codes(self, codes: torch.Tensor) -> None:
+        """Replace the weight codes (int8 ``[out, in]`` on this module's grid) keeping the scales."""
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
+        if prepared:
+            self.prepare_cpu_layout()
+
+    def rtn_codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """int8 codes of ``weight [out, in]`` rounded to nearest on this module's grid (``weight_scale``)."""
+        return quantize_to_grid(weight, self.weight_scale, self.bits, self.group_size)
+
+    def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+        """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""
+        codes = ((self.out_features, packed_width(self.in_features)), torch.uint8) if self.bits == 4 else \
+            ((self.out_features, self.in_features), torch.int8)
+        spec = {self.codes_name: codes,
+                "weight_scale": ((self.out_features, group_count(self.in_features, self.group_size)), torch.float32)}
+        if self.bias is not None:
+            spec["bias"] = ((self.out_features,), None)
+        return spec
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """float32 ``[out, in]`` weight the module multiplies by."""
+        return dequantize_grouped(self.stored_codes(), self.weight_scale, self.bits, self.group_size,
+                                  self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.is_prepared:
+            y = ops.weight_only_cpu.int4pack_linear(x2, self.weight_int4pack, self.scales_and_zeros,
+                                                    self.weight_scale, self.bias, self.out_features,
+                                                    self.in_features, self.group_size)
+        else:
+            y = ops.weight_only_gemm(x2, self._buffers[self.codes_name], self.weight_scale, self.bias, self.bits,
+                                     self.group_size or 0, self.in_features)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    @torch.no_grad()
+    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A float ``nn.Linear`` computing ``x ↦ x·Q(W)ᵀ + b`` (used by ``model.dequantize()``)."""
+        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight_scale.device, dtype=dtype)
+        linear.weight.copy_(self.dequantized_weight().to(dtype))
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        groups = "per-channel" if self.group_size is None else f"group {self.group_size}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"w{self.bits}a16, {groups}" + (", torch int4 cpu layout" if self.is_prepared else ""))

@@ -14,6 +14,11 @@ Definitions (the contract every backend and every later issue must match):
 * **Zero rows**: a row whose absolute maximum is 0 gets scale 1 (FlatQuant's rule), so its codes are 0.
 * **Rounding**: round half to even (``torch.round``), on ``x / s`` computed as a true fp32 division.
   Every kernel must do the same to return identical codes.
+
+Weight-only precisions (``a_bits=16``) use the same symmetric rule with ``b``-bit codes in
+``[-2^(b-1), 2^(b-1) - 1]`` and ``s = clip · absmax / (2^(b-1) - 1)``, per output channel or per **group** of
+``group_size`` consecutive input channels (``s_w [N, ceil(K / group_size)]``, the last group possibly shorter):
+4-bit codes packed as above, 8-bit codes stored as ``int8 [N, K]`` (:func:`quantize_weight_grouped`).
 """
 from __future__ import annotations
 
@@ -79,6 +84,72 @@ def quantize_weight_per_channel(weight: torch.Tensor, clip: torch.Tensor | float
     w = weight.detach().float()
     scale = symmetric_scale(w.abs().amax(dim=1, keepdim=True), clip)
     return pack_int4(quantize_symmetric(w, scale)), scale
+
+
+def code_range(bits: int) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a signed symmetric ``bits``-bit code: ``(-2^(bits-1), 2^(bits-1) - 1)``."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def group_count(k: int, group_size: int | None) -> int:
+    """Number of scale groups along ``K``: 1 per output channel (``group_size`` None), else ``ceil(K / group_size)``."""
+    return 1 if group_size is None else -(-k // group_size)
+
+
+def expand_groups(scale: torch.Tensor, k: int, group_size: int | None) -> torch.Tensor:
+    """``scale [N, G]`` repeated along ``K`` to ``[N, K]`` (column ``j`` gets group ``j // group_size``)."""
+    if group_size is None:
+        return scale.reshape(-1, 1).expand(-1, k)
+    return scale.repeat_interleave(group_size, dim=1)[:, :k]
+
+
+def grouped_weight_scale(weight: torch.Tensor, bits: int, group_size: int | None,
+                         clip: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """fp32 symmetric scales ``[N, G]`` of ``W [N, K]``: ``clip · max|W[n, group]| / qmax`` (1 for an all-zero
+    group); ``clip`` is a scalar or ``[N, 1]``; ``G`` from :func:`group_count`."""
+    w = weight.detach().float()
+    n, k = w.shape
+    g = group_count(k, group_size)
+    if group_size is None:
+        absmax = w.abs().amax(dim=1, keepdim=True)
+    else:
+        padded = torch.nn.functional.pad(w.abs(), (0, g * group_size - k))
+        absmax = padded.reshape(n, g, group_size).amax(dim=2)
+    s = (absmax * clip) / code_range(bits)[1]
+    return torch.where(s == 0, torch.ones_like(s), s)
+
+
+def quantize_to_grid(weight: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """int8 codes ``clamp(round(W / s), qmin, qmax)`` of ``W [N, K]`` on the grid ``scale [N, G]``."""
+    qmin, qmax = code_range(bits)
+    s = expand_groups(scale.float(), weight.shape[1], group_size)
+    return torch.clamp(torch.round(weight.detach().float() / s), qmin, qmax).to(torch.int8)
+
+
+def store_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """The stored form of int8 codes ``[N, K]``: packed ``uint8 [N, ceil(K/2)]`` for 4 bits, ``int8 [N, K]`` for 8."""
+    return pack_int4(codes) if bits == 4 else codes.to(torch.int8).contiguous()
+
+
+def load_codes(stored: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`store_codes`: int8 codes ``[N, k]``."""
+    return unpack_int4(stored, k) if bits == 4 else stored.to(torch.int8)
+
+
+def quantize_weight_grouped(weight: torch.Tensor, bits: int = 4, group_size: int | None = None,
+                            clip: torch.Tensor | float = 1.0):
+    """Round-to-nearest symmetric quantization of ``W [N, K]`` with per-channel (``group_size`` None) or
+    per-group scales. Returns ``(stored codes, scale float32 [N, G])`` (:func:`store_codes`). With ``bits=4``
+    and no groups this is :func:`quantize_weight_per_channel` bit for bit."""
+    scale = grouped_weight_scale(weight, bits, group_size, clip)
+    return store_codes(quantize_to_grid(weight, scale, bits, group_size), bits), scale
+
+
+def dequantize_grouped(stored: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None,
+                       in_features: int) -> torch.Tensor:
+    """float32 ``W_q [N, K] = codes · s_w`` of a grouped weight (:func:`quantize_weight_grouped`)."""
+    codes = load_codes(stored, bits, in_features).float()
+    return codes * expand_groups(scale.float(), in_features, group_size)
 
 
 def dequantize_weight(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ from .checkpoint import (
 )
 from .config import QUANT_METHOD, FairCalibConfig
 from .dtypes import float_dtype
-from .modules import W4A4Linear, cpu_layout_choice, prepare_loaded_model
+from .modules import PackedLinear, cpu_layout_choice, prepare_loaded_model
 from .saving import install_save_compat
 from .targets import set_submodule
 from .version import __version__
@@ -158,13 +158,13 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         return False
 
     def _dequantize(self, model, dtype=None):
-        """Replace every ``W4A4Linear`` by the float ``nn.Linear`` it computes (``W4A4Linear.to_linear``), in
+        """Replace every packed linear by the float ``nn.Linear`` it computes (``to_linear``), in
         ``dtype``: a ``torch.dtype`` or its name (``save_pretrained`` leaves ``model.config.dtype`` as the
         string ``"bfloat16"``, and transformers' ``dequantize()`` passes that on); ``None`` or ``"auto"``: the
         dtype of the model's float parameters."""
         dtype = _as_torch_dtype(dtype, model)
         for name, module in list(model.named_modules()):
-            if isinstance(module, W4A4Linear):
+            if isinstance(module, PackedLinear):
                 set_submodule(model, name, module.to_linear(dtype))
         return model
 

@@ -27,12 +27,12 @@ def is_skipped(name: str, skip: list[str] | None) -> bool:
 def block_targets(block: nn.Module, block_path: str, skip: list[str] | None):
     """``[(full path, module)]`` of the linears to convert inside one block (``block_path`` is its full
     path), in module order; already packed modules are listed too, so the list is stable across conversion."""
-    from .modules import W4A4Linear
+    from .modules import PackedLinear
 
     return [
         (name, module)
         for name, module in block.named_modules(prefix=block_path)
-        if isinstance(module, (nn.Linear, W4A4Linear)) and not is_skipped(name, skip)
+        if isinstance(module, (nn.Linear, PackedLinear)) and not is_skipped(name, skip)
     ]
 
 

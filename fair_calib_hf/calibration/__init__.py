@@ -1,8 +1,10 @@
 """Calibration entry point: turn a loaded float model into a packed W4A4 model, block by block.
 
-Methods: ``rtn`` (data-free), ``quarot`` (fixed Hadamard-type transforms), ``flatquant`` (Stage II with
-uniform position weights) and ``fair_calib`` (Stage I teacher probing for the position prior, then Stage II
-weighted by it). Stage I always runs on the untouched full-precision model, before any block is converted.
+Methods: ``rtn`` (data-free), ``gptq`` (no transform, GPTQ weight rounding), ``quarot`` (fixed Hadamard-type
+transforms), ``flatquant`` (Stage II with uniform position weights) and ``fair_calib`` (Stage I teacher probing for
+the position prior, then Stage II weighted by it). Stage I always runs on the untouched full-precision model,
+before any block is converted. With ``weight_rounding="gptq"`` every method's packed weights are re-rounded by
+GPTQ (:mod:`.gptq`) right after the method packs each block, on the same block inputs.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from transformers.utils import logging as hf_logging
 
 from ..architectures import get_adapter, max_positions
 from ..config import IMPLEMENTED_METHODS, PRIOR_HASH_PREFIX
-from ..modules import W4A4Linear
+from ..modules import PackedLinear
 from ..targets import block_targets
 from .block_loop import BlockStats, calibrate_blocks, module_device, offload_block, onload_block
 from .data import load_calibration_samples
 from .quarot import make_quarot_block_quantizer
+from .gptq import gptq_block
 from .rtn import make_rtn_block_quantizer
 from .stage1_prior import PositionPrior, probe_position_prior
 from .stage2_fit import fit_block
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["CalibrationReport", "PositionPrior", "calibrate", "check_method_implemented"]
 
 STAGE2_METHODS = ("flatquant", "fair_calib")
+FIXED_LENGTH_METHODS = STAGE2_METHODS + ("gptq",)
+"""Methods whose calibration sequences are cut to exactly ``seq_len`` tokens by default (``pack_samples=None``)."""
 
 
 @dataclass
@@ -98,7 +103,7 @@ def _rescaled_layers(config, adapter):
             return []
         up, down = adapter.up_feeds_down
         try:
-            return [up] if isinstance(block.get_submodule(down), W4A4Linear) else []
+            return [up] if isinstance(block.get_submodule(down), PackedLinear) else []
         except AttributeError:
             return []
     return rescaled
@@ -122,6 +127,18 @@ def _prior(model, samples, config) -> PositionPrior:
     return prior
 
 
+def _then_gptq(quantize_block, config, prior):
+    """``quantize_block`` followed by GPTQ re-rounding of the block's packed weights (:func:`.gptq.gptq_block`),
+    with the prior's position weights in the Hessian when ``gptq_position_weights="prior"``."""
+    weights = prior.weights if (prior is not None and config.gptq_position_weights == "prior") else None
+
+    def quantize_then_round(block, path, inputs, targets):
+        extra = dict(quantize_block(block, path, inputs, targets) or {})
+        extra.update(gptq_block(block, inputs, config, weights, max(1, config.batch_size)))
+        return extra
+    return quantize_then_round
+
+
 def _too_long_message(length: int, limit: int) -> str:
     return (f"calibration sequences of {length} tokens exceed the model's {limit} positions "
             f"(config max_sequence_length / max_position_embeddings): pass seq_len={limit} or less")
@@ -132,7 +149,7 @@ def check_positions(config, model_or_config) -> None:
     methods, or ``pack_samples=True``) and ``seq_len`` exceeds the positions the model was built for
     (:func:`~fair_calib_hf.architectures.max_positions`); checkable before any weight or data is loaded.
     Sequences used whole (``rtn`` / ``quarot`` by default) are checked once loaded."""
-    packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
     limit = max_positions(model_or_config)
     if packed and config.calibration_dataset is not None and limit is not None and config.seq_len > limit:
         raise ValueError(_too_long_message(config.seq_len, limit))
@@ -151,7 +168,7 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
     start = time.perf_counter()
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
-    packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
+    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
     check_positions(config, model)
     limit = max_positions(model)
     samples = load_calibration_samples(config, model, fixed_length=packed)
@@ -164,10 +181,10 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
                        "the report", config.method, len(samples), sum(int(s.numel()) for s in samples),
                        config.num_samples)
     prior, stage1 = None, 0.0
-    if config.method == "fair_calib":
+    if config.uses_prior:
         prior = _prior(model, samples, config)
         stage1 = time.perf_counter() - start
-    if config.method == "rtn":
+    if config.method in ("rtn", "gptq"):
         quantize_block = make_rtn_block_quantizer(config)
     elif config.method == "quarot":
         quantize_block = make_quarot_block_quantizer(config)
@@ -178,6 +195,8 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
 
         def quantize_block(block, path, inputs, targets):
             return fit_block(block, path, inputs, targets, weights, config, adapter)
+    if config.weight_rounding == "gptq":
+        quantize_block = _then_gptq(quantize_block, config, prior)
     device = _compute_device(config, model)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -192,7 +211,7 @@ def _calibrate(model: nn.Module, config) -> CalibrationReport:
             placement = onload_block(block, device)
             quantize_block(block, f"{adapter.blocks_path}.{index}")
             offload_block(block, placement)
-    converted = [n for n, m in model.named_modules() if isinstance(m, W4A4Linear)]
+    converted = [n for n, m in model.named_modules() if isinstance(m, PackedLinear)]
     peak = {"cpu_rss_bytes": peak_cpu_rss_bytes()}
     if device.type == "cuda":
         peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))

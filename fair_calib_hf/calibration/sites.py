@@ -20,6 +20,7 @@ from ..modules import W4A4Linear
 from ..targets import block_targets
 from .block_loop import BlockInput, run_block
 from ..packing import dequantize_weight, quantize_weight_per_channel
+from .gptq import attach_target
 from .transforms import hadamard_factors, kronecker_factors, transform_weight
 
 TRANSFORM_METHODS = ("quarot", "flatquant", "fair_calib")
@@ -100,14 +101,19 @@ def search_weight_clip(weight: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def pack_with_transform(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor, diag: torch.Tensor | None,
-                        online_diag: bool, weight_clip, input_clip: float, clip_search: bool = False) -> W4A4Linear:
+                        online_diag: bool, weight_clip, input_clip: float, clip_search: bool = False,
+                        keep_target: bool = False) -> W4A4Linear:
     """Pack ``linear`` for inputs transformed by ``x ↦ (x ⊙ diag)·(left ⊗ right)``: the weight becomes
     ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel int4 with ``weight_clip``, multiplied by
     the searched per-channel ratio with ``clip_search``), so that ``x̃ W̃ᵀ = x Wᵀ`` in float. ``online_diag``
-    stores ``diag`` in the module; otherwise the caller folds it."""
+    stores ``diag`` in the module; otherwise the caller folds it. ``keep_target`` keeps ``W̃`` on the module for
+    GPTQ (:func:`.gptq.attach_target`)."""
     w = transform_weight(linear.weight.double(), left.double(), right.double(),
                          diag.double() if diag is not None else None)
     if clip_search:
         weight_clip = search_weight_clip(w) * weight_clip
-    return W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
-                                  transform=(left, right, diag if online_diag else None))
+    packed = W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
+                                    transform=(left, right, diag if online_diag else None))
+    if keep_target:
+        attach_target(packed, w)
+    return packed

@@ -32,6 +32,7 @@ from ..architectures import ModelAdapter
 from ..packing import QMAX, QMIN
 from ..targets import set_submodule
 from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
+from .gptq import scale_target_rows
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
 from .transforms import kron_apply_gemms, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
@@ -353,14 +354,14 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
                 epoch_sum += float(loss.detach()) * len(idx)
             epoch_losses.append(epoch_sum / len(inputs))
     fit_seconds = time.perf_counter() - start_time
-    _fold_and_pack(block, sites, params, wrappers, adapter)
+    _fold_and_pack(block, sites, params, wrappers, adapter, keep_target=config.weight_rounding == "gptq")
     block.to(dtype)
     return {"sites": len(sites), "site_widths": [s.in_features for s in sites], "steps": step,
             "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
 
 
 @torch.no_grad()
-def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAdapter) -> None:
+def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAdapter, keep_target: bool = False) -> None:
     converted = set(wrappers)
     rows_to_scale = []
     for site, sp in zip(sites, params):
@@ -371,7 +372,7 @@ def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAda
             packed = pack_with_transform(wrapper.linear, sp.left.detach(), sp.right.detach(), diag,
                                          online_diag=diag is not None and fold is None,
                                          weight_clip=wrapper.weight_clip().detach(),
-                                         input_clip=float(sp.input_clip()))
+                                         input_clip=float(sp.input_clip()), keep_target=keep_target)
             set_submodule(block, name, packed)
         if fold is not None and fold[0] == "norm":
             norm = block.get_submodule(fold[1])
@@ -382,5 +383,6 @@ def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAda
         up = block.get_submodule(up_name)
         rows = up.weight_scale if hasattr(up, "weight_scale") else up.weight  # packed (exact) or float
         rows.mul_(diag[:, None].to(rows))
+        scale_target_rows(up, diag)
         if up.bias is not None:
             up.bias.mul_(diag.to(up.bias))

@@ -12,6 +12,10 @@ Ops (namespace ``fair_calib``):
 * ``w4a4_gemm(x_packed, x_scale, w_packed, w_scale, bias?, k, out_dtype) -> [M, N]``
 * ``w4a4_gemm_prepared(x_packed, x_scale, w_prepared, w_scale, bias?, n, k, out_dtype) -> [M, N]``: the same
   GEMM on weights held in the CPU VNNI kernel's prepared layout (:func:`.cpu.prepare_weight`; CPU only)
+* ``weight_only_gemm(x [M,K], w_stored, w_scale [N,G], bias?, bits, group_size, k) -> [M, N]`` in ``x.dtype``:
+  weight-only 4/8-bit (reference on every device). On the CPU a :class:`~fair_calib_hf.modules.WeightOnlyLinear`
+  prepared for PyTorch's own int4 kernel calls :func:`.weight_only_cpu.int4pack_linear` instead (torch's op,
+  within :data:`.weight_only_cpu.INT4PACK_RTOL` of the reference).
 """
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ from typing import Optional
 import torch
 
 from ..packing import packed_width
-from . import cpu, cuda, reference
+from . import cpu, cuda, reference, weight_only_cpu
 
-__all__ = ["quantize_act_int4", "w4a4_gemm", "w4a4_gemm_prepared", "active_backend"]
+__all__ = ["quantize_act_int4", "w4a4_gemm", "w4a4_gemm_prepared", "weight_only_gemm", "active_backend"]
 
 
 @torch.library.custom_op("fair_calib::quantize_act_int4", mutates_args=())
@@ -82,6 +86,25 @@ def w4a4_gemm_prepared(
 @w4a4_gemm_prepared.register_fake
 def _(x_packed, x_scale, w_prepared, w_scale, bias, n, k, out_dtype):
     return x_packed.new_empty((x_packed.shape[0], n), dtype=out_dtype)
+
+
+@torch.library.custom_op("fair_calib::weight_only_gemm", mutates_args=())
+def weight_only_gemm(
+    x: torch.Tensor,
+    w_stored: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    bits: int,
+    group_size: int,
+    k: int,
+) -> torch.Tensor:
+    """Weight-only GEMM on stored codes (:func:`.reference.weight_only_gemm_reference`)."""
+    return reference.weight_only_gemm_reference(x, w_stored, w_scale, bias, bits, group_size, k)
+
+
+@weight_only_gemm.register_fake
+def _(x, w_stored, w_scale, bias, bits, group_size, k):
+    return x.new_empty((x.shape[0], w_stored.shape[0]))
 
 
 cpu.register(quantize_act_int4, w4a4_gemm, w4a4_gemm_prepared)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..packing import pack_int4, quantize_symmetric, symmetric_scale, unpack_int4
+from ..packing import dequantize_grouped, pack_int4, quantize_symmetric, symmetric_scale, unpack_int4
 
 EXACT_FP32_CHUNK = 1 << 18
 """K-chunk for the exact accumulation: 2^18 products of |q| ≤ 8 give partial sums |s| ≤ 2^24, every one an
@@ -74,3 +74,14 @@ def w4a4_epilogue(acc, x_scale, w_scale, bias, out_dtype):
 def w4a4_gemm_reference(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
     """Reference W4A4 GEMM: ``[M, ceil(K/2)] × [N, ceil(K/2)]ᵀ → out_dtype [M, N]``."""
     return w4a4_epilogue(int4_matmul_int32(x_packed, w_packed, k), x_scale, w_scale, bias, out_dtype)
+
+
+def weight_only_gemm_reference(x, w_stored, w_scale, bias, bits, group_size, k):
+    """Reference weight-only GEMM: ``y = x · (codes ⊙ s_w)ᵀ (+ bias)`` computed in fp32, returned in ``x.dtype``.
+    ``x [M, K]`` float; ``w_stored``: packed ``uint8 [N, ceil(K/2)]`` (4-bit) or ``int8 [N, K]`` (8-bit);
+    ``w_scale`` fp32 ``[N, G]``; ``group_size`` 0 for per-channel scales."""
+    w = dequantize_grouped(w_stored, w_scale, bits, group_size or None, k)
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
