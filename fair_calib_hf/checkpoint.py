@@ -421,7 +421,7 @@ def describe_checkpoint(path: str, check_layout: bool = True) -> dict:
     check_safetensors_files(files)
     header = read_checkpoint_header(files)
     meta = read_header_metadata(files)
-    packed = sorted(k[: -len(".weight_packed")] for k in header if k.endswith(".weight_packed"))
+    packed = sorted(k.rpartition(".")[0] for k in header if k.endswith((".weight_packed", ".weight_int8")))
     packed_set = set(packed)
     float_2d = sorted(k[: -len(".weight")] for k, (shape, _) in header.items()
                       if k.endswith(".weight") and len(shape) == 2 and k[: -len(".weight")] not in packed_set)
@@ -442,7 +442,9 @@ def describe_checkpoint(path: str, check_layout: bool = True) -> dict:
         for d in shape:
             numel *= d
         if module in packed_set:
-            if leaf == "weight_packed":
+            if leaf == "weight_int8":
+                float_bytes += numel * elem
+            elif leaf == "weight_packed":
                 out_f = shape[0]
                 left = header.get(f"{module}.input_transform.left")
                 right = header.get(f"{module}.input_transform.right")
@@ -462,6 +464,7 @@ def describe_checkpoint(path: str, check_layout: bool = True) -> dict:
         layout = _check_layout(path, cfg, qc, header)
     return {"path": os.path.abspath(path), "model_type": cfg.get("model_type"), "dtype": dtype_name,
             "method": qc.get("method"), "w_bits": qc.get("w_bits"), "a_bits": qc.get("a_bits"),
+            "group_size": qc.get("group_size"), "weight_rounding": qc.get("weight_rounding") or "rtn",
             "format_version": qc.get("format_version"), "pack_format": qc.get("pack_format"),
             "quantization_config": qc, "files": [os.path.basename(f) for f in files],
             "packed": packed, "kept_float": float_2d, "transforms": transforms, "prior": prior,

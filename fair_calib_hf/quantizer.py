@@ -98,8 +98,10 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = self.hook_checkpoint_files(kwargs)
         source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
         if self.pre_quantized:
-            check_safetensors_files(self.checkpoint_files or locate_checkpoint_files(source))
+            files = self.checkpoint_files or locate_checkpoint_files(source)
+            check_safetensors_files(files)
             build_packed_skeleton(model, self.quantization_config)
+            verify_checkpoint_files(model, files)  # shapes/dtypes against the config, before transformers loads
         else:
             foreign = foreign_quantization(source)
             if foreign is not None:

@@ -80,7 +80,7 @@ def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="local folder, hub id, or zoo:NAME")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--method", default="fair_calib", choices=["rtn", "quarot", "flatquant", "fair_calib"],
+    parser.add_argument("--method", default="fair_calib", choices=["rtn", "gptq", "quarot", "flatquant", "fair_calib"],
                         help="quantization method (default: fair_calib)")
     parser.add_argument("--prior", default=None, help="reuse a Stage I prior saved by `fair-calib probe`")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the folder to this hub repo")

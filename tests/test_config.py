@@ -62,7 +62,18 @@ def test_string_dataset_is_kept_as_record():
         ({"w_bits": 8}, "w_bits"),
         ({"a_bits": 3}, "a_bits"),
         ({"w_bits": True}, "w_bits"),
-        ({"method": "gptq"}, "method"),
+        ({"method": "awq"}, "method"),
+        ({"a_bits": 16, "method": "flatquant"}, "method"),
+        ({"a_bits": 16, "group_size": 100}, "group_size"),
+        ({"group_size": 128}, "group_size"),  # W4A4 kernels take per-channel scales only
+        ({"w_bits": 8, "a_bits": 16, "group_size": 128}, "group_size"),
+        ({"a_bits": 16, "group_size": True}, "group_size"),
+        ({"weight_rounding": "awq"}, "weight_rounding"),
+        ({"method": "gptq", "weight_rounding": "rtn"}, "weight_rounding"),
+        ({"method": "flatquant", "gptq_position_weights": "prior"}, "gptq_position_weights"),
+        ({"gptq_damp": 0}, "gptq_damp"),
+        ({"gptq_block_size": 0}, "gptq_block_size"),
+        ({"gptq_act_order": "yes"}, "gptq_act_order"),
         ({"num_samples": -1}, "num_samples"),
         ({"num_samples": 0}, "num_samples"),
         ({"seq_len": 0}, "seq_len"),
@@ -85,7 +96,7 @@ def test_validation_names_field(kwargs, field):
 
 
 def test_unknown_method_lists_allowed():
-    with pytest.raises(ValueError, match="rtn, quarot, flatquant, fair_calib"):
+    with pytest.raises(ValueError, match="rtn, gptq, quarot, flatquant, fair_calib"):
         FairCalibConfig(method="awq")
 
 
@@ -145,3 +156,30 @@ def test_registration_refuses_a_foreign_entry(monkeypatch):
     monkeypatch.setitem(AUTO_QUANTIZER_MAPPING, "fair_calib", Other)
     with pytest.raises(RuntimeError, match="already registered"):
         q.register()
+
+
+def test_invalid_precision_lists_every_valid_combination():
+    with pytest.raises(ValueError) as err:
+        FairCalibConfig(w_bits=3, a_bits=16)
+    for text in ("W4A4", "W4A16", "W8A16", "g128", "rtn, gptq"):
+        assert text in str(err.value)
+
+
+def test_weight_rounding_defaults_follow_the_method():
+    assert FairCalibConfig(method="gptq").weight_rounding == "gptq"
+    assert FairCalibConfig(method="flatquant").weight_rounding == "rtn"
+    assert FairCalibConfig(method="fair_calib", weight_rounding="gptq").gptq_position_weights == "prior"
+    assert FairCalibConfig(method="gptq").gptq_position_weights == "uniform"
+    assert FairCalibConfig(method="gptq", gptq_position_weights="prior").uses_prior
+    assert not FairCalibConfig(method="gptq").uses_prior
+    assert FairCalibConfig(method="quarot", weight_rounding="gptq").requires_calibration_data
+    assert not FairCalibConfig(method="quarot").requires_calibration_data
+
+
+def test_an_old_w4a4_config_without_the_new_fields_reloads_unchanged():
+    old = FairCalibConfig(method="flatquant").to_dict()
+    for key in ("group_size", "weight_rounding", "gptq_position_weights", "gptq_damp", "gptq_block_size",
+                "gptq_act_order"):
+        old.pop(key)
+    cfg = FairCalibConfig.from_dict(old)
+    assert (cfg.w_bits, cfg.a_bits, cfg.group_size, cfg.weight_rounding) == (4, 4, None, "rtn")

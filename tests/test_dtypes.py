@@ -1,6 +1,8 @@
 """Every load dtype (fp32, bf16, fp16) through every method, and what dtype casts do to packed buffers.
 
-* The matrix: both families × {fp32, bf16, fp16} × {rtn, quarot, flatquant, fair_calib}: calibrate on load →
+* The matrix: both families × {fp32, bf16, fp16} × {rtn, quarot, flatquant, fair_calib, and the GPTQ / weight-only
+  variants of issue 28: gptq, quarot-gptq, fair_calib + prior-weighted GPTQ, W4A16 g32 RTN / GPTQ, W4A16 per-channel
+  GPTQ with the prior, W8A16 GPTQ}: calibrate on load →
   forward → save → reload bit-identical → ``dequantize()`` (before and after saving, and after a reload) →
   ``diffusion_generate``. Plumbing only: tiny models, 2 sequences of 32 tokens, 1 epoch, 2 probes.
 * Packed float32 buffers (``weight_scale``, ``input_clip``, the Kronecker factors and the online diagonal)
@@ -16,6 +18,7 @@ import torch
 from transformers import AutoModel
 
 from fair_calib_hf import FairCalibConfig, W4A4Linear
+from fair_calib_hf.modules import PackedLinear
 from fair_calib_hf.architectures import get_adapter
 from fair_calib_hf.calibration import stage2_fit
 from fair_calib_hf.calibration.block_loop import BlockInput, capture_block_inputs, run_block
@@ -24,19 +27,32 @@ from fair_calib_hf.reference_models import build_tiny
 
 KINDS = ("llada", "dream")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
+VARIANTS = {
+    "rtn": {"method": "rtn"},
+    "quarot": {"method": "quarot"},
+    "flatquant": {"method": "flatquant"},
+    "fair_calib": {"method": "fair_calib"},
+    "gptq": {"method": "gptq"},
+    "quarot-gptq": {"method": "quarot", "weight_rounding": "gptq"},
+    "fair_calib-gptq": {"method": "fair_calib", "weight_rounding": "gptq"},
+    "w4a16-g32-rtn": {"method": "rtn", "a_bits": 16, "group_size": 32},
+    "w4a16-g32-gptq": {"method": "gptq", "a_bits": 16, "group_size": 32, "gptq_act_order": True},
+    "w4a16-gptq-prior": {"method": "gptq", "a_bits": 16, "gptq_position_weights": "prior"},
+    "w8a16-gptq": {"method": "gptq", "w_bits": 8, "a_bits": 16},
+}
+METHODS = tuple(VARIANTS)
 DATA = [list(range(5, 37)), list(range(40, 72))]
 FLOAT32_LEAVES = ("weight_scale", "input_clip", "input_transform.left", "input_transform.right",
                   "input_transform.diag")
 
 
-def _cfg(method, **kw):
-    return FairCalibConfig(method=method, calibration_dataset=DATA, num_samples=2, seq_len=32, epochs=1,
-                           n_probe=2, probe_batch_size=2, **kw)
+def _cfg(variant, **kw):
+    return FairCalibConfig(calibration_dataset=DATA, num_samples=2, seq_len=32, epochs=1,
+                           n_probe=2, probe_batch_size=2, **VARIANTS[variant], **kw)
 
 
 def _packed_buffers(model):
-    return {f"{n}.{k}": b for n, m in model.named_modules() if isinstance(m, W4A4Linear)
+    return {f"{n}.{k}": b for n, m in model.named_modules() if isinstance(m, PackedLinear)
             for k, b in m.named_buffers()}
 
 
@@ -87,7 +103,7 @@ def test_calibrate_save_reload_dequantize_generate(matrix, kind, dtype_name, met
     for model in (q_saved, again):
         deq = model.dequantize()
         linears = [m for m in deq.modules() if isinstance(m, torch.nn.Linear)]
-        assert not any(isinstance(m, W4A4Linear) for m in deq.modules())
+        assert not any(isinstance(m, PackedLinear) for m in deq.modules())
         assert {m.weight.dtype for m in linears} == {dtype}
         assert torch.isfinite(_logits(deq, ids)).all()
         result = diffusion_generate(deq, ids, config=DecodeConfig(gen_length=8, steps=8))
@@ -194,7 +210,7 @@ def _fit_block0(kind, dtype):
     fake, linears = [], {}
     original = stage2_fit._fold_and_pack
 
-    def record_then_pack(block_, sites, params, wrappers, adapter_):
+    def record_then_pack(block_, sites, params, wrappers, adapter_, **kwargs):
         def hook(module, args, out, name):
             linears.setdefault(name, [[], [], 1.0, 1.0])[0].append(args[0].detach().clone())
             linears[name][1].append(out.detach().clone())
@@ -213,7 +229,7 @@ def _fit_block0(kind, dtype):
                     linears[name][2] = sp.diag.detach().clone()
                 if fold[0] == "rows":
                     linears[fold[1]][3] = sp.diag.detach().clone()
-        return original(block_, sites, params, wrappers, adapter_)
+        return original(block_, sites, params, wrappers, adapter_, **kwargs)
     config = FairCalibConfig(method="flatquant", calibration_dataset=DATA, seq_len=32, epochs=2)
     stage2_fit._fold_and_pack = record_then_pack
     try:

@@ -521,7 +521,9 @@ def _print_info(info: dict) -> None:
     mib = 2**20
     print(f"checkpoint     {info['path']}")
     print(f"model_type     {info['model_type']} (float parts {info['dtype']})")
-    print(f"method         {info['method']}  W{info['w_bits']}A{info['a_bits']}  format v{info['format_version']} "
+    groups = "per-channel" if info.get("group_size") is None else f"group size {info['group_size']}"
+    print(f"method         {info['method']}  W{info['w_bits']}A{info['a_bits']} ({groups}, weights rounded by "
+          f"{info['weight_rounding']})  format v{info['format_version']} "
           f"({info['pack_format']})" + (f"  written by fair_calib_hf {info['writer_version']}"
                                         if info.get("writer_version") else ""))
     print(f"files          {', '.join(info['files'])}")
