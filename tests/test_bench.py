@@ -96,3 +96,15 @@ def test_stage2_flop_model_counts_each_site_transform_once(tiny_dirs):
     shared = 3 * epochs * samples * seq * per_linear_minus_per_site
     assert calibrate.stage2_flops(model, samples, seq, epochs, steps, per_site) == by_hand - shared * len(blocks)
     assert shared > 0 and len(linears) == 7
+
+
+def test_kernel_bench_weight_only_rows(tmp_path):
+    kernels.main(["--shapes", "4096x4096", "--m", "2", "--repeats", "1", "--weight-only",
+                  "--json", str(tmp_path / "w.json")])
+    (row,) = json.load(open(tmp_path / "w.json"))["weight_only"]
+    assert row["M"] == 2 and min(row["fp32_ms"], row["w4a16_g128_ms"], row["w8a16_ms"]) > 0
+    # the stored bytes (codes + fp32 scales) against bf16 weights
+    assert row["w4a16_g128_bytes_over_bf16"] <= 0.3 and row["w8a16_bytes_over_bf16"] <= 0.55
+    from fair_calib_hf.ops import weight_only_cpu
+
+    assert row["w4a16_g128_torch_int4_kernel"] == weight_only_cpu.available()

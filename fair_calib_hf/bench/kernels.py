@@ -14,6 +14,11 @@
   weights held in the VNNI GEMM's prepared layout instead of regrouped per call); only with the AVX-512 VNNI
   kernels, ``-`` otherwise.
 
+**Weight-only layers** (``--weight-only`` times only these): fp32 ``F.linear`` and bf16 ``F.linear`` against
+:class:`~fair_calib_hf.modules.WeightOnlyLinear` as loading leaves it (W4A16 with group size 128 and per-channel
+scales: torch's CPU int4 kernel up to ``INT4PACK_MAX_TOKENS`` tokens, dequantize + fp32 GEMM above; W8A16: the
+reference, dequantize + fp32 GEMM), fp32 inputs, and the bytes each stores against bf16 weights.
+
 **Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
 W4A4 linears with their online transforms; embeddings, norms, attention and head stay float), in the packed
@@ -154,6 +159,45 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
     return rows
 
 
+WEIGHT_ONLY_M = (1, 4, 16, 64, 256)
+
+
+def weight_only_rows(shapes, ms, repeats) -> list[dict]:
+    """Per shape and token count: fp32 / bf16 ``F.linear`` vs the weight-only layers (module docstring)."""
+    from fair_calib_hf.modules import WeightOnlyLinear
+
+    rows = []
+    for name in shapes:
+        n, k = SHAPES[name]
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(n, k, generator=g) / k ** 0.5
+        w_bf16 = w.bfloat16()
+        linear = torch.nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(w)
+        layers = {"w4a16_g128": WeightOnlyLinear.from_linear(linear, 4, 128),
+                  "w4a16_channel": WeightOnlyLinear.from_linear(linear, 4, None),
+                  "w8a16": WeightOnlyLinear.from_linear(linear, 8, None)}
+        prepared = {key: layer.prepare_cpu_layout() for key, layer in layers.items()}
+        stored = {key: sum(t.numel() * t.element_size() for t in layer.state_dict().values())
+                  for key, layer in layers.items()}
+        del linear
+        for m in ms:
+            x = torch.randn(m, k, generator=g)
+            with torch.no_grad():
+                t_fp = best_time(lambda: F.linear(x, w), repeats)
+                t_bf = best_time(lambda: F.linear(x.bfloat16(), w_bf16), repeats)
+                times = {key: best_time(lambda layer=layer: layer(x), repeats) for key, layer in layers.items()}
+            row = {"shape": name, "M": m, "fp32_ms": round(t_fp * 1e3, 3), "bf16_ms": round(t_bf * 1e3, 3)}
+            for key, t in times.items():
+                row[f"{key}_ms"] = round(t * 1e3, 3)
+                row[f"fp32_over_{key}"] = round(t_fp / t, 2)
+                row[f"{key}_bytes_over_bf16"] = round(stored[key] / (2 * n * k), 3)
+                row[f"{key}_torch_int4_kernel"] = prepared[key]
+            rows.append(row)
+    return rows
+
+
 def _safetensors_bytes(model, folder: str, dtype=None) -> int:
     from ..saving import tolerant_generation_config
 
@@ -271,6 +315,9 @@ def main(argv=None) -> None:
                              "alone skips the denoising step)")
     parser.add_argument("--batches", type=int, nargs="+", default=None,
                         help="denoising-step batch sizes (default 1 16)")
+    parser.add_argument("--weight-only", action="store_true",
+                        help="time only the weight-only layers (W4A16 g128 / per-channel, W8A16), at M 1 4 16 64 256 "
+                             "unless --m is given")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from fair_calib_hf import ops
@@ -285,6 +332,25 @@ def main(argv=None) -> None:
     batches = args.batches or ([1] if args.quick else [1, 16])
     threads = torch.get_num_threads()
 
+    weight_only = weight_only_rows(shapes, args.m or ([1, 16] if args.quick else list(WEIGHT_ONLY_M)), repeats)
+    report(f"CPU weight-only linear layers (fp32 inputs): fp32 / bf16 F.linear vs W4A16 (torch int4 kernel) and W8A16; "
+           f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {repeats}",
+           {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "fp32 ms": lambda r: r["fp32_ms"],
+            "bf16 ms": lambda r: r["bf16_ms"], "W4A16 g128 ms": lambda r: r["w4a16_g128_ms"],
+            "fp32/W4A16 g128": lambda r: r["fp32_over_w4a16_g128"],
+            "W4A16 per-ch. ms": lambda r: r["w4a16_channel_ms"],
+            "fp32/W4A16 per-ch.": lambda r: r["fp32_over_w4a16_channel"],
+            "W8A16 ms": lambda r: r["w8a16_ms"], "fp32/W8A16": lambda r: r["fp32_over_w8a16"],
+            "bytes/bf16 g128": lambda r: r["w4a16_g128_bytes_over_bf16"],
+            "bytes/bf16 W8A16": lambda r: r["w8a16_bytes_over_bf16"]}, weight_only)
+    if args.weight_only:
+        if args.json:
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump({"torch": torch.__version__, "threads": threads, "repeats": repeats,
+                           "weight_only": weight_only}, f, indent=2)
+        return
     layers = layer_rows(shapes, ms, repeats, tuple(args.isa) if args.isa else (None,))
     report(f"CPU linear layers: fp32 F.linear and torch dynamic int8 vs W4A4 (transform + quant + GEMM); backend "
            f"{ops.active_backend('cpu')}; peers: {peers_isa()}; torch {torch.__version__}, {threads} threads, "
@@ -314,4 +380,5 @@ def main(argv=None) -> None:
         with open(args.json, "w") as f:
             json.dump({"backend": ops.active_backend("cpu"), "peers": peers_isa(), "torch": torch.__version__,
                        "threads": threads,
-                       "repeats": repeats, "layers": layers, "denoising_step": steps}, f, indent=2)
+                       "repeats": repeats, "layers": layers, "weight_only": weight_only, "denoising_step": steps},
+                      f, indent=2)
