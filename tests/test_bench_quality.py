@@ -143,3 +143,16 @@ def test_heldout_part_of_the_calibration_split_excludes_every_calibration_run():
     drawn = task.examples("calibration", 300 + len(used), seed=quality.HELDOUT_SEED)
     assert used & {task.split_key(e) for e in drawn}
     assert held == quality.heldout_examples(task, 300, num_samples=64, seeds=(0, 1, 2))
+
+
+def test_single_run_configurations_pair_with_every_seed_and_run_once():
+    """Weight-only RTN (no data, no randomness) runs once; its row pairs with each seed of GPTQ."""
+    assert quality.run_order(["fp", "w4a16-g128-rtn", "w4a16-g128-gptq"], (0, 1)) == [
+        ("fp", None), ("w4a16-g128-rtn", 0), ("w4a16-g128-gptq", 0), ("w4a16-g128-gptq", 1)]
+    rows = [{"config": "fp", "seed": None, "accuracy": 1.0, "correct": [1, 1, 1, 1]},
+            {"config": "w4a16-g128-rtn", "seed": 0, "accuracy": 0.25, "correct": [1, 0, 0, 0]},
+            {"config": "w4a16-g128-gptq", "seed": 0, "accuracy": 0.5, "correct": [1, 1, 0, 0]},
+            {"config": "w4a16-g128-gptq", "seed": 1, "accuracy": 0.75, "correct": [1, 1, 1, 0]}]
+    stats = quality.paired_difference(rows, "w4a16-g128-gptq", "w4a16-g128-rtn", n_boot=200)
+    assert stats["seeds"] == [0, 1] and stats["per_seed"] == [0.25, 0.5]
+    assert quality.paired_difference(rows, "flatquant", "w4a16-g128-rtn") is None

@@ -58,7 +58,25 @@ CONFIGS = {
     "fair_calib/frontier-only": ("fair_calib", {"prior_terms": "frontier"}),
     "fair_calib/reliability-only": ("fair_calib", {"prior_terms": "reliability"}),
     "fair_calib/flat-schedule": ("fair_calib", {"prior_schedule": "flat"}),
+    # GPTQ weight rounding (issue 28): W4A4 with each method's weights rounded by GPTQ (fair_calib: the prior in the
+    # Hessian), and weight-only 4-bit (group size 128 and per channel) and 8-bit
+    "gptq": ("gptq", {}),
+    "quarot-gptq": ("quarot", {"w_clip_search": True, "weight_rounding": "gptq"}),
+    "flatquant-gptq": ("flatquant", {"weight_rounding": "gptq"}),
+    "fair_calib-gptq": ("fair_calib", {"weight_rounding": "gptq"}),
+    "w4a16-g128-rtn": ("rtn", {"a_bits": 16, "group_size": 128}),
+    "w4a16-g128-gptq": ("gptq", {"a_bits": 16, "group_size": 128}),
+    "w4a16-g128-gptq-prior": ("gptq", {"a_bits": 16, "group_size": 128, "gptq_position_weights": "prior"}),
+    "w4a16-rtn": ("rtn", {"a_bits": 16}),
+    "w4a16-gptq": ("gptq", {"a_bits": 16}),
+    "w4a16-gptq-prior": ("gptq", {"a_bits": 16, "gptq_position_weights": "prior"}),
+    "w8a16-rtn": ("rtn", {"w_bits": 8, "a_bits": 16}),
 }
+PAIRS = (("fair_calib", "flatquant"), ("quarot-gptq", "quarot-rtn"), ("flatquant-gptq", "flatquant"),
+         ("fair_calib-gptq", "fair_calib"), ("fair_calib-gptq", "flatquant-gptq"),
+         ("w4a16-g128-gptq", "w4a16-g128-rtn"), ("w4a16-g128-gptq-prior", "w4a16-g128-gptq"),
+         ("w4a16-gptq", "w4a16-rtn"), ("w4a16-gptq-prior", "w4a16-gptq"))
+"""Paired comparisons ``a − b`` reported whenever both configurations have rows."""
 MAIN_CONFIGS = ("rtn", "quarot-rtn", "flatquant", "fair_calib")
 # The paper's probe budget (512 rollouts, "saturating at 512-1024") and FlatQuant's 15 epochs; --n-probe,
 # --epochs and --num-samples reduce them (the settings are recorded with the results).
@@ -208,7 +226,7 @@ def run_config(model_path: str, name: str, seeds, n_eval: int, n_diag: int, cali
             "amplification_curve": rep.amplification_curve, "amplification_counts": rep.amplification_counts,
             "lags": rep.lags["student"], "teacher_lags": rep.lags["teacher"],
         })
-        if method == "rtn":  # no data, no randomness: one run
+        if method == "rtn":  # no data, no randomness: one run (any precision)
             break
         del student
     return rows
@@ -277,18 +295,32 @@ def gap_closed(summary: list[dict], model: str) -> float | None:
 
 
 def fair_minus_flat(rows: list[dict], n_boot: int = N_BOOT) -> dict | None:
-    """``fair_calib − flatquant`` on one model's rows: the paired bootstrap
-    (:func:`fair_calib_hf.bench.paired.paired_bootstrap`) over the seeds both ran and the test problems, with the
-    FP row's problems as the reference; ``None`` without both methods. Rows without per-problem outcomes
-    (results written before they were stored) give the mean and per-seed differences of the accuracies with
-    ``ci_low``/``ci_high`` ``None`` and the reason in ``ci``."""
+    """``fair_calib − flatquant`` on one model's rows (:func:`paired_difference`)."""
+    return paired_difference(rows, "fair_calib", "flatquant", n_boot)
+
+
+def _single_run(name: str) -> bool:
+    """Configurations that run once (no data, no randomness): their one row pairs with every seed of the other."""
+    return name in CONFIGS and CONFIGS[name][0] == "rtn"
+
+
+def paired_difference(rows: list[dict], a: str, b: str, n_boot: int = N_BOOT) -> dict | None:
+    """``a − b`` on one model's rows: the paired bootstrap (:func:`fair_calib_hf.bench.paired.paired_bootstrap`)
+    over the seeds both ran and the test problems, with the FP row's problems as the reference; ``None`` without
+    both configurations. A configuration that runs once (``rtn`` at any precision) pairs its row with every seed
+    of the other. Rows without per-problem outcomes (results written before they were stored) give the mean and
+    per-seed differences of the accuracies with ``ci_low``/``ci_high`` ``None`` and the reason in ``ci``."""
     from .paired import paired_bootstrap
 
-    by_seed = {name: {r["seed"]: r for r in rows if r["config"] == name} for name in ("fair_calib", "flatquant")}
-    seeds = sorted(set(by_seed["fair_calib"]) & set(by_seed["flatquant"]))
+    by_seed = {name: {r["seed"]: r for r in rows if r["config"] == name} for name in (a, b)}
+    for name, other in ((a, b), (b, a)):
+        if _single_run(name) and len(by_seed[name]) == 1 and not _single_run(other):
+            only = next(iter(by_seed[name].values()))
+            by_seed[name] = {seed: only for seed in by_seed[other]}
+    seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
     if not seeds:
         return None
-    fair, flat = [by_seed["fair_calib"][s] for s in seeds], [by_seed["flatquant"][s] for s in seeds]
+    fair, flat = [by_seed[a][s] for s in seeds], [by_seed[b][s] for s in seeds]
     fp = next((r for r in rows if r["config"] == "fp"), None)
     if all("correct" in r for r in fair + flat):
         result = paired_bootstrap([r["correct"] for r in fair], [r["correct"] for r in flat],
@@ -307,18 +339,18 @@ def fair_minus_flat(rows: list[dict], n_boot: int = N_BOOT) -> dict | None:
     return result
 
 
-def _paired_line(model: str, stats: dict) -> str:
-    """One Markdown line stating ``fair_calib − flatquant`` with its interval (percentage points)."""
+def _paired_line(model: str, stats: dict, a: str = "fair_calib", b: str = "flatquant") -> str:
+    """One Markdown line stating ``a − b`` with its interval (percentage points)."""
     def pts(v):
         return f"{100 * v:+.1f}"
 
-    text = (f"fair_calib − flatquant = {pts(stats['mean'])} points (per seed "
+    text = (f"{a} − {b} = {pts(stats['mean'])} points (per seed "
             f"{', '.join(pts(v) for v in stats['per_seed'])}")
     if stats["ci_low"] is not None:
         text += f"; 95 % CI [{pts(stats['ci_low'])}, {pts(stats['ci_high'])}]"
     text += ")"
     if stats["gap_closed"] is not None:
-        text += f"; closes {100 * stats['gap_closed']:.0f} % of flatquant's gap to FP"
+        text += f"; closes {100 * stats['gap_closed']:.0f} % of {b}'s gap to FP"
         if stats["gap_closed_ci_low"] is not None:
             text += f" (95 % CI [{100 * stats['gap_closed_ci_low']:.0f}, {100 * stats['gap_closed_ci_high']:.0f}] %)"
     return f"- **{model}**: {text}; {stats['ci']}"
@@ -442,8 +474,9 @@ def run_order(configs, seeds) -> list[tuple[str, int | None]]:
     """The ``(configuration, seed)`` runs in the order they are made: ``fp`` (seed ``None``) and ``rtn`` (no
     randomness and no data: the first seed only) first, then seed by seed every other configuration, so that an
     interrupted benchmark has complete seeds for the paired statistics (``--resume`` continues run by run)."""
-    order = [(name, None if name == "fp" else seeds[0]) for name in configs if name in ("fp", "rtn")]
-    return order + [(name, seed) for seed in seeds for name in configs if name not in ("fp", "rtn")]
+    once = [name for name in configs if name == "fp" or _single_run(name)]
+    order = [(name, None if name == "fp" else seeds[0]) for name in once]
+    return order + [(name, seed) for seed in seeds for name in configs if name not in once]
 
 
 def weights_fingerprint(path: str) -> str:
@@ -489,11 +522,20 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
                         f"accuracy on {settings['n_eval']} {settings.get('eval_split', 'test')} problems, diagnostics and log-likelihood on "
                         f"{settings['n_diag']}; load dtype {settings.get('dtype', 'float32')}; torch {torch.__version__}, "
                         f"{torch.get_num_threads()} threads")
+    others = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for a, b in PAIRS[1:]:
+            stats = paired_difference([r for r in rows if r["model"] == model], a, b)
+            if stats is not None:
+                others.setdefault(model, {})[f"{a} − {b}"] = stats
     table = markdown(summary, meta)
     if paired:
         table += "\n" + "\n".join(_paired_line(m, st) for m, st in paired.items()) + "\n"
+    if others:
+        table += "\n" + "\n".join(_paired_line(m, st, *key.split(" − ")) for m, d in others.items()
+                                   for key, st in d.items()) + "\n"
     record = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-              "summary": summary, "fair_minus_flat": paired, "rows": rows, "meta": meta}
+              "summary": summary, "fair_minus_flat": paired, "paired": others, "rows": rows, "meta": meta}
     writes = [(os.path.join(out, "quality.md"), table)]
     writes += [(path, json.dumps(record, indent=1)) for path in [os.path.join(out, "quality.json")]
                + ([json_path] if json_path else [])]
