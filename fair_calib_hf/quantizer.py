@@ -76,10 +76,10 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             check_method_implemented(self.quantization_config.method)
             if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
                 raise ValueError(f"FairCalibConfig(method={self.quantization_config.method!r}) needs calibration_dataset")
-            if self.quantization_config.prior_path is not None and self.quantization_config.method != "fair_calib":
+            if self.quantization_config.prior_path is not None and not self.quantization_config.uses_prior:
                 raise ValueError(f"FairCalibConfig(method={self.quantization_config.method!r}) with prior_path: the "
-                                 "Stage I position prior applies to method='fair_calib' only; drop prior_path or "
-                                 "use method='fair_calib'")
+                                 "Stage I position prior applies to method='fair_calib' (or 'gptq' with "
+                                 "gptq_position_weights='prior') only; drop prior_path or use one of those")
         for device_type in ("cpu", "cuda"):
             if device_type == "cpu" or torch.cuda.is_available():
                 if ops.active_backend(device_type) == "reference":

@@ -243,8 +243,9 @@ def test_prior_with_a_method_other_than_fair_calib_is_refused(tiny_dirs, tmp_pat
     monkeypatch.setattr(commands, "resolve_model", no_work)
     line = _fail(capsys, "quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", method,
                  "--prior", str(tmp_path / "prior.safetensors"))
-    assert line == (f"fair-calib quantize: error: --prior applies to --method fair_calib only (the Stage I position "
-                    f"prior), not --method {method}: drop --prior or use --method fair_calib")
+    assert line == (f"fair-calib quantize: error: --prior applies to --method fair_calib (Stage II's loss) or gptq "
+                    f"(its Hessian) only (the Stage I position prior), not --method {method}: drop --prior or use "
+                    "--method fair_calib / gptq")
     monkeypatch.undo()
     with pytest.raises(ValueError, match=rf"FairCalibConfig\(method='{method}'\) with prior_path: the Stage I"):
         AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=FairCalibConfig(

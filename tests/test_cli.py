@@ -233,6 +233,17 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     assert report["accuracy"]["student"]["task"] == "arith" and report["accuracy"]["student"]["n"] == 4
     assert "test-split examples of zoo task 'arith'" in report["eval_source"]
 
+    # the same prior weights plain GPTQ's Hessian (weight-only W4A16, group size 32)
+    gq = str(tmp_path / "gq")
+    code, stdout, err = _run(capsys, "quantize", "zoo:llada-arith", "--out", gq, "--num-samples", "4", "--method",
+                             "gptq", "--prior", prior_file, "--set", "a_bits=16", "--set", "group_size=32",
+                             "--eval-count", "4", "--no-progress")
+    assert code == 0, err
+    gconfig = json.load(open(os.path.join(gq, "fair_calib_report.json")))["config"]
+    assert (gconfig["method"], gconfig["weight_rounding"], gconfig["gptq_position_weights"]) == ("gptq", "gptq", "prior")
+    assert (gconfig["a_bits"], gconfig["group_size"]) == (16, 32)
+    assert torch.equal(PositionPrior.from_checkpoint(gq).weights, prior.weights)
+
     code, stdout, err = _run(capsys, "eval", out, "--teacher", "zoo:llada-arith", "--count", "4",
                              "--frontier-count", "4", "--out", str(tmp_path / "ev"), "--no-progress")
     assert code == 0, err

@@ -162,6 +162,8 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
         if not os.path.isfile(args.prior):
             raise FileNotFoundError(f"--prior {args.prior} does not exist")
         kw["prior_path"] = args.prior
+        if method == "gptq":  # a prior given to plain GPTQ weights its Hessian
+            kw["gptq_position_weights"] = "prior"
     source = None
     if args.dataset:
         from ..calibration.data import _looks_like_path
@@ -254,9 +256,10 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
 
     if args is not None:
         _parse_set(args.set)  # a typo in --set fails here, before any loading
-        if getattr(args, "prior", None) and args.method != "fair_calib":
-            raise ValueError(f"--prior applies to --method fair_calib only (the Stage I position prior), not "
-                             f"--method {args.method}: drop --prior or use --method fair_calib")
+        if getattr(args, "prior", None) and args.method not in ("fair_calib", "gptq"):
+            raise ValueError(f"--prior applies to --method fair_calib (Stage II's loss) or gptq (its Hessian) only "
+                             f"(the Stage I position prior), not --method {args.method}: drop --prior or use "
+                             "--method fair_calib / gptq")
     path, is_local, is_zoo = resolve_model(model_spec)
     trust = bool(is_local or (args is not None and args.trust_remote_code)
                  or (load_options or {}).get("trust_remote_code"))
