@@ -82,8 +82,9 @@ def read_checkpoint_header(files: list[str]) -> dict[str, tuple[tuple[int, ...],
 
 def locate_checkpoint_files(name_or_path: str | None) -> list[str] | None:
     """The safetensors files of a local checkpoint folder, or of a hub checkpoint already in the local cache
-    (no network access); ``None`` if they cannot be found. Used where transformers does not hand the
-    quantizer its checkpoint files (the 4.57 line)."""
+    (no network access), resolved in transformers' order: ``model.safetensors`` when present, else the shards
+    of ``model.safetensors.index.json`` when they are all there; ``None`` if they cannot be found. Used where
+    transformers does not hand the quantizer its checkpoint files (the 4.57 line) and by ``inspect``."""
     if not name_or_path:
         return None
     if os.path.isdir(name_or_path):
@@ -96,14 +97,16 @@ def locate_checkpoint_files(name_or_path: str | None) -> list[str] | None:
         def lookup(filename):
             path = try_to_load_from_cache(name_or_path, filename)
             return path if isinstance(path, str) else None
+    single = lookup("model.safetensors")
+    if single:  # transformers' order: the single file first (an unsharded save after a sharded one leaves the
+        return [single]  # old index behind, naming shards that save deleted)
     index = lookup("model.safetensors.index.json")
     if index is not None:
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         files = [os.path.join(os.path.dirname(index), shard) for shard in shards]
         return files if all(os.path.isfile(f) for f in files) else None
-    single = lookup("model.safetensors")
-    return [single] if single else None
+    return None
 
 
 def _check(found: dict, expected: dict) -> list[str]:

@@ -390,3 +390,23 @@ def test_fair_calib_quantizer_on_a_zoo_model_evaluates_its_task(fake_zoo, tiny_d
     FairCalibQuantizer.from_pretrained(tiny_dirs["llada"]).quantize(tmp_path / "q2")
     err = capfd.readouterr().err
     assert "[1/2]" in err and "[2/2] saving" in err and "/3]" not in err, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_folder_saved_sharded_then_unsharded_still_inspects(tiny_dirs, tmp_path, capsys, kind, dtype):
+    """transformers leaves the old model.safetensors.index.json behind when an unsharded save follows a sharded
+    one into the same folder; files are resolved as transformers resolves them (model.safetensors first, an
+    index only when its shards are there)."""
+    cfg = FairCalibConfig(method="fair_calib", calibration_dataset=[list(range(5, 37)), list(range(40, 72))],
+                          num_samples=2, seq_len=32, epochs=1, n_probe=2, probe_batch_size=2, probe_steps=8)
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype, quantization_config=cfg)
+    out = tmp_path / "q"
+    q.save_pretrained(out, max_shard_size="40KB")
+    assert (out / "model.safetensors.index.json").exists()
+    q.save_pretrained(out)
+    assert (out / "model.safetensors").exists()
+    assert main(["inspect", str(out)]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    prior = PositionPrior.from_checkpoint(str(out))
+    assert prior is not None and torch.equal(prior.weights, q.hf_quantizer.calibration_report.prior.weights)
