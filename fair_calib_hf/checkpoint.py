@@ -307,6 +307,25 @@ def refuse_existing_output(path: str, overwrite: bool) -> None:
                               "pass overwrite=True to replace it")
 
 
+def check_output_location(path: str) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be created: its nearest existing ancestor must be a
+    folder this process can write (tried by creating and removing a temporary folder in it, which also holds for
+    root and read-only file systems). ``NotADirectoryError`` / ``PermissionError`` naming the path, the
+    ancestor and the fix."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another output "
+                                 "path")
+    try:
+        os.rmdir(_mkdir_unique(ancestor, ".fair_calib-write-check-"))
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {ancestor} is not writable ({err.strerror or err}); choose an "
+                              "output path in a folder you can write") from err
+
+
 def chmod_to_umask(*paths: str) -> None:
     """Give each file (and each file under each folder) of ``paths`` the mode a plain ``open(path, "w")``
     gives under the process umask (0666 minus the umask): ``safetensors`` writes its files 0600, which would

@@ -74,6 +74,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         cpu_layout_choice()  # a bad FAIR_CALIB_CPU_LAYOUT fails here, before anything is read or calibrated
         if not self.pre_quantized:
             check_method_implemented(self.quantization_config.method)
+            check_calibration_device(self.quantization_config.calibration_device)
             if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
                 raise ValueError(f"FairCalibConfig(method={self.quantization_config.method!r}) needs calibration_dataset")
             if self.quantization_config.prior_path is not None and self.quantization_config.method != "fair_calib":
@@ -167,6 +168,26 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             if isinstance(module, W4A4Linear):
                 set_submodule(model, name, module.to_linear(dtype))
         return model
+
+
+def check_calibration_device(device: str | None) -> None:
+    """``ValueError`` for a ``calibration_device`` that is not a torch device, or a CUDA device this process
+    cannot use (no CUDA build or no GPU visible, or an index beyond the visible GPUs), with the fix."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"FairCalibConfig: calibration_device={device!r} is not a torch device ({err}); use e.g. "
+                         "'cpu', 'cuda' or 'cuda:0', or leave it None (CUDA if available, else CPU)") from None
+    if parsed.type == "cuda":
+        fix = "set calibration_device='cpu' or leave it None (CUDA if available, else CPU)"
+        if not torch.cuda.is_available():
+            raise ValueError(f"FairCalibConfig: calibration_device={device!r} but CUDA is not available (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); {fix}")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"FairCalibConfig: calibration_device={device!r} but only {torch.cuda.device_count()} "
+                             f"CUDA device(s) are visible; {fix}")
 
 
 def _as_torch_dtype(dtype, model) -> torch.dtype:

@@ -249,7 +249,7 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     """Load ``model_spec`` with calibration, save it atomically into ``out`` (weights, tokenizer, the Stage I
     prior, the report) and return a summary dict. With ``args`` (the CLI namespace) the config is built from
     them; otherwise ``config`` is a ``FairCalibConfig``."""
-    from ..checkpoint import atomic_directory, describe_checkpoint, refuse_existing_output
+    from ..checkpoint import atomic_directory, check_output_location, describe_checkpoint, refuse_existing_output
     from ..report import calibration_summary, write_report
 
     if args is not None:
@@ -263,6 +263,7 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     preflight(path, trust_remote_code=trust)
     out = os.path.abspath(os.path.expanduser(out))
     refuse_existing_output(out, overwrite)
+    check_output_location(out)
     tokenizer = load_tokenizer(path, trust)
     if args is not None:
         config, source = build_config(args, path, is_zoo, args.method, tokenizer)
@@ -382,6 +383,9 @@ def run_probe(args) -> None:
         raise IsADirectoryError(f"--out {out} is a folder; pass a file name such as prior.safetensors")
     if os.path.exists(out) and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    from ..checkpoint import check_output_location
+
+    check_output_location(out)
     tokenizer = load_tokenizer(path, trust)
     args.prior = None
     config, source = build_config(args, path, is_zoo, "fair_calib", tokenizer)
@@ -433,9 +437,11 @@ def run_eval(args) -> None:
         if task is None:
             raise ValueError("no task for this model: pass --task arith|code")
     if args.out:
-        from ..checkpoint import refuse_existing_output
+        from ..checkpoint import check_output_location, refuse_existing_output
 
-        refuse_existing_output(os.path.abspath(args.out), args.overwrite)
+        args.out = os.path.abspath(os.path.expanduser(args.out))  # the folder checked is the folder written
+        refuse_existing_output(args.out, args.overwrite)
+        check_output_location(args.out)
     kwargs = load_kwargs(args, is_local)
     preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
     model = _from_pretrained(path, **kwargs)
