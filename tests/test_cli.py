@@ -410,3 +410,38 @@ def test_folder_saved_sharded_then_unsharded_still_inspects(tiny_dirs, tmp_path,
     assert "model.safetensors" in capsys.readouterr().out
     prior = PositionPrior.from_checkpoint(str(out))
     assert prior is not None and torch.equal(prior.weights, q.hf_quantizer.calibration_report.prior.weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_one_quantizer_and_one_config_are_reusable(tiny_dirs, tmp_path, monkeypatch, kind, dtype):
+    """A FairCalibQuantizer of an in-memory model quantizes several times; one FairCalibConfig used for models of
+    both families calibrates each with its own tokenizer; the caller's config is left as it was."""
+    from transformers import AutoTokenizer
+
+    import fair_calib_hf.quantizer as quantizer_module
+    from fair_calib_hf.optimum_quantizer import FairCalibQuantizer
+
+    seen = []
+    real = quantizer_module.calibrate
+
+    def spy(model, config):
+        seen.append(config.tokenizer.bos_token)
+        return real(model, config)
+
+    monkeypatch.setattr(quantizer_module, "calibrate", spy)
+    config = FairCalibConfig(method="rtn", calibration_dataset=CALIB_TEXTS, seq_len=64)
+    before = config.to_dict()
+    other = "dream" if kind == "llada" else "llada"
+    fp = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[kind], trust_remote_code=True)
+    quantizer = FairCalibQuantizer.from_pretrained(fp, tokenizer=tokenizer)
+    first = quantizer.quantize(tmp_path / "a", quantization_config=config, report=False)
+    second = quantizer.quantize(tmp_path / "b", quantization_config=config, report=False)
+    FairCalibQuantizer.from_pretrained(tiny_dirs[other]).quantize(tmp_path / "c", quantization_config=config,
+                                                                  report=False)
+    assert load_file(os.path.join(first, "model.safetensors")).keys() == load_file(
+        os.path.join(second, "model.safetensors")).keys()
+    bos = {"llada": "<|startoftext|>", "dream": "<|beginoftext|>"}
+    assert seen == [bos[kind], bos[kind], bos[other]]
+    assert config.tokenizer is None and config.to_dict() == before

@@ -5,6 +5,7 @@ The functions here are also the library entry points that :mod:`fair_calib_hf.op
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -275,6 +276,7 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
         check_positions(config, SimpleNamespace(**(read_config_json(path) or {})))
     else:
         if getattr(config, "tokenizer", None) is None and tokenizer is not None:
+            config = copy.deepcopy(config)  # this model's tokenizer, on a copy: the caller's config is reused as is
             config.tokenizer = tokenizer
         source = config.calibration_dataset if isinstance(config.calibration_dataset, str) else None
         kwargs = {"trust_remote_code": trust, "dtype": "auto", **(load_options or {})}
