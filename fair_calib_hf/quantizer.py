@@ -26,7 +26,7 @@ from transformers.quantizers.auto import (
 from . import ops
 from ._compat import VersionCompatHooks
 from .architectures import get_adapter
-from .calibration import calibrate, check_method_implemented
+from .calibration import calibrate, check_method_implemented, check_positions
 from .checkpoint import (
     PACKED_SUFFIXES,
     PRIOR_METADATA_KEY,
@@ -106,6 +106,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             if foreign is not None:
                 raise ValueError(f"fair_calib: {source} is already quantized with quant_method={foreign!r}; "
                                  "fair_calib calibrates full-precision checkpoints only")
+            check_positions(self.quantization_config, model.config)  # before any weight is read
         return model
 
     def update_parallel_plan(self, model, plan):

@@ -328,3 +328,28 @@ def test_calibration_device_cuda_without_cuda_is_refused_before_loading(tiny_dir
     with pytest.raises(ValueError, match=r"calibration_device='gpu' is not a torch device"):
         AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
                                   quantization_config=FairCalibConfig(method="rtn", calibration_device="gpu"))
+
+
+def test_seq_len_beyond_positions_refused_for_rtn_and_the_zoo_split(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """--seq-len beyond the model's positions is refused for rtn and for a zoo model's calibration split, before
+    any weight is loaded (it was accepted and written into config.json)."""
+    import fair_calib_hf.zoo as zoo
+    from fair_calib_hf.cli import commands
+
+    root = tmp_path / "zoo"
+    shutil.copytree(tiny_dirs["dream"], root / "dream-arith")
+    (root / "dream-arith" / "training.json").write_text(json.dumps({"recipe": {"task": "arith", "kind": "dream"}}))
+    monkeypatch.setattr(zoo, "MODELS_DIR", str(root))
+    _no_load(monkeypatch)
+    data = tmp_path / "d.txt"
+    data.write_text("word " * 50)
+    for model, extra in (("zoo:dream-arith", []), (tiny_dirs["dream"], ["--dataset", str(data)]),
+                         (tiny_dirs["dream"], [])):
+        for method in ("rtn", "flatquant"):
+            if not extra and model != "zoo:dream-arith" and method != "rtn":
+                continue
+            line = _fail(capsys, "quantize", model, "--out", str(tmp_path / "o"), "--method", method,
+                         "--seq-len", "100000", *extra)
+            assert line.endswith("calibration sequences of 100000 tokens exceed the model's 512 positions (config "
+                                 "max_sequence_length / max_position_embeddings): pass --seq-len 512 or less"), line
+    assert not (tmp_path / "o").exists()

@@ -273,7 +273,8 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
         from ..checkpoint import read_config_json
 
         # a seq_len beyond the model's positions is refused before any weight is loaded
-        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})))
+        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})),
+                        explicit=getattr(args, "seq_len", None) is not None or "seq_len" in _parse_set(args.set))
     else:
         if getattr(config, "tokenizer", None) is None and tokenizer is not None:
             config = copy.deepcopy(config)  # this model's tokenizer, on a copy: the caller's config is reused as is
