@@ -44,6 +44,7 @@ from .checkpoint import (
 )
 from .config import QUANT_METHOD, FairCalibConfig
 from .dtypes import float_dtype
+from .hub import load_options_in_progress
 from .modules import W4A4Linear, cpu_layout_choice, prepare_loaded_model
 from .saving import install_save_compat
 from .targets import set_submodule
@@ -68,9 +69,11 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = None
         self.calibration_report = None
         self.prior_json = None  # the Stage I prior, carried into every save
+        self.hub_options = {}  # revision / cache_dir / ... of the load, for the files read here (hub.py)
 
     # -- before loading -------------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
+        self.hub_options = load_options_in_progress()
         cpu_layout_choice()  # a bad FAIR_CALIB_CPU_LAYOUT fails here, before anything is read or calibrated
         if not self.pre_quantized:
             check_method_implemented(self.quantization_config.method)
@@ -99,10 +102,10 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = self.hook_checkpoint_files(kwargs)
         source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
         if self.pre_quantized:
-            check_safetensors_files(self.checkpoint_files or locate_checkpoint_files(source))
+            check_safetensors_files(self.checkpoint_files or locate_checkpoint_files(source, self.hub_options))
             build_packed_skeleton(model, self.quantization_config)
         else:
-            foreign = foreign_quantization(source)
+            foreign = foreign_quantization(source, self.hub_options)
             if foreign is not None:
                 raise ValueError(f"fair_calib: {source} is already quantized with quant_method={foreign!r}; "
                                  "fair_calib calibrates full-precision checkpoints only")
@@ -134,13 +137,14 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
     # -- after loading --------------------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
-            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None))
+            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None),
+                                                                     self.hub_options)
             verify_checkpoint_files(model, files)
             self.prior_json = read_header_metadata(files).get(PRIOR_METADATA_KEY)
             restore_float32_buffers(model, files)
             verify_loaded_model(model)
         else:
-            self.calibration_report = calibrate(model, self.quantization_config)
+            self.calibration_report = calibrate(model, self.quantization_config, hub_options=self.hub_options)
             if self.calibration_report.prior is not None:
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())

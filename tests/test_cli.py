@@ -425,9 +425,9 @@ def test_one_quantizer_and_one_config_are_reusable(tiny_dirs, tmp_path, monkeypa
     seen = []
     real = quantizer_module.calibrate
 
-    def spy(model, config):
+    def spy(model, config, **kwargs):
         seen.append(config.tokenizer.bos_token)
-        return real(model, config)
+        return real(model, config, **kwargs)
 
     monkeypatch.setattr(quantizer_module, "calibrate", spy)
     config = FairCalibConfig(method="rtn", calibration_dataset=CALIB_TEXTS, seq_len=64)

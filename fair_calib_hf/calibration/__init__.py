@@ -146,22 +146,23 @@ def check_positions(config, model_or_config, explicit: bool | None = None) -> No
         raise ValueError(_too_long_message(config.seq_len, limit))
 
 
-def calibrate(model: nn.Module, config) -> CalibrationReport:
+def calibrate(model: nn.Module, config, hub_options: dict | None = None) -> CalibrationReport:
     """Quantize ``model`` in place according to ``config``; returns the report. Deterministic given the
-    model, data, config and seed; the caller's global RNG state is left untouched."""
+    model, data, config and seed; the caller's global RNG state is left untouched. ``hub_options``: the
+    ``revision`` / ``cache_dir`` / ... the model was loaded with (:mod:`fair_calib_hf.hub`), for its tokenizer."""
     check_method_implemented(config.method)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _calibrate(model, config)
+        return _calibrate(model, config, hub_options)
 
 
-def _calibrate(model: nn.Module, config) -> CalibrationReport:
+def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> CalibrationReport:
     start = time.perf_counter()
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     packed = config.pack_samples if config.pack_samples is not None else config.method in STAGE2_METHODS
     check_positions(config, model)
-    samples = load_calibration_samples(config, model, fixed_length=packed)
+    samples = load_calibration_samples(config, model, fixed_length=packed, hub_options=hub_options)
     limit, longest = max_positions(model), max((int(s.numel()) for s in samples), default=0)
     if limit is not None and longest > limit:  # the default seq_len capped sequences used whole
         raise ValueError(_too_long_message(longest, limit))

@@ -144,7 +144,7 @@ def _render_chat(tokenizer, item, index: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _tokenizer_for(model, tokenizer):
+def _tokenizer_for(model, tokenizer, hub_options: dict | None = None):
     if tokenizer is not None:
         return tokenizer
     from transformers import AutoTokenizer
@@ -156,7 +156,7 @@ def _tokenizer_for(model, tokenizer):
     # a model loaded through remote code was already trusted by the user; its tokenizer may need the same
     trusted = type(model).__module__.startswith("transformers_modules")
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted, **(hub_options or {}))
     except Exception as err:  # noqa: BLE001 - KeyError/ValueError/OSError, depending on what the folder lacks
         raise ValueError(
             f"calibration_dataset holds text, but no tokenizer could be loaded from {path} "
@@ -209,11 +209,13 @@ def check_stage2_count(samples: list[torch.Tensor], config) -> None:
                    found, length, asked)
 
 
-def load_calibration_samples(config, model, fixed_length: bool = False) -> list[torch.Tensor]:
+def load_calibration_samples(config, model, fixed_length: bool = False,
+                             hub_options: dict | None = None) -> list[torch.Tensor]:
     """The calibration sequences as 1-D ``int64`` tensors: at most ``num_samples``, each ≤ ``seq_len``
     tokens, or exactly ``seq_len`` tokens each in ``fixed_length`` mode (see the module docstring); fewer when
     the data holds fewer (the caller decides: :func:`check_stage2_count`). ``ValueError`` for data that cannot be
-    read or holds no usable row."""
+    read or holds no usable row. Text is tokenized with ``config.tokenizer``, else the model's own, loaded with
+    ``hub_options`` (the ``revision`` / ``cache_dir`` / ... of the model's load, :mod:`fair_calib_hf.hub`)."""
     data = config.calibration_dataset
     if data is None:
         return []
@@ -241,10 +243,10 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
             blank += 1
             continue
         if chat and (isinstance(item, str) or _is_messages(item)):
-            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer, hub_options)
             ids = torch.tensor(_render_chat(tokenizer, item, index), dtype=torch.long)
         elif isinstance(item, str):
-            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer, hub_options)
             ids = torch.tensor(tokenizer(item)["input_ids"], dtype=torch.long)
         elif _is_messages(item):
             raise ValueError(f"calibration sample {index} is a list of chat messages; set apply_chat_template=True "
