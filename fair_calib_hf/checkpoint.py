@@ -88,30 +88,26 @@ def read_checkpoint_header(files: list[str]) -> dict[str, tuple[tuple[int, ...],
     return out
 
 
-def locate_checkpoint_files(name_or_path: str | None) -> list[str] | None:
+def locate_checkpoint_files(name_or_path: str | None, hub_options: dict | None = None) -> list[str] | None:
     """The safetensors files of a local checkpoint folder, or of a hub checkpoint already in the local cache
-    (no network access); ``None`` if they cannot be found. Used where transformers does not hand the
-    quantizer its checkpoint files (the 4.57 line)."""
+    (no network access; ``hub_options``: ``revision`` / ``cache_dir`` / ``subfolder`` of the load,
+    :mod:`.hub`), resolved in transformers' order: ``model.safetensors`` when present, else the shards
+    of ``model.safetensors.index.json`` when they are all there; ``None`` if they cannot be found. Used where
+    transformers does not hand the quantizer its checkpoint files (the 4.57 line) and by ``inspect``."""
+    from .hub import cached_path
+
     if not name_or_path:
         return None
-    if os.path.isdir(name_or_path):
-        def lookup(filename):
-            path = os.path.join(name_or_path, filename)
-            return path if os.path.isfile(path) else None
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        def lookup(filename):
-            path = try_to_load_from_cache(name_or_path, filename)
-            return path if isinstance(path, str) else None
-    index = lookup("model.safetensors.index.json")
+    single = cached_path(name_or_path, "model.safetensors", hub_options)
+    if single:  # transformers' order: the single file first (an unsharded save after a sharded one leaves the
+        return [single]  # old index behind, naming shards that save deleted)
+    index = cached_path(name_or_path, "model.safetensors.index.json", hub_options)
     if index is not None:
         with open(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         files = [os.path.join(os.path.dirname(index), shard) for shard in shards]
         return files if all(os.path.isfile(f) for f in files) else None
-    single = lookup("model.safetensors")
-    return [single] if single else None
+    return None
 
 
 def _check(found: dict, expected: dict) -> list[str]:
@@ -269,21 +265,14 @@ def check_safetensors_files(files) -> None:
             ) from err
 
 
-def read_config_json(name_or_path: str | None) -> dict | None:
-    """``config.json`` of a local checkpoint folder or of a hub checkpoint in the local cache (no network), or
-    ``None``."""
-    if not name_or_path:
-        return None
-    path = os.path.join(name_or_path, "config.json")
-    if not os.path.isfile(path):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+def read_config_json(name_or_path: str | None, hub_options: dict | None = None) -> dict | None:
+    """``config.json`` of a local checkpoint folder or of a hub checkpoint in the local cache (no network;
+    ``hub_options``: ``revision`` / ``cache_dir`` / ``subfolder`` of the load, :mod:`.hub`), or ``None``."""
+    from .hub import cached_path
 
-            path = try_to_load_from_cache(name_or_path, "config.json")
-        except Exception:  # noqa: BLE001 - not a valid repo id
-            return None
-        if not isinstance(path, str):
-            return None
+    path = cached_path(name_or_path, "config.json", hub_options) if name_or_path else None
+    if path is None:
+        return None
     try:
         with open(path) as f:
             return json.load(f)
@@ -291,10 +280,10 @@ def read_config_json(name_or_path: str | None) -> dict | None:
         return None
 
 
-def foreign_quantization(name_or_path: str | None) -> str | None:
+def foreign_quantization(name_or_path: str | None, hub_options: dict | None = None) -> str | None:
     """The ``quant_method`` of a checkpoint already quantized by another method (``None`` if the checkpoint is
-    full precision, fair_calib's own, or cannot be read)."""
-    cfg = read_config_json(name_or_path) or {}
+    full precision, fair_calib's own, or cannot be read); ``hub_options`` as for :func:`read_config_json`."""
+    cfg = read_config_json(name_or_path, hub_options) or {}
     qc = cfg.get("quantization_config")
     if not qc:
         return None
@@ -309,6 +298,25 @@ def refuse_existing_output(path: str, overwrite: bool) -> None:
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f"output directory {path} already exists and is not empty; "
                               "pass overwrite=True to replace it")
+
+
+def check_output_location(path: str) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be created: its nearest existing ancestor must be a
+    folder this process can write (tried by creating and removing a temporary folder in it, which also holds for
+    root and read-only file systems). ``NotADirectoryError`` / ``PermissionError`` naming the path, the
+    ancestor and the fix."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another output "
+                                 "path")
+    try:
+        os.rmdir(_mkdir_unique(ancestor, ".fair_calib-write-check-"))
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {ancestor} is not writable ({err.strerror or err}); choose an "
+                              "output path in a folder you can write") from err
 
 
 def chmod_to_umask(*paths: str) -> None:

@@ -12,14 +12,16 @@
 ``from_pretrained`` checks the model (supported family, not already quantized, readable files) without
 loading weights; ``quantize`` loads it with the config (calibration happens on load), and saves the packed
 checkpoint, tokenizer, Stage I prior and report atomically into ``save_dir``. An in-memory float model is
-accepted too: it is written to a temporary folder first (``save_pretrained`` keeps its remote code).
+accepted too: it is written to a temporary folder first (``save_pretrained`` keeps its remote code), which lives
+as long as the quantizer does, so one quantizer quantizes as often as asked. The caller's config is not changed
+(each quantization works on a copy that carries the model's own tokenizer).
 optimum is optional: without it the class has the same methods and no optimum base class.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 try:
@@ -35,6 +37,8 @@ class FairCalibQuantizer(_Base):
         self.model_path = model_path
         self.load_options = dict(load_options or {})
         self._tmp = _tmp
+        if _tmp is not None:  # the in-memory model's folder: removed with the quantizer (or at exit), not before
+            weakref.finalize(self, shutil.rmtree, _tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, model_or_path, file_name: str | None = None, **load_options) -> "FairCalibQuantizer":
@@ -77,15 +81,6 @@ class FairCalibQuantizer(_Base):
         config = quantization_config if quantization_config is not None else FairCalibConfig(method="rtn")
         if not isinstance(config, FairCalibConfig):
             raise TypeError(f"quantization_config must be a FairCalibConfig, got {type(config).__name__}")
-        try:
-            result = quantize_to_folder(self.model_path, str(save_dir), config, overwrite=overwrite, report=report,
-                                        load_options={**self.load_options, **kwargs})
-        finally:
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-                self._tmp = None
+        result = quantize_to_folder(self.model_path, str(save_dir), config, overwrite=overwrite, report=report,
+                                    load_options={**self.load_options, **kwargs})
         return result["out"]
-
-    def __del__(self):
-        if getattr(self, "_tmp", None) and os.path.isdir(self._tmp):
-            shutil.rmtree(self._tmp, ignore_errors=True)

@@ -26,7 +26,7 @@ from transformers.quantizers.auto import (
 from . import ops
 from ._compat import VersionCompatHooks
 from .architectures import get_adapter
-from .calibration import calibrate, check_method_implemented
+from .calibration import calibrate, check_method_implemented, check_positions
 from .checkpoint import (
     PACKED_SUFFIXES,
     PRIOR_METADATA_KEY,
@@ -44,6 +44,7 @@ from .checkpoint import (
 )
 from .config import QUANT_METHOD, FairCalibConfig
 from .dtypes import float_dtype
+from .hub import load_options_in_progress
 from .modules import PackedLinear, cpu_layout_choice, prepare_loaded_model
 from .saving import install_save_compat
 from .targets import set_submodule
@@ -68,12 +69,15 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = None
         self.calibration_report = None
         self.prior_json = None  # the Stage I prior, carried into every save
+        self.hub_options = {}  # revision / cache_dir / ... of the load, for the files read here (hub.py)
 
     # -- before loading -------------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
+        self.hub_options = load_options_in_progress()
         cpu_layout_choice()  # a bad FAIR_CALIB_CPU_LAYOUT fails here, before anything is read or calibrated
         if not self.pre_quantized:
             check_method_implemented(self.quantization_config.method)
+            check_calibration_device(self.quantization_config.calibration_device)
             if self.quantization_config.requires_calibration_data and self.quantization_config.calibration_dataset is None:
                 raise ValueError(f"FairCalibConfig(method={self.quantization_config.method!r}) needs calibration_dataset")
             if self.quantization_config.prior_path is not None and not self.quantization_config.uses_prior:
@@ -98,15 +102,16 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = self.hook_checkpoint_files(kwargs)
         source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
         if self.pre_quantized:
-            files = self.checkpoint_files or locate_checkpoint_files(source)
+            files = self.checkpoint_files or locate_checkpoint_files(source, self.hub_options)
             check_safetensors_files(files)
             build_packed_skeleton(model, self.quantization_config)
             verify_checkpoint_files(model, files)  # shapes/dtypes against the config, before transformers loads
         else:
-            foreign = foreign_quantization(source)
+            foreign = foreign_quantization(source, self.hub_options)
             if foreign is not None:
                 raise ValueError(f"fair_calib: {source} is already quantized with quant_method={foreign!r}; "
                                  "fair_calib calibrates full-precision checkpoints only")
+            check_positions(self.quantization_config, model.config)  # before any weight is read
         return model
 
     def update_parallel_plan(self, model, plan):
@@ -134,13 +139,14 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
     # -- after loading --------------------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
-            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None))
+            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None),
+                                                                     self.hub_options)
             verify_checkpoint_files(model, files)
             self.prior_json = read_header_metadata(files).get(PRIOR_METADATA_KEY)
             restore_float32_buffers(model, files)
             verify_loaded_model(model)
         else:
-            self.calibration_report = calibrate(model, self.quantization_config)
+            self.calibration_report = calibrate(model, self.quantization_config, hub_options=self.hub_options)
             if self.calibration_report.prior is not None:
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())
@@ -169,6 +175,26 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             if isinstance(module, PackedLinear):
                 set_submodule(model, name, module.to_linear(dtype))
         return model
+
+
+def check_calibration_device(device: str | None) -> None:
+    """``ValueError`` for a ``calibration_device`` that is not a torch device, or a CUDA device this process
+    cannot use (no CUDA build or no GPU visible, or an index beyond the visible GPUs), with the fix."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"FairCalibConfig: calibration_device={device!r} is not a torch device ({err}); use e.g. "
+                         "'cpu', 'cuda' or 'cuda:0', or leave it None (CUDA if available, else CPU)") from None
+    if parsed.type == "cuda":
+        fix = "set calibration_device='cpu' or leave it None (CUDA if available, else CPU)"
+        if not torch.cuda.is_available():
+            raise ValueError(f"FairCalibConfig: calibration_device={device!r} but CUDA is not available (torch "
+                             f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); {fix}")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"FairCalibConfig: calibration_device={device!r} but only {torch.cuda.device_count()} "
+                             f"CUDA device(s) are visible; {fix}")
 
 
 def _as_torch_dtype(dtype, model) -> torch.dtype:

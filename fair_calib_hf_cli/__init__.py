@@ -34,7 +34,8 @@ PROG = "fair-calib"
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on failure")
-    parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="disable progress bars (transformers' and datasets')")
 
 
 def _model_args(parser: argparse.ArgumentParser, calibrates: bool = True) -> None:
@@ -206,6 +207,12 @@ def run_command(name: str, args: argparse.Namespace) -> int:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
+            try:  # datasets draws its own bars (reading and preparing a calibration file)
+                import datasets
+            except ImportError:
+                pass
+            else:
+                datasets.disable_progress_bars()
         getattr(commands, f"run_{name}")(args)
         return 0
     except KeyboardInterrupt:

@@ -267,3 +267,90 @@ def test_float_dtype_spellings():
 
     assert float_dtype("bfloat16") is torch.bfloat16 and float_dtype("torch.float16") is torch.float16
     assert float_dtype(torch.float32) is torch.float32 and float_dtype(" float32 ") is torch.float32
+
+
+def _no_load(monkeypatch):
+    from fair_calib_hf.cli import commands
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights loaded before the output location was checked")
+
+    monkeypatch.setattr(commands, "_from_pretrained", no_load)
+
+
+def test_output_whose_parent_cannot_be_written_is_refused_before_any_work(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """A parent that is a file, or a folder without write permission: refused at once with the fix, for quantize,
+    probe and eval (not found after calibration as a raw errno on a temporary name)."""
+    _no_load(monkeypatch)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for command, out, extra in (("quantize", blocker / "q", ["--method", "rtn"]),
+                                ("probe", blocker / "sub" / "p.safetensors", ["--dataset", str(blocker)]),
+                                ("eval", blocker / "e", ["--task", "arith"])):
+        line = _fail(capsys, command, tiny_dirs["llada"], "--out", str(out), *extra, command=command)
+        assert line.endswith(f"cannot write {out}: {blocker} is a file, not a folder; choose another output path")
+    if os.geteuid() != 0:  # root writes anywhere: the permission case needs an ordinary user
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        os.chmod(locked, 0o555)
+        try:
+            line = _fail(capsys, "quantize", tiny_dirs["llada"], "--out", str(locked / "q"), "--method", "rtn")
+            assert f"cannot write {locked / 'q'}: {locked} is not writable" in line
+        finally:
+            os.chmod(locked, 0o755)
+    assert sorted(os.listdir(tmp_path)) == sorted(["a_file"] + (["locked"] if os.geteuid() != 0 else []))
+
+
+def test_eval_out_with_a_tilde_that_exists_is_refused_before_any_work(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """``--out=~/results`` (no shell expansion after '=') names the same folder at the check and at the save."""
+    _no_load(monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "results.json").write_text("{}")
+    line = _fail(capsys, "eval", tiny_dirs["llada"], "--task", "arith", "--out=~/results", command="eval")
+    assert line.endswith("already exists and is not empty; pass --overwrite to replace it")
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_calibration_device_cuda_without_cuda_is_refused_before_loading(tiny_dirs, monkeypatch, kind):
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights loaded despite calibration_device='cuda' without CUDA")
+
+    monkeypatch.setattr(PreTrainedModel, "_load_pretrained_model", no_load, raising=False)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match=rf"calibration_device='{device}' but CUDA is not available.*"
+                                             r"set calibration_device='cpu' or leave it None"):
+            AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=FairCalibConfig(
+                method="rtn", calibration_device=device))
+    with pytest.raises(ValueError, match=r"calibration_device='gpu' is not a torch device"):
+        AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn", calibration_device="gpu"))
+
+
+def test_seq_len_beyond_positions_refused_for_rtn_and_the_zoo_split(tiny_dirs, tmp_path, capsys, monkeypatch):
+    """--seq-len beyond the model's positions is refused for rtn and for a zoo model's calibration split, before
+    any weight is loaded (it was accepted and written into config.json)."""
+    import fair_calib_hf.zoo as zoo
+    from fair_calib_hf.cli import commands
+
+    root = tmp_path / "zoo"
+    shutil.copytree(tiny_dirs["dream"], root / "dream-arith")
+    (root / "dream-arith" / "training.json").write_text(json.dumps({"recipe": {"task": "arith", "kind": "dream"}}))
+    monkeypatch.setattr(zoo, "MODELS_DIR", str(root))
+    _no_load(monkeypatch)
+    data = tmp_path / "d.txt"
+    data.write_text("word " * 50)
+    for model, extra in (("zoo:dream-arith", []), (tiny_dirs["dream"], ["--dataset", str(data)]),
+                         (tiny_dirs["dream"], [])):
+        for method in ("rtn", "flatquant"):
+            if not extra and model != "zoo:dream-arith" and method != "rtn":
+                continue
+            line = _fail(capsys, "quantize", model, "--out", str(tmp_path / "o"), "--method", method,
+                         "--seq-len", "100000", *extra)
+            assert line.endswith("calibration sequences of 100000 tokens exceed the model's 512 positions (config "
+                                 "max_sequence_length / max_position_embeddings): pass --seq-len 512 or less"), line
+    assert not (tmp_path / "o").exists()

@@ -32,7 +32,7 @@ def test_summary_table_and_gap():
     assert table.splitlines()[1].count("---") == table.splitlines()[0].count("|") - 1
 
 
-def test_quality_benchmark_end_to_end(tmp_path):
+def test_quality_benchmark_end_to_end(tmp_path, monkeypatch):
     cfg = TrainConfig(kind="llada", task="arith", steps=1,
                       model=dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=192))
     model = build_tiny("llada", seed=0)
@@ -40,9 +40,18 @@ def test_quality_benchmark_end_to_end(tmp_path):
                                 str(tmp_path / "tiny-arith"))
     out = tmp_path / "results"
     reduced = ["--quick", "--threads", "1", "--n-probe", "8", "--epochs", "1"]
-    quality.main(reduced + ["--models", path, "--configs", "rtn", "flatquant", "fair_calib", "--out", str(out),
+    # --json without --out: the JSON file only, nothing in the tracked benchmarks/results/ folder of the cwd
+    monkeypatch.chdir(tmp_path)
+    quality.main(reduced + ["--models", path, "--configs", "rtn", "flatquant", "fair_calib",
                             "--json", str(tmp_path / "q.json")])
+    assert sorted(os.listdir(tmp_path)) == ["q.json", "tiny-arith"]
     record = json.load(open(tmp_path / "q.json"))
+    # --out: the table, quality.json and the plots there (--resume with every row kept runs nothing again)
+    out.mkdir()
+    (out / "quality.json").write_text((tmp_path / "q.json").read_text())
+    quality.main(reduced + ["--models", path, "--configs", "rtn", "flatquant", "fair_calib", "--out", str(out),
+                            "--resume"])
+    assert json.load(open(out / "quality.json"))["rows"] == record["rows"]
     configs = [r["config"] for r in record["rows"]]
     assert configs == ["fp", "rtn", "flatquant", "fair_calib"]
     assert record["settings"]["calibration"]["n_probe"] == 8 and record["settings"]["calibration"]["epochs"] == 1
@@ -79,6 +88,9 @@ def test_quality_benchmark_end_to_end(tmp_path):
     rows = json.loads((out / "quality.json").read_text())["rows"]
     assert [r["config"] for r in rows] == ["fp", "rtn", "flatquant", "fair_calib"]
     assert rows[:3] == saved["rows"] and rows[3]["seed"] == 0
+    for argv, message in ((["--quick"], "pass --out FOLDER"), (["--quick", "--json", "x.json", "--resume"], "--resume")):
+        with pytest.raises(SystemExit, match=message):
+            quality.main(argv + ["--models", path])
 
 
 def test_run_order_completes_seeds_one_by_one():

@@ -401,3 +401,58 @@ def test_fair_calib_quantizer_on_a_zoo_model_evaluates_its_task(fake_zoo, tiny_d
     FairCalibQuantizer.from_pretrained(tiny_dirs["llada"]).quantize(tmp_path / "q2")
     err = capfd.readouterr().err
     assert "[1/2]" in err and "[2/2] saving" in err and "/3]" not in err, err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_folder_saved_sharded_then_unsharded_still_inspects(tiny_dirs, tmp_path, capsys, kind, dtype):
+    """transformers leaves the old model.safetensors.index.json behind when an unsharded save follows a sharded
+    one into the same folder; files are resolved as transformers resolves them (model.safetensors first, an
+    index only when its shards are there)."""
+    cfg = FairCalibConfig(method="fair_calib", calibration_dataset=[list(range(5, 37)), list(range(40, 72))],
+                          num_samples=2, seq_len=32, epochs=1, n_probe=2, probe_batch_size=2, probe_steps=8)
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype, quantization_config=cfg)
+    out = tmp_path / "q"
+    q.save_pretrained(out, max_shard_size="40KB")
+    assert (out / "model.safetensors.index.json").exists()
+    q.save_pretrained(out)
+    assert (out / "model.safetensors").exists()
+    assert main(["inspect", str(out)]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    prior = PositionPrior.from_checkpoint(str(out))
+    assert prior is not None and torch.equal(prior.weights, q.hf_quantizer.calibration_report.prior.weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_one_quantizer_and_one_config_are_reusable(tiny_dirs, tmp_path, monkeypatch, kind, dtype):
+    """A FairCalibQuantizer of an in-memory model quantizes several times; one FairCalibConfig used for models of
+    both families calibrates each with its own tokenizer; the caller's config is left as it was."""
+    from transformers import AutoTokenizer
+
+    import fair_calib_hf.quantizer as quantizer_module
+    from fair_calib_hf.optimum_quantizer import FairCalibQuantizer
+
+    seen = []
+    real = quantizer_module.calibrate
+
+    def spy(model, config, **kwargs):
+        seen.append(config.tokenizer.bos_token)
+        return real(model, config, **kwargs)
+
+    monkeypatch.setattr(quantizer_module, "calibrate", spy)
+    config = FairCalibConfig(method="rtn", calibration_dataset=CALIB_TEXTS, seq_len=64)
+    before = config.to_dict()
+    other = "dream" if kind == "llada" else "llada"
+    fp = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[kind], trust_remote_code=True)
+    quantizer = FairCalibQuantizer.from_pretrained(fp, tokenizer=tokenizer)
+    first = quantizer.quantize(tmp_path / "a", quantization_config=config, report=False)
+    second = quantizer.quantize(tmp_path / "b", quantization_config=config, report=False)
+    FairCalibQuantizer.from_pretrained(tiny_dirs[other]).quantize(tmp_path / "c", quantization_config=config,
+                                                                  report=False)
+    assert load_file(os.path.join(first, "model.safetensors")).keys() == load_file(
+        os.path.join(second, "model.safetensors")).keys()
+    bos = {"llada": "<|startoftext|>", "dream": "<|beginoftext|>"}
+    assert seen == [bos[kind], bos[kind], bos[other]]
+    assert config.tokenizer is None and config.to_dict() == before

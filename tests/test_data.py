@@ -99,8 +99,8 @@ def test_errors_empty_short_missing(model_tok, tmp_path):
         _samples(model, tok, fixed=True, calibration_dataset=["short", "tiny"], seq_len=64)
     with pytest.raises(ValueError, match="does not exist"):
         _samples(model, tok, calibration_dataset=str(tmp_path / "nope.parquet"))
-    with pytest.raises(ValueError, match="calibration sample 0 is empty"):
-        _samples(model, tok, calibration_dataset=[""])
+    with pytest.raises(ValueError, match=r"no usable calibration text: all 3 rows read are empty or whitespace only"):
+        _samples(model, tok, calibration_dataset=["", "  \n", "\t"])
 
 
 def test_cli_dataset_errors_are_one_line(tiny_dirs, tmp_path, capsys):
@@ -128,3 +128,115 @@ def test_chat_messages_without_chat_template_say_the_fix_in_each_wording(model_t
         _samples(model, tok, calibration_dataset=[[{"role": "user", "content": "hi"}]])
     assert str(err.value).endswith("set apply_chat_template=True to render it")
     assert cli_wording(str(err.value)).endswith("set --chat-template to render it")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("method", ["rtn", "flatquant"])
+def test_blank_rows_are_skipped_with_the_count_in_the_log(tiny_dirs, caplog, kind, dtype, method):
+    """wikitext-2-raw and any paragraph .txt file have empty and whitespace-only rows: skipped, counted in the
+    log, for every method (rtn included); the samples are those of the text without them."""
+    texts = ["", "   ", "\n"] + CALIB_TEXTS[:3]
+    cfg = dict(method=method, num_samples=2, seq_len=32, epochs=1)
+    with caplog.at_level("WARNING"):
+        q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype,
+                                      quantization_config=FairCalibConfig(calibration_dataset=texts, **cfg))
+    assert "skipped 3 empty or whitespace-only calibration rows" in caplog.text
+    clean = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype,
+                                      quantization_config=FairCalibConfig(calibration_dataset=CALIB_TEXTS[:3], **cfg))
+    a, b = q.state_dict(), clean.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_cli_text_file_with_blank_lines(tiny_dirs, tmp_path, capsys, caplog, kind):
+    from fair_calib_hf.cli import main
+
+    path = tmp_path / "paragraphs.txt"
+    path.write_text("\n\n".join(t.replace("\n", " ") for t in CALIB_TEXTS) + "\n   \n")
+    with caplog.at_level("WARNING"):
+        assert main(["quantize", tiny_dirs[kind], "--out", str(tmp_path / "o"), "--method", "rtn", "--dataset",
+                     str(path), "--seq-len", "64", "--no-progress", "--no-report"]) == 0
+    assert "skipped 4 empty or whitespace-only calibration rows (of 8 read)" in caplog.text
+    path.write_text("\n  \n\n")
+    assert main(["quantize", tiny_dirs[kind], "--out", str(tmp_path / "o2"), "--method", "rtn", "--dataset",
+                 str(path), "--seq-len", "64", "--no-progress"]) == 1
+    assert "no usable calibration text: all 3 rows read are empty or whitespace only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding, hint", [("latin-1", "0xe9"), ("utf-16", "UTF-16")])
+@pytest.mark.parametrize("ext", [".txt", ".jsonl", ".csv"])
+def test_non_utf8_file_names_the_file_the_offset_and_the_fix(model_tok, tmp_path, encoding, hint, ext):
+    model, tok = model_tok
+    text = {".txt": "caf\u00e9 au lait\n", ".jsonl": '{"text": "\u00e9t\u00e9"}\n', ".csv": "text\nd\u00e9j\u00e0\n"}[ext]
+    offset = {".txt": 3, ".jsonl": 10, ".csv": 6}[ext] if encoding == "latin-1" else 0
+    path = tmp_path / f"data{ext}"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(ValueError) as err:
+        _samples(model, tok, calibration_dataset=str(path))
+    message = str(err.value)
+    assert message.startswith(f"calibration_dataset file {path} is not UTF-8: byte offset {offset} ")
+    assert hint in message and "re-encode it as UTF-8" in message and "iconv" in message
+
+
+def test_non_utf8_file_in_a_data_folder(model_tok, tmp_path):
+    model, tok = model_tok
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("fine text\n")
+    (tmp_path / "data" / "b.txt").write_bytes("na\u00efve\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"b.txt is not UTF-8: byte offset 2 "):
+        _samples(model, tok, calibration_dataset=str(tmp_path / "data"))
+
+
+def test_no_progress_silences_the_datasets_progress_bars(tiny_dirs, tmp_path, capsys):
+    from fair_calib_hf.cli import main
+
+    path = tmp_path / "fresh.txt"  # a file datasets has not cached: its builder runs and would show its bars
+    path.write_text("\n".join(CALIB_TEXTS * 2).replace("\n\n", "\n") + f"\n{tmp_path}\n")
+    try:
+        assert main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "o"), "--method", "rtn", "--dataset",
+                     str(path), "--seq-len", "64", "--no-progress", "--no-report"]) == 0
+        err = capsys.readouterr().err
+        assert "Generating train split" not in err and "it/s]" not in err
+    finally:
+        datasets.enable_progress_bars()
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("method", ["rtn", "quarot", "flatquant", "fair_calib"])
+def test_seq_len_beyond_positions_is_refused_for_every_method_before_loading(tiny_dirs, monkeypatch, kind, method):
+    from transformers import PreTrainedModel
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights loaded despite a seq_len beyond the model's positions")
+
+    monkeypatch.setattr(PreTrainedModel, "_load_pretrained_model", no_load, raising=False)
+    for data in (CALIB_TEXTS, None):
+        if data is None and method not in ("rtn", "quarot"):
+            continue
+        with pytest.raises(ValueError, match=r"sequences of 100000 tokens exceed the model's \d+ positions .*pass "
+                                             r"seq_len=\d+ or less"):
+            AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=FairCalibConfig(
+                method=method, calibration_dataset=data, seq_len=100000, num_samples=2))
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("method", ["flatquant", "fair_calib"])
+def test_stage2_with_too_few_sequences_refuses_or_warns_with_the_number(tiny_dirs, caplog, kind, method):
+    from fair_calib_hf.calibration.data import MIN_STAGE2_SEQUENCES
+
+    short = ["12 + 35 = 47; 47 * 2 = 94; 94 - 9 = 85. ok"]  # 44 characters: one sequence of 32 tokens
+    cfg = dict(method=method, seq_len=32, epochs=1, n_probe=2, probe_batch_size=2, probe_steps=8)
+    with pytest.raises(ValueError, match=rf"fills 1 sequence of 32 tokens, fewer than num_samples=128.*at least "
+                                         rf"{MIN_STAGE2_SEQUENCES}.*pass more text, a smaller seq_len, or "
+                                         r"num_samples=1"):
+        AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=FairCalibConfig(
+            calibration_dataset=short, num_samples=128, **cfg))
+    rows = [list(range(5 + i, 37 + i)) for i in range(MIN_STAGE2_SEQUENCES)]
+    with caplog.at_level("WARNING"):
+        AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=FairCalibConfig(
+            calibration_dataset=rows, num_samples=128, **cfg))
+    assert f"Stage II fits on {MIN_STAGE2_SEQUENCES} calibration sequences of 32 tokens, not the 128 asked" in caplog.text

@@ -1,6 +1,7 @@
 """push_to_hub goes through save_pretrained: intercept the upload and check what would be uploaded."""
 import io
 import json
+import os
 
 import huggingface_hub
 import pytest
@@ -136,3 +137,70 @@ def test_remote_code_without_a_parallel_plan_loads(tiny_dirs):
 
     model = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True)
     FairCalibHfQuantizer(FairCalibConfig(method="rtn")).update_parallel_plan(model, None)
+
+
+def _fake_hub_cache(root, repo_id, revisions):
+    """A hub cache folder as huggingface_hub lays it out: ``refs/<name>`` holds a commit, ``snapshots/<commit>``
+    that revision's files. ``revisions``: ``{name: (commit, folder to copy)}``."""
+    import shutil
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    for name, (commit, folder) in revisions.items():
+        (repo / "refs" / name).write_text(commit)
+        shutil.copytree(folder, repo / "snapshots" / commit)
+    return repo
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_hub_options_reach_the_config_and_tokenizer_the_plugin_reads(tiny_dirs, tmp_path, monkeypatch, kind, dtype):
+    """A repo whose main is GPTQ-quantized (with another tokenizer) and whose revision v2 is the float model,
+    present only in a hub cache: revision / cache_dir / token / local_files_only given to from_pretrained reach
+    the plugin's own config.json read and the tokenizer load for text calibration data (no network)."""
+    import shutil
+
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    other = "dream" if kind == "llada" else "llada"
+    main = tmp_path / "main"
+    shutil.copytree(tiny_dirs[kind], main)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tiny_dirs[other], name), main / name)  # main's tokenizer is another one
+    cfg = json.loads((main / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (main / "config.json").write_text(json.dumps(cfg))
+    cache = tmp_path / "cache"
+    _fake_hub_cache(cache, "someone/tiny", {"main": ("a" * 40, main), "v2": ("b" * 40, tiny_dirs[kind])})
+
+    loads = []
+    real = AutoTokenizer.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        tokenizer = real(cls, *args, **kwargs)
+        loads.append((kwargs, tokenizer.bos_token))
+        return tokenizer
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(spy))
+    bos = {"llada": "<|startoftext|>", "dream": "<|beginoftext|>"}[kind]
+    config = FairCalibConfig(method="rtn", calibration_dataset=["hello there, world"] * 2, seq_len=64)
+    # the default cache: main's config.json says gptq, v2 is what is loaded
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    q = AutoModel.from_pretrained("someone/tiny", revision="v2", local_files_only=True, trust_remote_code=True,
+                                  dtype=dtype, quantization_config=config)
+    assert q.is_quantized and loads[-1][1] == bos and loads[-1][0]["revision"] in ("v2", "b" * 40)
+    # a custom cache_dir, and a token: the repo is nowhere else
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    q = AutoModel.from_pretrained("someone/tiny", revision="v2", cache_dir=str(cache), local_files_only=True,
+                                  token="hf_not_a_real_token", trust_remote_code=True, dtype=dtype,
+                                  quantization_config=config)
+    kwargs, seen = loads[-1]
+    assert q.is_quantized and seen == bos
+    assert kwargs["cache_dir"] == str(cache) and kwargs["token"] == "hf_not_a_real_token"
+    assert kwargs["local_files_only"] is True and kwargs["revision"] in ("v2", "b" * 40)
+    # the same read, by revision: main is GPTQ, v2 is float
+    from fair_calib_hf.checkpoint import foreign_quantization
+
+    assert foreign_quantization("someone/tiny", {"cache_dir": str(cache)}) == "gptq"
+    assert foreign_quantization("someone/tiny", {"cache_dir": str(cache), "revision": "v2"}) is None

@@ -27,9 +27,11 @@ continues an interrupted benchmark run by run.
 
 Also reported per model: the activation-outlier ratio at the MLP down-projection input (largest |x| over the
 median |x|, on the calibration sequences, the largest over the blocks), the FP model's test accuracy, and the
-checkpoint sizes. Output: a Markdown table printed and written to ``OUT/quality.md``, ``OUT/quality.json``, and
+checkpoint sizes. Output: a Markdown table printed and, with ``--out OUT`` (no default: nothing is written into
+the tracked ``benchmarks/results/`` unless asked), written to ``OUT/quality.md``, ``OUT/quality.json``, and
 per model the plots ``OUT/<model>-flip_rate.png``, ``-amplification.png``, ``-tf_prob_mse.png``,
-``-lag_ccdf.png`` (seed 0 of each configuration). Calibration: the paper's ``n_probe`` 512 and FlatQuant's 15
+``-lag_ccdf.png`` (seed 0 of each configuration); ``--json FILE`` writes the rows to FILE too (or alone, without
+``--out``). Calibration: the paper's ``n_probe`` 512 and FlatQuant's 15
 epochs unless ``--n-probe`` / ``--epochs`` / ``--num-samples`` reduce them (recorded in the results' settings).
 ``--quick`` runs one seed and small evaluation sets (a smoke test of the whole pipeline).
 """
@@ -385,7 +387,9 @@ def main(argv=None) -> None:
     parser.add_argument("--models", nargs="+", help="zoo names or checkpoint folders (default: every zoo model)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="subset of configurations")
     parser.add_argument("--seeds", type=int, help="number of calibration seeds (default 5; 1 with --quick)")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    parser.add_argument("--out", default=None,
+                        help="output folder of the table, quality.json and the plots (e.g. benchmarks/results/NAME); "
+                             "without it only --json FILE is written")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
     parser.add_argument("--n-probe", type=int, help="Stage I rollouts (default 512, the paper's; 16 with --quick)")
     parser.add_argument("--epochs", type=int, help="Stage II epochs (default 15, FlatQuant's; 2 with --quick)")
@@ -433,8 +437,12 @@ def main(argv=None) -> None:
     if not models:
         raise SystemExit("no zoo models in this installation; pass --models PATH ...")
     configs = ["fp"] + (args.configs or list(CONFIGS))
+    if args.out is None and (args.resume or not args.json):
+        raise SystemExit("--resume continues the runs of an --out folder: pass --out FOLDER" if args.resume else
+                         "pass --out FOLDER (the table, quality.json and the plots) or --json FILE (the rows only)")
     rows, meta = _previous_rows(args.out, settings) if args.resume else ([], {})
-    os.makedirs(args.out, exist_ok=True)
+    if args.out is not None:
+        os.makedirs(args.out, exist_ok=True)
     table = None
     for model in models:
         path = resolve(model)
@@ -466,7 +474,8 @@ def main(argv=None) -> None:
             print(f"[quality] {label} {name} seed {seed}: " + ", ".join(f"{r['accuracy']:.3f}" for r in got)
                   + f" ({time.time() - started:.0f} s)", flush=True)
             table = write_results(args.out, args.json, settings, rows, meta)  # after each: a killed run keeps its rows
-        _plots(label, [r for r in rows if r["model"] == label], args.out)
+        if args.out is not None:
+            _plots(label, [r for r in rows if r["model"] == label], args.out)
     print(table or write_results(args.out, args.json, settings, rows, meta))
 
 
@@ -507,9 +516,9 @@ def _previous_rows(out: str, settings: dict) -> tuple[list[dict], dict]:
     return record["rows"], meta
 
 
-def write_results(out: str, json_path: str | None, settings: dict, rows: list[dict], meta: dict) -> str:
-    """Write ``out/quality.md`` and ``out/quality.json`` (and ``json_path``) for the rows so far; return the
-    Markdown table."""
+def write_results(out: str | None, json_path: str | None, settings: dict, rows: list[dict], meta: dict) -> str:
+    """Write ``out/quality.md`` and ``out/quality.json`` (when ``out`` is given) and ``json_path`` (when given)
+    for the rows so far; return the Markdown table."""
     meta = dict(meta)
     summary = [line for model in dict.fromkeys(r["model"] for r in rows)
                for line in summarize(model, [r for r in rows if r["model"] == model])]
@@ -536,8 +545,8 @@ def write_results(out: str, json_path: str | None, settings: dict, rows: list[di
                                    for key, st in d.items()) + "\n"
     record = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
               "summary": summary, "fair_minus_flat": paired, "paired": others, "rows": rows, "meta": meta}
-    writes = [(os.path.join(out, "quality.md"), table)]
-    writes += [(path, json.dumps(record, indent=1)) for path in [os.path.join(out, "quality.json")]
+    writes = [(os.path.join(out, "quality.md"), table)] if out is not None else []
+    writes += [(path, json.dumps(record, indent=1)) for path in ([os.path.join(out, "quality.json")] if out else [])
                + ([json_path] if json_path else [])]
     for path, text in writes:
         write_text_atomic(path, text)

@@ -8,6 +8,7 @@ GPTQ (:mod:`.gptq`) right after the method packs each block, on the same block i
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..config import IMPLEMENTED_METHODS, PRIOR_HASH_PREFIX
 from ..modules import PackedLinear
 from ..targets import block_targets
 from .block_loop import BlockStats, calibrate_blocks, module_device, offload_block, onload_block
-from .data import load_calibration_samples
+from .data import check_stage2_count, load_calibration_samples
 from .quarot import make_quarot_block_quantizer
 from .gptq import gptq_block
 from .rtn import make_rtn_block_quantizer
@@ -144,37 +145,46 @@ def _too_long_message(length: int, limit: int) -> str:
             f"(config max_sequence_length / max_position_embeddings): pass seq_len={limit} or less")
 
 
-def check_positions(config, model_or_config) -> None:
-    """``ValueError`` when ``config`` will cut calibration sequences of exactly ``seq_len`` tokens (the Stage II
-    methods, or ``pack_samples=True``) and ``seq_len`` exceeds the positions the model was built for
-    (:func:`~fair_calib_hf.architectures.max_positions`); checkable before any weight or data is loaded.
-    Sequences used whole (``rtn`` / ``quarot`` by default) are checked once loaded."""
-    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
+def check_positions(config, model_or_config, explicit: bool | None = None) -> None:
+    """``ValueError`` when ``seq_len`` exceeds the positions the model was built for
+    (:func:`~fair_calib_hf.architectures.max_positions`), checkable before any weight or data is loaded: a
+    ``seq_len`` the user set is refused for every method and data source (data-free ``rtn`` / ``quarot``
+    included), so that config.json never records a length the model cannot take; the default ``seq_len`` is
+    refused where it cuts sequences of exactly ``seq_len`` tokens (the Stage II methods, or ``pack_samples=True``),
+    and otherwise only caps sequences used whole, which :func:`calibrate` checks once loaded. ``explicit``: whether
+    the user set ``seq_len`` (``None``: whenever it differs from the default)."""
     limit = max_positions(model_or_config)
-    if packed and config.calibration_dataset is not None and limit is not None and config.seq_len > limit:
+    if limit is None or config.seq_len <= limit:
+        return
+    if explicit is None:
+        explicit = config.seq_len != inspect.signature(type(config).__init__).parameters["seq_len"].default
+    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
+    if explicit or (packed and config.calibration_dataset is not None):
         raise ValueError(_too_long_message(config.seq_len, limit))
 
 
-def calibrate(model: nn.Module, config) -> CalibrationReport:
+def calibrate(model: nn.Module, config, hub_options: dict | None = None) -> CalibrationReport:
     """Quantize ``model`` in place according to ``config``; returns the report. Deterministic given the
-    model, data, config and seed; the caller's global RNG state is left untouched."""
+    model, data, config and seed; the caller's global RNG state is left untouched. ``hub_options``: the
+    ``revision`` / ``cache_dir`` / ... the model was loaded with (:mod:`fair_calib_hf.hub`), for its tokenizer."""
     check_method_implemented(config.method)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _calibrate(model, config)
+        return _calibrate(model, config, hub_options)
 
 
-def _calibrate(model: nn.Module, config) -> CalibrationReport:
+def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> CalibrationReport:
     start = time.perf_counter()
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
     packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
     check_positions(config, model)
-    limit = max_positions(model)
-    samples = load_calibration_samples(config, model, fixed_length=packed)
-    longest = max((int(s.numel()) for s in samples), default=0)
-    if limit is not None and longest > limit:
+    samples = load_calibration_samples(config, model, fixed_length=packed, hub_options=hub_options)
+    limit, longest = max_positions(model), max((int(s.numel()) for s in samples), default=0)
+    if limit is not None and longest > limit:  # the default seq_len capped sequences used whole
         raise ValueError(_too_long_message(longest, limit))
+    if config.method in STAGE2_METHODS:
+        check_stage2_count(samples, config)
     if config.method in ("rtn", "quarot") and samples and len(samples) < config.num_samples:
         logger.warning("fair_calib: method=%s: the quantized weights do not depend on calibration data; the %d "
                        "sample(s) found (%d tokens, fewer than num_samples=%d) only measure the block errors in "

@@ -12,8 +12,12 @@ Accepted inputs (``FairCalibConfig.calibration_dataset``):
 * with ``apply_chat_template``, texts become one user turn each and chat-message lists are rendered with the
   tokenizer's chat template (instruct models).
 
-Errors name the problem: a missing file, an unknown column (listing the columns), an empty dataset, an empty
-sample, token ids outside the vocabulary, or too little text for one ``seq_len`` sequence in fixed-length mode.
+Rows that are empty or whitespace only (``None`` in a dataset column, an empty token list), as wikitext-2-raw and
+any paragraph ``.txt`` file have, are skipped and counted in the log; only data with no usable row is refused.
+
+Errors name the problem: a missing file, a local text file that is not UTF-8 (with the byte offset and how to
+re-encode it), an unknown column (listing the columns), an empty dataset, no usable row, token ids outside the
+vocabulary, or too little text for one ``seq_len`` sequence in fixed-length mode.
 
 Variable-length mode (``rtn``, ``quarot``): the first ``num_samples`` usable samples, each truncated to
 ``seq_len`` tokens. Fixed-length mode (Stage II methods, which need fully observed sequences of exactly
@@ -24,6 +28,7 @@ the model config has one) and cut into ``num_samples`` consecutive sequences of 
 """
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 
@@ -32,11 +37,42 @@ import torch
 logger = logging.getLogger(__name__)
 
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_TEXT_FORMATS = (".txt", ".json", ".jsonl", ".csv")
+"""The formats ``datasets`` reads as UTF-8 text (a decoding error surfaces as ``DatasetGenerationError``)."""
 
 
 def _looks_like_path(name: str) -> bool:
     return (name.startswith(("/", "./", "../", "~")) or os.path.splitext(name)[1].lower() in _FILE_BUILDERS
             or os.sep + os.sep in name)
+
+
+def check_utf8(path: str) -> None:
+    """``ValueError`` when the file at ``path`` is not valid UTF-8: the file, the byte offset of the first byte that
+    cannot be decoded, a UTF-16 byte-order mark when there is one, and how to re-encode the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+        handle.seek(0)
+        while True:
+            chunk = handle.read(1 << 20)
+            pending = decoder.getstate()[0]  # bytes of a character cut by the previous chunk
+            data = pending + chunk  # what this decode call sees; data[0] is at offset - len(pending)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                utf16 = head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+                what = ("it starts with a UTF-16 byte-order mark: the file is UTF-16" if utf16 else
+                        f"byte 0x{data[err.start]:02x} does not start a valid UTF-8 character; Latin-1 or "
+                        "Windows-1252 text?")
+                stem, ext = os.path.splitext(path)
+                raise ValueError(
+                    f"calibration_dataset file {path} is not UTF-8: byte offset {offset - len(pending) + err.start} "
+                    f"({what}); re-encode it as UTF-8, e.g. iconv -f {'UTF-16' if utf16 else 'LATIN1'} -t UTF-8 "
+                    f"{path} > {stem}.utf8{ext}") from None
+            if not chunk:
+                return
+            offset += len(chunk)
 
 
 def _load_named_dataset(name: str, config_name: str | None = None, split: str = "train"):
@@ -52,6 +88,8 @@ def _load_named_dataset(name: str, config_name: str | None = None, split: str = 
                 f"calibration_dataset file {name!r}: unsupported extension {ext!r}; "
                 f"supported: {', '.join(sorted(_FILE_BUILDERS))}"
             )
+        if ext in _TEXT_FORMATS:
+            check_utf8(path)
         loader = lambda: datasets.load_dataset(_FILE_BUILDERS[ext], data_files=path, split=split)  # noqa: E731
     elif os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "dataset_info.json")) or os.path.isfile(os.path.join(path, "state.json")):
@@ -59,6 +97,10 @@ def _load_named_dataset(name: str, config_name: str | None = None, split: str = 
                 ds = datasets.load_from_disk(path)
                 return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
         else:
+            for root, _, names in os.walk(path):
+                for file in sorted(names):
+                    if os.path.splitext(file)[1].lower() in _TEXT_FORMATS:
+                        check_utf8(os.path.join(root, file))
             loader = lambda: datasets.load_dataset(path, config_name, split=split)  # noqa: E731
     elif _looks_like_path(name):
         raise ValueError(f"calibration_dataset {name!r} does not exist (no such file or folder)")
@@ -102,7 +144,7 @@ def _render_chat(tokenizer, item, index: int) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _tokenizer_for(model, tokenizer):
+def _tokenizer_for(model, tokenizer, hub_options: dict | None = None):
     if tokenizer is not None:
         return tokenizer
     from transformers import AutoTokenizer
@@ -114,7 +156,7 @@ def _tokenizer_for(model, tokenizer):
     # a model loaded through remote code was already trusted by the user; its tokenizer may need the same
     trusted = type(model).__module__.startswith("transformers_modules")
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trusted, **(hub_options or {}))
     except Exception as err:  # noqa: BLE001 - KeyError/ValueError/OSError, depending on what the folder lacks
         raise ValueError(
             f"calibration_dataset holds text, but no tokenizer could be loaded from {path} "
@@ -140,15 +182,40 @@ def _chunk(samples: list[torch.Tensor], config, eos) -> list[torch.Tensor]:
             f"{longest} tokens), fewer than seq_len={config.seq_len} needed for one calibration sequence; "
             "pass more text or a smaller seq_len"
         )
-    if count < config.num_samples:
-        logger.warning("fair_calib: calibration data fills %d sequences of %d tokens, fewer than num_samples=%d",
-                       count, config.seq_len, config.num_samples)
     return list(stream[: count * config.seq_len].reshape(count, config.seq_len))
 
 
-def load_calibration_samples(config, model, fixed_length: bool = False) -> list[torch.Tensor]:
+MIN_STAGE2_SEQUENCES = 8
+"""Stage II (``flatquant``, ``fair_calib``) refuses to fit on fewer than ``min(num_samples, MIN_STAGE2_SEQUENCES)``
+calibration sequences: the learned transforms and clipping of a block fitted on one or two sequences follow
+those sequences, and the fit costs as much time as a full one. Between that and ``num_samples`` it warns."""
+
+
+def check_stage2_count(samples: list[torch.Tensor], config) -> None:
+    """Refuse (``ValueError``) or warn about fewer Stage II calibration sequences than ``num_samples`` asked, as
+    :data:`MIN_STAGE2_SEQUENCES` says, with the number found and the fix."""
+    found, asked = len(samples), config.num_samples
+    if found >= asked:
+        return
+    length = int(samples[0].numel()) if samples else config.seq_len
+    what = (f"calibration data fills {found} sequence{'s' if found != 1 else ''} of {length} tokens, fewer than "
+            f"num_samples={asked}")
+    if found < min(asked, MIN_STAGE2_SEQUENCES):
+        raise ValueError(f"{what}; Stage II (method={config.method!r}) needs at least "
+                         f"{min(asked, MIN_STAGE2_SEQUENCES)}: pass more text, a smaller seq_len, or "
+                         f"num_samples={found} to calibrate on {'it' if found == 1 else 'them'} knowingly")
+    logger.warning("fair_calib: WARNING: Stage II fits on %d calibration sequences of %d tokens, not the %d asked "
+                   "(num_samples): its transforms follow fewer sequences; pass more text or a smaller seq_len",
+                   found, length, asked)
+
+
+def load_calibration_samples(config, model, fixed_length: bool = False,
+                             hub_options: dict | None = None) -> list[torch.Tensor]:
     """The calibration sequences as 1-D ``int64`` tensors: at most ``num_samples``, each ≤ ``seq_len``
-    tokens, or exactly ``seq_len`` tokens each in ``fixed_length`` mode (see the module docstring)."""
+    tokens, or exactly ``seq_len`` tokens each in ``fixed_length`` mode (see the module docstring); fewer when
+    the data holds fewer (the caller decides: :func:`check_stage2_count`). ``ValueError`` for data that cannot be
+    read or holds no usable row. Text is tokenized with ``config.tokenizer``, else the model's own, loaded with
+    ``hub_options`` (the ``revision`` / ``cache_dir`` / ... of the model's load, :mod:`fair_calib_hf.hub`)."""
     data = config.calibration_dataset
     if data is None:
         return []
@@ -167,14 +234,19 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
     tokenizer = None
     needed = config.num_samples * config.seq_len if fixed_length else None
     total = 0
+    blank = read = 0
     for index, item in enumerate(data):
         if (not fixed_length and len(samples) == config.num_samples) or (fixed_length and total >= needed):
             break
+        read += 1
+        if item is None or (isinstance(item, str) and not item.strip()):
+            blank += 1
+            continue
         if chat and (isinstance(item, str) or _is_messages(item)):
-            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer, hub_options)
             ids = torch.tensor(_render_chat(tokenizer, item, index), dtype=torch.long)
         elif isinstance(item, str):
-            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer)
+            tokenizer = tokenizer or _tokenizer_for(model, config.tokenizer, hub_options)
             ids = torch.tensor(tokenizer(item)["input_ids"], dtype=torch.long)
         elif _is_messages(item):
             raise ValueError(f"calibration sample {index} is a list of chat messages; set apply_chat_template=True "
@@ -192,19 +264,20 @@ def load_calibration_samples(config, model, fixed_length: bool = False) -> list[
                 f"calibration sample {index}: expected a string or a sequence of token ids, got {type(item).__name__}"
             )
         if ids.numel() == 0:
-            raise ValueError(f"calibration sample {index} is empty after tokenization")
+            blank += 1
+            continue
         vocab = model.get_input_embeddings().num_embeddings
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
             raise ValueError(f"calibration sample {index} has token ids outside [0, {vocab})")
         samples.append(ids if fixed_length else ids[: config.seq_len])
         total += ids.numel()
     if not samples:
-        raise ValueError("calibration_dataset yielded no samples")
+        raise ValueError(f"no usable calibration text: all {read} rows read are empty or whitespace only"
+                         if read else "calibration_dataset yielded no samples")
+    if blank:
+        logger.warning("fair_calib: skipped %d empty or whitespace-only calibration rows (of %d read)", blank, read)
     if fixed_length:
         if all(ids.numel() == config.seq_len for ids in samples):
             return samples[: config.num_samples]
         return _chunk(samples, config, getattr(model.config, "eos_token_id", None))
-    if len(samples) < config.num_samples:
-        logger.warning("fair_calib: %d calibration samples available, fewer than num_samples=%d",
-                       len(samples), config.num_samples)
     return samples

@@ -5,6 +5,7 @@ The functions here are also the library entry points that :mod:`fair_calib_hf.op
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -251,7 +252,7 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     """Load ``model_spec`` with calibration, save it atomically into ``out`` (weights, tokenizer, the Stage I
     prior, the report) and return a summary dict. With ``args`` (the CLI namespace) the config is built from
     them; otherwise ``config`` is a ``FairCalibConfig``."""
-    from ..checkpoint import atomic_directory, describe_checkpoint, refuse_existing_output
+    from ..checkpoint import atomic_directory, check_output_location, describe_checkpoint, refuse_existing_output
     from ..report import calibration_summary, write_report
 
     if args is not None:
@@ -266,6 +267,7 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
     preflight(path, trust_remote_code=trust)
     out = os.path.abspath(os.path.expanduser(out))
     refuse_existing_output(out, overwrite)
+    check_output_location(out)
     tokenizer = load_tokenizer(path, trust)
     if args is not None:
         config, source = build_config(args, path, is_zoo, args.method, tokenizer)
@@ -274,9 +276,11 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
         from ..checkpoint import read_config_json
 
         # a seq_len beyond the model's positions is refused before any weight is loaded
-        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})))
+        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})),
+                        explicit=getattr(args, "seq_len", None) is not None or "seq_len" in _parse_set(args.set))
     else:
         if getattr(config, "tokenizer", None) is None and tokenizer is not None:
+            config = copy.deepcopy(config)  # this model's tokenizer, on a copy: the caller's config is reused as is
             config.tokenizer = tokenizer
         source = config.calibration_dataset if isinstance(config.calibration_dataset, str) else None
         kwargs = {"trust_remote_code": trust, "dtype": "auto", **(load_options or {})}
@@ -385,6 +389,9 @@ def run_probe(args) -> None:
         raise IsADirectoryError(f"--out {out} is a folder; pass a file name such as prior.safetensors")
     if os.path.exists(out) and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    from ..checkpoint import check_output_location
+
+    check_output_location(out)
     tokenizer = load_tokenizer(path, trust)
     args.prior = None
     config, source = build_config(args, path, is_zoo, "fair_calib", tokenizer)
@@ -436,9 +443,11 @@ def run_eval(args) -> None:
         if task is None:
             raise ValueError("no task for this model: pass --task arith|code")
     if args.out:
-        from ..checkpoint import refuse_existing_output
+        from ..checkpoint import check_output_location, refuse_existing_output
 
-        refuse_existing_output(os.path.abspath(args.out), args.overwrite)
+        args.out = os.path.abspath(os.path.expanduser(args.out))  # the folder checked is the folder written
+        refuse_existing_output(args.out, args.overwrite)
+        check_output_location(args.out)
     kwargs = load_kwargs(args, is_local)
     preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
     model = _from_pretrained(path, **kwargs)
