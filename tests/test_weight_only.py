@@ -147,3 +147,24 @@ def test_w4a16_checkpoint_inspect_and_mismatch(tiny_dirs, kind, tmp_path):
         json.dump(config, f)
     with pytest.raises(CheckpointMismatchError, match="weight_scale"):
         AutoModel.from_pretrained(path, trust_remote_code=True)
+
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_a_w4a4_checkpoint_written_before_the_new_fields_still_loads(tiny_dirs, kind, tmp_path):
+    """A config.json without group_size / weight_rounding / gptq_* (what releases before issue 28 wrote) reloads
+    as the same W4A4 model."""
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=FairCalibConfig(
+        method="rtn", calibration_dataset=DATA, seq_len=32))
+    path = str(tmp_path / "old")
+    q.save_pretrained(path)
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    for key in ("group_size", "weight_rounding", "gptq_position_weights", "gptq_damp", "gptq_block_size",
+                "gptq_act_order"):
+        del config["quantization_config"][key]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    again = AutoModel.from_pretrained(path, trust_remote_code=True)
+    ids = torch.tensor([list(range(5, 17))])
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, q(input_ids=ids).logits)
