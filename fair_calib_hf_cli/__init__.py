@@ -110,14 +110,22 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="quantized or float model: local folder, hub id, or zoo:NAME")
-    parser.add_argument("--task", default=None, choices=["arith", "code"],
+    parser.add_argument("--task", default=None, choices=["arith", "arith-fewshot", "code"],
                         help="zoo task (default: the task of the model or of the teacher, if a zoo model)")
-    parser.add_argument("--teacher", default=None, help="full-precision model for the frontier diagnostics")
+    parser.add_argument("--teacher", default=None,
+                        help="full-precision model for the frontier diagnostics (same family and task)")
     parser.add_argument("--split", default="test", help="task split (default: test)")
     parser.add_argument("--count", type=int, default=64, help="examples scored (default 64)")
     parser.add_argument("--frontier-count", type=int, default=16, help="prompts for the frontier diagnostics")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    g = parser.add_argument_group("decoding (default: the task's, 1 token per step; LLaDA in blocks of 8)")
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--tokens-per-step", type=int, default=None,
+                       help="tokens committed per step: steps = answer window / N (the README tables' setting)")
+    steps.add_argument("--steps", type=int, default=None, help="decoding steps over the answer window")
+    g.add_argument("--block-length", type=int, default=None,
+                   help="LLaDA-style semi-autoregressive block length (a divisor of the answer window)")
     parser.add_argument("--out", default=None, help="folder for results.json and the diagnostic plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _model_args(parser, calibrates=False)

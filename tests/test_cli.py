@@ -390,3 +390,66 @@ def test_fair_calib_quantizer_on_a_zoo_model_evaluates_its_task(fake_zoo, tiny_d
     FairCalibQuantizer.from_pretrained(tiny_dirs["llada"]).quantize(tmp_path / "q2")
     err = capfd.readouterr().err
     assert "[1/2]" in err and "[2/2] saving" in err and "/3]" not in err, err
+
+
+@pytest.fixture(scope="module")
+def mixed_zoo(tmp_path_factory, tiny_dirs):
+    """A fake zoo of tiny checkpoints: dream-arith and llada-arith (task arith), llada-code (task code)."""
+    root = tmp_path_factory.mktemp("mixed-zoo")
+    for name, kind, task in (("dream-arith", "dream", "arith"), ("llada-arith", "llada", "arith"),
+                             ("llada-code", "llada", "code")):
+        shutil.copytree(tiny_dirs[kind], root / name)
+        (root / name / "training.json").write_text(json.dumps({"recipe": {"task": task, "kind": kind}}))
+    return str(root)
+
+
+@pytest.mark.parametrize("model, teacher, words", [
+    ("zoo:dream-arith", "zoo:llada-arith", "another family"),
+    ("zoo:llada-arith", "zoo:llada-code", "another task"),
+])
+def test_eval_refuses_a_teacher_of_another_family_or_task_before_any_work(mixed_zoo, monkeypatch, capsys, model,
+                                                                         teacher, words):
+    import fair_calib_hf.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    code, stdout, err = _run(capsys, "eval", model, "--teacher", teacher, "--count", "4", "--no-progress")
+    assert code == 1 and words in err and teacher in err, err
+    assert "accuracy" not in stdout and "[1/2]" not in err  # refused before any model was loaded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_eval_decoding_is_chosen_and_accuracy_has_n_and_a_95_interval(mixed_zoo, monkeypatch, tmp_path, capsys,
+                                                                      kind, dtype):
+    """The README's tables are "N tokens/step" (LLaDA: blocks of 8): ``--tokens-per-step`` / ``--steps`` /
+    ``--block-length`` set the decoding of the scores and of the frontier; every accuracy prints with n and a
+    95 % Wilson interval. Bad decoding settings fail before any model is loaded, naming the option."""
+    import fair_calib_hf.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    name = f"zoo:{kind}-arith"
+    out = tmp_path / "ev"
+    code, stdout, err = _run(capsys, "eval", name, "--teacher", name, "--count", "4", "--frontier-count", "2",
+                             "--tokens-per-step", "4", "--dtype", dtype, "--out", str(out), "--no-progress")
+    assert code == 0, err
+    results = json.load(open(out / "results.json"))
+    for who in ("student", "teacher"):
+        r = results[who]
+        assert r["decoding"]["steps"] == 8 and r["n"] == 4
+        assert r["decoding"]["block_length"] == (8 if kind == "llada" else None)
+        lo, hi = r["accuracy_ci95"]
+        assert 0 <= lo <= r["accuracy"] <= hi <= 1 and hi - lo > 0.2  # 4 problems: a wide interval
+        assert f"n=4, 95 % CI [{100 * lo:.1f}, {100 * hi:.1f}]" in stdout
+    assert results["decoding"]["steps"] == 8
+    if kind == "llada":
+        code, _, err = _run(capsys, "eval", name, "--count", "4", "--steps", "8", "--block-length", "16",
+                            "--out", str(tmp_path / "ev2"), "--no-progress")
+        assert code == 0, err
+        assert json.load(open(tmp_path / "ev2" / "results.json"))["student"]["decoding"]["block_length"] == 16
+    for bad, words in ((["--tokens-per-step", "5"], "--tokens-per-step 5 does not divide"),
+                       (["--block-length", "5"], "--block-length")):
+        code, stdout, err = _run(capsys, "eval", name, "--count", "4", "--no-progress", *bad)
+        assert code == 1 and words in err and "[1/2]" not in err, err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", name, "--tokens-per-step", "4", "--steps", "8"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -47,10 +47,10 @@ def resolve_model(spec: str) -> tuple[str, bool, bool]:
     return spec, False, False
 
 
-def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> None:
+def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> str:
     """Refuse, before loading any weight: an unsupported architecture (listing the supported families), a
     checkpoint already quantized (by another method, or by fair_calib when ``want_float``), and corrupted or
-    truncated safetensors files."""
+    truncated safetensors files. Returns the model's family (``"llada"`` / ``"dream"``)."""
     from transformers import AutoConfig
 
     from ..architectures import get_adapter
@@ -67,11 +67,12 @@ def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True
             raise ValueError(f"{path} is already a fair_calib checkpoint (method={qc.get('method')!r}); "
                              "quantize its full-precision original instead")
     if raw.get("model_type") is not None:
-        get_adapter(type("C", (), {"model_type": raw["model_type"]})())
+        adapter = get_adapter(type("C", (), {"model_type": raw["model_type"]})())
     else:
-        get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        adapter = get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
     if os.path.isdir(path):
         check_safetensors_files(locate_checkpoint_files(path))
+    return adapter.family
 
 
 def _dtype(name: str):
@@ -416,54 +417,93 @@ def run_probe(args) -> None:
 
 # -- eval ------------------------------------------------------------------------------------------------------
 
+def _eval_decoding(args, task, family: str):
+    """The :class:`~fair_calib_hf.decoding.DecodeConfig` of ``fair-calib eval``: the task's default for
+    ``family`` with ``--tokens-per-step`` (steps = answer window / N), ``--steps`` and ``--block-length``
+    applied; ``ValueError`` naming the option for settings that do not fit the task's answer window."""
+    from ..zoo.evaluate import default_decode_config
+
+    overrides = {}
+    if args.tokens_per_step is not None:
+        if args.tokens_per_step < 1 or task.gen_length % args.tokens_per_step:
+            raise ValueError(f"--tokens-per-step {args.tokens_per_step} does not divide the {task.gen_length}-token "
+                             f"answer window of task {task.name!r}: pass a divisor of {task.gen_length}")
+        overrides["steps"] = task.gen_length // args.tokens_per_step
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.block_length is not None:
+        overrides["block_length"] = args.block_length
+    try:
+        return default_decode_config(task, family, record=False, **overrides)
+    except ValueError as err:
+        raise ValueError(f"{err} (decoding set by --tokens-per-step / --steps / --block-length, answer window "
+                         f"{task.gen_length} tokens of task {task.name!r})") from None
+
+
+def _check_teacher(args, family: str, teacher_family: str, task, teacher_task) -> None:
+    """Refuse a ``--teacher`` of another family, or trained on another task than the one evaluated."""
+    if teacher_family != family:
+        raise ValueError(f"--teacher {args.teacher} is a {teacher_family} model of another family than {args.model} "
+                         f"({family}): pass the full-precision model of the same family and task (the one {args.model} "
+                         "was quantized from)")
+    if teacher_task is not None and teacher_task.name != task.name:
+        raise ValueError(f"--teacher {args.teacher} was trained on another task ({teacher_task.name!r}) than the "
+                         f"one evaluated ({task.name!r}): pass the full-precision model of the same family and task (the "
+                         f"one {args.model} was quantized from)")
+
+
 def run_eval(args) -> None:
+    import dataclasses
+
     from .. import zoo
-    from ..zoo.evaluate import default_decode_config, evaluate
+    from ..zoo.evaluate import decode_settings, describe_accuracy, evaluate
     from ..zoo.tasks import get_task
 
     path, is_local, _ = resolve_model(args.model)
     teacher_path = None
     if args.teacher:
         teacher_path, t_local, _ = resolve_model(args.teacher)
+    teacher_task = zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None
     if args.task:
         task = get_task(args.task)
     else:
-        task = (zoo.task_of(path) if is_local else None) or (
-            zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None)
+        task = (zoo.task_of(path) if is_local else None) or teacher_task
         if task is None:
-            raise ValueError("no task for this model: pass --task arith|code")
+            raise ValueError("no task for this model: pass --task arith|arith-fewshot|code")
     if args.out:
         from ..checkpoint import refuse_existing_output
 
         refuse_existing_output(os.path.abspath(args.out), args.overwrite)
     kwargs = load_kwargs(args, is_local)
-    preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    family = preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    if teacher_path:
+        tkw = load_kwargs(args, t_local)
+        teacher_family = preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
+        _check_teacher(args, family, teacher_family, task, teacher_task)
+    decode_cfg = _eval_decoding(args, task, family)
     model = _from_pretrained(path, **kwargs)
     tokenizer = load_tokenizer(path, kwargs["trust_remote_code"]) or (
         load_tokenizer(teacher_path) if teacher_path else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files")
-    _say(f"[1/2] accuracy of {args.model} on {task.name}/{args.split} (n={args.count}) ...")
-    results = {"model": args.model, "task": task.name,
+    settings = decode_settings(decode_cfg)
+    _say(f"[1/2] accuracy of {args.model} on {task.name}/{args.split} (n={args.count}), decoding {settings} ...")
+    results = {"model": args.model, "task": task.name, "decoding": settings,
                "student": _strip(evaluate(model, tokenizer, task, args.split, args.count, seed=args.seed,
-                                          batch_size=args.batch_size))}
-    print(f"{args.model}: accuracy {results['student']['accuracy']:.4f} on {task.name}/{args.split} "
-          f"(n={results['student']['n']})")
+                                          config=decode_cfg, batch_size=args.batch_size))}
+    print(f"{args.model}: {describe_accuracy(results['student'])} on {task.name}/{args.split}")
     if teacher_path:
-        tkw = load_kwargs(args, t_local)
-        preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
         teacher = _from_pretrained(teacher_path, **tkw)
         teacher.eval()
         results["teacher"] = _strip(evaluate(teacher, tokenizer, task, args.split, args.count, seed=args.seed,
-                                             batch_size=args.batch_size))
-        print(f"{args.teacher}: accuracy {results['teacher']['accuracy']:.4f} (full precision)")
+                                             config=decode_cfg, batch_size=args.batch_size))
+        print(f"{args.teacher}: {describe_accuracy(results['teacher'])} (full precision)")
         _say(f"[2/2] frontier diagnostics on {args.frontier_count} prompts ...")
         from ..diagnostics import compare_models
 
         examples = task.examples(args.split, args.frontier_count, seed=args.seed)
         prompts, _ = task.encode(examples, tokenizer)
-        decode_cfg = default_decode_config(task, _family(model), record=True)
-        frontier = compare_models(teacher, model, prompts, None, decode_cfg,
+        frontier = compare_models(teacher, model, prompts, None, dataclasses.replace(decode_cfg, record=True),
                                   remask_positions=REMASK_POSITIONS).to_dict()
         results["frontier"] = frontier
         mm = frontier["mismatch"]
