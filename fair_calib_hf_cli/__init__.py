@@ -72,16 +72,23 @@ def _calib_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-probe", type=int, default=None, help="Stage I rollouts (default 512)")
     g.add_argument("--probe-steps", type=int, default=None, help="steps per Stage I rollout (default 64)")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other FairCalibConfig field, VALUE parsed as JSON when possible (repeatable), "
-                        "e.g. --set epochs=5 --set lwc=false")
+                   help="any other FairCalibConfig field, VALUE parsed as JSON when possible, booleans as "
+                        "True/False, yes/no or 1/0 (repeatable), e.g. --set epochs=5 --set lwc=False")
+
+
+def method_name(text: str) -> str:
+    """A ``--method`` as typed (``fair-calib``, ``FlatQuant``) in the library's spelling (``fair_calib``,
+    ``flatquant``)."""
+    return text.strip().lower().replace("-", "_")
 
 
 def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="local folder, hub id, or zoo:NAME")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--method", default="fair_calib", choices=["rtn", "quarot", "flatquant", "fair_calib"],
-                        help="quantization method (default: fair_calib)")
+    parser.add_argument("--method", default="fair_calib", type=method_name,
+                        choices=["rtn", "quarot", "flatquant", "fair_calib"],
+                        help="quantization method (default: fair_calib; fair-calib works too)")
     parser.add_argument("--prior", default=None, help="reuse a Stage I prior saved by `fair-calib probe`")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")

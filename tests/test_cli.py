@@ -453,3 +453,32 @@ def test_eval_decoding_is_chosen_and_accuracy_has_n_and_a_95_interval(mixed_zoo,
     with pytest.raises(SystemExit) as exc:
         main(["eval", name, "--tokens-per-step", "4", "--steps", "8"])
     assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling, value", [("True", True), ("False", False), ("true", True), ("false", False),
+                                             ("yes", True), ("no", False), ("1", True), ("0", False),
+                                             ("YES", True), (" No ", False)])
+def test_set_booleans_take_the_spellings_users_type(spelling, value):
+    from fair_calib_hf.cli.commands import _parse_set
+
+    assert _parse_set([f"lwc={spelling}", f"pack_samples={spelling}"]) == {"lwc": value, "pack_samples": value}
+    assert _parse_set(["epochs=1", "lr=0.01", "prior_schedule=early", "method=fair-calib"]) == {
+        "epochs": 1, "lr": 0.01, "prior_schedule": "early", "method": "fair_calib"}
+    with pytest.raises(ValueError, match=r"--set lwc=maybe: lwc is a boolean; write True/False"):
+        _parse_set(["lwc=maybe"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_method_spelled_with_a_hyphen_and_set_false_quantize(tiny_dirs, calib_txt, tmp_path, capsys, kind, dtype):
+    """``--method fair-calib`` is ``fair_calib``; ``--set lwc=False`` (Python's spelling) is false."""
+    from fair_calib_hf_cli import build_parser
+
+    assert build_parser().parse_args(["quantize", "m", "--out", "o", "--method", "Fair-Calib"]).method == "fair_calib"
+    out = tmp_path / "q"
+    code, _, err = _run(capsys, "quantize", tiny_dirs[kind], "--out", str(out), "--method", "fair-calib",
+                        "--dataset", calib_txt, "--seq-len", "48", "--num-samples", "4", "--prior-window", "16",
+                        "--dtype", dtype, "--no-report", *FAST, "--set", "lwc=False", "--set", "add_diag=no")
+    assert code == 0, err
+    qc = json.load(open(out / "config.json"))["quantization_config"]
+    assert qc["method"] == "fair_calib" and qc["lwc"] is False and qc["add_diag"] is False

@@ -123,20 +123,50 @@ def load_tokenizer(path: str, trust_remote_code: bool = True):
 
 # -- configuration ---------------------------------------------------------------------------------------------
 
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+"""The spellings ``--set FIELD=VALUE`` takes for a boolean field (any case)."""
+
+
+def _boolean_fields() -> set[str]:
+    """``FairCalibConfig`` fields annotated ``bool`` (or ``bool | None``)."""
+    import inspect
+
+    from ..config import FairCalibConfig
+
+    params = inspect.signature(FairCalibConfig.__init__).parameters.values()
+    return {p.name for p in params if "bool" in str(p.annotation)}
+
+
 def _parse_set(items: list[str]) -> dict:
-    """``{field: value}`` of the ``--set FIELD=VALUE`` arguments (VALUE parsed as JSON when it parses);
-    ``ValueError`` for a malformed item or a field ``FairCalibConfig`` does not have (with the closest name)."""
+    """``{field: value}`` of the ``--set FIELD=VALUE`` arguments: a boolean field takes True/False, true/false,
+    yes/no or 1/0 (any case), ``method`` the ``--method`` spellings (``fair-calib``); any other VALUE is parsed
+    as JSON when it parses, else kept as text.
+    ``ValueError`` for a malformed item, a field ``FairCalibConfig`` does not have (with the closest name), or
+    a boolean field given another word."""
     from ..config import field_names, unknown_fields_message
 
+    booleans = _boolean_fields()
     out = {}
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
         key, value = item.split("=", 1)
+        key = key.strip()
+        if key in booleans:
+            word = value.strip().lower()
+            if word not in BOOLEAN_WORDS:
+                raise ValueError(f"--set {key}={value}: {key} is a boolean; write True/False (or true/false, "
+                                 "yes/no, 1/0)")
+            out[key] = BOOLEAN_WORDS[word]
+            continue
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
+        if key == "method" and isinstance(out[key], str):
+            from fair_calib_hf_cli import method_name
+
+            out[key] = method_name(out[key])
     settable = [f for f in field_names() if f not in ("quant_method", "tokenizer")]  # not settable from a shell
     unknown = [k for k in out if k not in settable]
     if unknown:
