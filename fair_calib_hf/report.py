@@ -14,6 +14,8 @@ import json
 import math
 import os
 
+from .diagnostics.plots import _pyplot, _save, legend_outside
+
 FULL_PRECISION = "full precision"
 QUANTIZED = "quantized"
 """How every human-facing output (report, plots, CLI) names the two models; the JSON keeps the keys
@@ -21,23 +23,6 @@ QUANTIZED = "quantized"
 REPORT_MD = "fair_calib_report.md"
 REPORT_JSON = "fair_calib_report.json"
 PLOTS_DIR = "report"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
 
 
 def plot_block_errors(blocks: list[dict], path: str) -> str:
@@ -57,7 +42,7 @@ def plot_layer_errors(blocks: list[dict], path: str) -> str:
     """One line per linear name (q/k/v/o/gate/up/down ...) across blocks (log scale)."""
     plt = _pyplot()
     names = sorted({n for b in blocks for n in b["layers"]})
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(blocks) + 3), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(blocks) + 4), 3.4))  # room for the legend
     for name in names:
         ax.plot(range(len(blocks)), [b["layers"].get(name, float("nan")) for b in blocks], marker="o", label=name)
     ax.set_xticks(range(len(blocks)))  # whole blocks only
@@ -65,7 +50,7 @@ def plot_layer_errors(blocks: list[dict], path: str) -> str:
     ax.set_xlabel("block")
     ax.set_ylabel("relative output MSE")
     ax.set_title("Per-linear reconstruction error")
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax, fontsize=7)
     return _save(fig, path)
 
 
@@ -97,6 +82,15 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.4g}"
     return str(v)
+
+
+def amplification_value(frontier: dict) -> str:
+    """The mean amplification of a ``FrontierReport.to_dict()`` as text, or ``"n/a (no false commit)"`` when no
+    prompt had a false commit (the mean is then undefined, NaN)."""
+    value = frontier["amplification_mean"]
+    if frontier["false_commit_rate"] == 0 or value != value:
+        return "n/a (no false commit)"
+    return f"{value:.3e}"
 
 
 def calibration_summary(report) -> dict:
@@ -206,7 +200,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
                   f"| prompts with a false commit | 0 | {_fmt(frontier['false_commit_rate'])} | the {QUANTIZED} "
                   f"model decoding on its own: fraction of prompts where it commits a token the {FULL_PRECISION} "
                   "model's output does not have at that position |",
-                  f"| amplification | 0 | {_fmt(frontier['amplification_mean'])} | on the {QUANTIZED} model's "
+                  f"| amplification | 0 | {amplification_value(frontier)} | on the {QUANTIZED} model's "
                   "own states after its first false commit: Σ_v (p_quantized(v) − p_fp(v))² over still-masked "
                   "positions, mean over the later steps |",
                   f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "

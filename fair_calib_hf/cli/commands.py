@@ -530,6 +530,7 @@ def run_eval(args) -> None:
         print(f"{args.teacher}: {describe_accuracy(results['teacher'])} (full precision)")
         _say(f"[2/2] frontier diagnostics on {args.frontier_count} prompts ...")
         from ..diagnostics import compare_models
+        from ..report import amplification_value
 
         examples = task.examples(args.split, args.frontier_count, seed=args.seed)
         prompts, _ = task.encode(examples, tokenizer)
@@ -540,7 +541,7 @@ def run_eval(args) -> None:
         print(f"frontier (quantized vs full precision; definitions in fair_calib_hf/diagnostics/metrics.py): "
               f"flip rate {frontier['flip_rate']:.4f}, teacher-forced probability MSE "
               f"{frontier['teacher_forced_prob_mse_mean']:.3e}, prompts with a false commit "
-              f"{frontier['false_commit_rate']:.4f}, amplification {frontier['amplification_mean']:.3e}, token "
+              f"{frontier['false_commit_rate']:.4f}, amplification {amplification_value(frontier)}, token "
               f"agreement {frontier['token_agreement']:.4f}")
         print(f"  each model on its own trajectory, full precision / quantized: post-commit mean-disagree "
               f"{mm['teacher']['mean_disagree']:.4f} / {mm['student']['mean_disagree']:.4f}, never-agree "
