@@ -93,6 +93,23 @@ def amplification_value(frontier: dict) -> str:
     return f"{value:.3e}"
 
 
+def headline(frontier: dict | None, accuracy: dict | None, calibration: dict) -> str:
+    """One line of the report's main numbers: task accuracy of both models (n, 95 % interval) and the
+    frontier flip rate when measured, else the largest block reconstruction error, else the packed count."""
+    parts = []
+    if accuracy:
+        from .zoo.evaluate import describe_accuracy
+
+        parts += [f"{QUANTIZED} {describe_accuracy(accuracy['student'])}",
+                  f"{FULL_PRECISION} {describe_accuracy(accuracy['teacher'])}"]
+    if frontier:
+        parts.append(f"frontier flip rate {frontier['flip_rate']:.4f}")
+    if not parts and calibration["blocks"]:
+        worst = max(calibration["blocks"], key=lambda b: b["rel_mse"])
+        parts.append(f"largest block reconstruction error {_fmt(worst['rel_mse'])} ({worst['name']})")
+    return ", ".join(parts) or f"{calibration['converted_linears']} linears packed (data-free, nothing measured)"
+
+
 def calibration_summary(report) -> dict:
     """The JSON-clean numbers of a :class:`~fair_calib_hf.calibration.CalibrationReport`."""
     blocks = [{"name": b.name, "rel_mse": b.rel_mse, "layers": dict(b.layers), "rescaled": list(b.rescaled),
@@ -110,11 +127,15 @@ def calibration_summary(report) -> dict:
 
 def write_report(folder: str, *, model: str, config: dict, calibration: dict, load_settings: dict | None = None,
                  sizes: dict | None = None, frontier: dict | None = None, accuracy: dict | None = None,
-                 eval_source: str | None = None) -> str:
+                 eval_source: str | None = None, data_source: str | None = None) -> str:
     """Write the Markdown + JSON report and the plots into ``folder``; returns the Markdown path.
 
     ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
-    ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
+    ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`;
+    ``data_source`` describes the calibration data used (a ``calibration data`` row of the settings). Data given
+    in memory (not a dataset name or path, e.g. a zoo task's calibration split) was not loaded by
+    ``calibration_dataset`` / ``dataset_config`` / ``dataset_split``: those rows are left out, and so are
+    ``dataset_text_column`` / ``apply_chat_template`` at their defaults."""
     from .config import applicable_fields
     from .diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
                                     plot_teacher_forced_prob_mse)
@@ -126,8 +147,15 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
               + ("" if calibration["num_samples"] else " without calibration data")
               + " (`config.json` holds every field, defaults included).", "",
               "| setting | value |", "|---|---|"]
+    unused = set()
+    if calibration["num_samples"] and not isinstance(config.get("calibration_dataset"), str):
+        unused = {"calibration_dataset", "dataset_config", "dataset_split"}  # in-memory data: not loaded by name
+        unused |= {k for k, default in (("dataset_text_column", "text"), ("apply_chat_template", False))
+                   if config.get(k) == default}  # at their defaults they did nothing to data given in memory
+    if data_source and calibration["num_samples"]:
+        lines.append(f"| calibration data | {data_source} |")
     for key in sorted(config):
-        if key in ("quant_method",) or key not in applied:
+        if key in ("quant_method",) or key not in applied or key in unused:
             continue
         lines.append(f"| `{key}` | `{json.dumps(config[key])}` |")
     for key, value in sorted((load_settings or {}).items()):
@@ -231,6 +259,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(folder, REPORT_JSON), "w") as f:
         json.dump({"model": model, "config": config, "load_settings": load_settings or {}, "calibration": c,
-                   "sizes": sizes or {}, "frontier": frontier, "accuracy": accuracy, "eval_source": eval_source},
+                   "sizes": sizes or {}, "frontier": frontier, "accuracy": accuracy, "eval_source": eval_source,
+                   "data_source": data_source},
                   f, indent=1, sort_keys=True, default=str)
     return md

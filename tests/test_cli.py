@@ -482,3 +482,38 @@ def test_method_spelled_with_a_hyphen_and_set_false_quantize(tiny_dirs, calib_tx
     assert code == 0, err
     qc = json.load(open(out / "config.json"))["quantization_config"]
     assert qc["method"] == "fair_calib" and qc["lwc"] is False and qc["add_diag"] is False
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_quantize_report_states_the_data_used_and_the_last_line_names_it(mixed_zoo, monkeypatch, tmp_path, capsys,
+                                                                         kind, dtype):
+    """A zoo model calibrates on its task's calibration split: the report's settings say so (not the unused
+    ``dataset_split "train"``); the diagnostics step shows a progress bar; the last line of the output names
+    the report and its headline numbers."""
+    import fair_calib_hf.zoo as zoo
+
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    out = tmp_path / "q"
+    was_enabled = hf_logging.is_progress_bar_enabled()  # an earlier --no-progress in this process disabled them
+    hf_logging.enable_progress_bar()
+    try:
+        code, stdout, err = _run(capsys, "quantize", f"zoo:{kind}-arith", "--out", str(out), "--method",
+                                 "flatquant", "--num-samples", "4", "--eval-count", "4", "--dtype", dtype,
+                                 "--set", "epochs=1")
+    finally:
+        if not was_enabled:
+            hf_logging.disable_progress_bar()
+    assert code == 0, err
+    md = (out / "fair_calib_report.md").read_text()
+    assert "| calibration data | zoo task 'arith', calibration split (4 sequences) |" in md
+    assert not {"`dataset_split`", "`calibration_dataset`", "`dataset_text_column`"} & set(md.split())
+    assert "fair_calib: frontier diagnostics" in err  # the progress bar of the diagnostics step
+    last = stdout.strip().splitlines()[-1]
+    report = json.load(open(out / "fair_calib_report.json"))
+    student = report["accuracy"]["student"]
+    assert last.startswith(f"report {out / 'fair_calib_report.md'}: "), last
+    assert f"quantized accuracy {100 * student['accuracy']:.1f} % (n=4" in last and "full precision" in last
+    assert f"flip rate {report['frontier']['flip_rate']:.4f}" in last

@@ -337,9 +337,13 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
                              for k, v in kwargs.items() if k != "trust_remote_code"}
             write_report(tmp, model=model_spec, config=config.to_dict(), calibration=summary,
                          load_settings=load_settings, sizes=sizes, frontier=frontier, accuracy=accuracy,
-                         eval_source=eval_source)
+                         eval_source=eval_source, data_source=source)
     result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
               time.perf_counter() - started, **sizes}
+    if report:
+        from ..report import REPORT_MD, headline
+
+        result.update(report=os.path.join(out, REPORT_MD), headline=headline(frontier, accuracy, summary))
     return result
 
 
@@ -352,17 +356,34 @@ def _family(model) -> str:
 def _frontier(path, kwargs, student, tokenizer, eval_set, args):
     from ..diagnostics import compare_models
 
+    from transformers.utils import logging as hf_logging
+
+    from ..report import FULL_PRECISION, QUANTIZED
+
     ids, mask, decode_cfg, description, task = eval_set
+    parts = ["loading the full-precision model", f"decoding {ids.shape[0]} prompts with both models"]
+    if task is not None:
+        parts += [f"{FULL_PRECISION} accuracy on {args.eval_count} problems",
+                  f"{QUANTIZED} accuracy on {args.eval_count} problems"]
+    bar = hf_logging.tqdm(total=len(parts), desc="fair_calib: frontier diagnostics")
+    bar.set_postfix_str(parts[0])
     teacher = _from_pretrained(path, **kwargs)
     teacher.eval()
     student.eval()
+    bar.update()
+    bar.set_postfix_str(parts[1])
     report = compare_models(teacher, student, ids, mask, decode_cfg, remask_positions=REMASK_POSITIONS)
+    bar.update()
     accuracy = None
     if task is not None:
         from ..zoo.evaluate import evaluate
 
-        accuracy = {name: _strip(evaluate(m, tokenizer, task, "test", args.eval_count, seed=0))
-                    for name, m in (("teacher", teacher), ("student", student))}
+        accuracy = {}
+        for name, m, part in (("teacher", teacher, parts[2]), ("student", student, parts[3])):
+            bar.set_postfix_str(part)
+            accuracy[name] = _strip(evaluate(m, tokenizer, task, "test", args.eval_count, seed=0))
+            bar.update()
+    bar.close()
     del teacher
     return report.to_dict(), accuracy, description
 
@@ -379,6 +400,8 @@ def run_quantize(args) -> None:
     if args.push_to_hub:
         url = push_folder(res["out"], args.push_to_hub, private=args.private)
         print(f"uploaded to {url}")
+    if "report" in res:
+        print(f"report {res['report']}: {res['headline']}")
 
 
 def push_folder(folder: str, repo_id: str, private: bool = False) -> str:
