@@ -22,6 +22,10 @@ or from the shell, the way the dLLM papers run the harness::
   ``mc_num`` draws, seeded per request); ``is_greedy`` is whether the answer is the argmax at every answer
   position when all of them are masked (one forward).
 * ``loglikelihood_rolling``: the same estimator for the whole text given the BOS token.
+* ``apply_chat_template=True`` (instruct / chat models): each request is rendered by the tokenizer's chat
+  template (``apply_chat_template``, ``chat_template`` and ``tokenizer_name``, as lm-eval's own Hugging Face
+  model does); a prompt that already starts with the BOS token gets no second one. A tokenizer without a chat
+  template is refused with a ``ValueError`` on the first request, before any decoding.
 
 Inputs longer than the model's positions (LLaDA ``max_sequence_length``, Dream ``max_position_embeddings``)
 are handled as lm-eval's own Hugging Face model handles them: ``loglikelihood_rolling`` sums the estimator over
@@ -35,7 +39,7 @@ a device this torch does not have, such as the harness's default ``cuda:0`` on a
 to CPU with a warning), ``trust_remote_code`` (true), ``gen_length`` (64), ``steps`` (= gen_length),
 ``block_length`` (8 for LLaDA-style when it divides gen_length, else gen_length), ``policy``, ``temperature``
 (0), ``mc_num`` (32), ``mc_batch_size`` (mc_num), ``seed`` (0), ``add_bos`` (true), ``batch_size``,
-``zoo_task`` (``arith`` / ``code``).
+``zoo_task`` (``arith`` / ``code``), ``tokenizer`` (a folder or hub id; default: the model's).
 
 Zoo models (:mod:`fair_calib_hf.zoo`) were trained on one fixed prompt layout: ``prompt_width`` tokens, BOS then
 the prompt text, **left-padded with EOS**, no attention mask (:mod:`fair_calib_hf.zoo.tasks`); with the generic
@@ -53,7 +57,7 @@ import os
 import warnings
 
 import torch
-from lm_eval.api.model import LM
+from lm_eval.api.model import LM, TemplateLM
 from lm_eval.api.registry import register_model
 
 import fair_calib_hf  # noqa: F401  (registers the quantizer: quantized checkpoints must load)
@@ -122,7 +126,9 @@ class FairCalibDLLM(LM):
 
                 kw["dtype"] = float_dtype(dtype)
             model = AutoModel.from_pretrained(path, **kw)
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=_bool(trust_remote_code))
+            tokenizer = tokenizer or path
+        if isinstance(tokenizer, str):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=_bool(trust_remote_code))
         if tokenizer is None:
             raise ValueError(f"{MODEL_NAME}: a model object needs its tokenizer too")
         if device:
@@ -156,10 +162,37 @@ class FairCalibDLLM(LM):
         return getattr(self.tokenizer, "name_or_path", "tokenizer").replace("/", "__")
 
     def _encode(self, text: str, bos: bool) -> list[int]:
+        """Token ids of ``text``, with the BOS token first when ``bos`` (once: a chat-templated text may start
+        with it already)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if bos and self.tokenizer.bos_token_id is not None:
-            ids = [self.tokenizer.bos_token_id] + ids
+        bos_id = self.tokenizer.bos_token_id
+        if bos and bos_id is not None and ids[:1] != [bos_id]:
+            ids = [bos_id] + ids
         return ids
+
+    def _require_chat_template(self) -> None:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"{MODEL_NAME}: apply_chat_template was asked, but the tokenizer "
+                f"{getattr(self.tokenizer, 'name_or_path', '')!r} has no chat template (a base model, not an "
+                f"instruct/chat one): run without apply_chat_template, or pass model_args tokenizer=PATH of a "
+                f"tokenizer that has one")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The chat template lm-eval records (lm-eval's own selection: ``True`` → the tokenizer's template, a
+        name → that entry of a dict of templates). ``ValueError`` when the tokenizer has none."""
+        if chat_template not in (False, None):
+            self._require_chat_template()
+        return TemplateLM.chat_template(self, chat_template)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """``chat_history`` (``[{"role", "content"}, ...]``) rendered as one prompt string by the tokenizer's
+        chat template, ending with the assistant's turn opened (``add_generation_prompt``) or the last message
+        continued. ``ValueError`` when the tokenizer has no chat template."""
+        self._require_chat_template()
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
 
     @property
     def max_length(self) -> int | None:

@@ -14,6 +14,8 @@ import json
 import math
 import os
 
+from .diagnostics.plots import _pyplot, _save, legend_outside
+
 FULL_PRECISION = "full precision"
 QUANTIZED = "quantized"
 """How every human-facing output (report, plots, CLI) names the two models; the JSON keeps the keys
@@ -21,23 +23,6 @@ QUANTIZED = "quantized"
 REPORT_MD = "fair_calib_report.md"
 REPORT_JSON = "fair_calib_report.json"
 PLOTS_DIR = "report"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
 
 
 def plot_block_errors(blocks: list[dict], path: str) -> str:
@@ -57,7 +42,7 @@ def plot_layer_errors(blocks: list[dict], path: str) -> str:
     """One line per linear name (q/k/v/o/gate/up/down ...) across blocks (log scale)."""
     plt = _pyplot()
     names = sorted({n for b in blocks for n in b["layers"]})
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.35 * len(blocks) + 3), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.35 * len(blocks) + 4), 3.4))  # room for the legend
     for name in names:
         ax.plot(range(len(blocks)), [b["layers"].get(name, float("nan")) for b in blocks], marker="o", label=name)
     ax.set_xticks(range(len(blocks)))  # whole blocks only
@@ -65,7 +50,7 @@ def plot_layer_errors(blocks: list[dict], path: str) -> str:
     ax.set_xlabel("block")
     ax.set_ylabel("relative output MSE")
     ax.set_title("Per-linear reconstruction error")
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax, fontsize=7)
     return _save(fig, path)
 
 
@@ -99,6 +84,32 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def amplification_value(frontier: dict) -> str:
+    """The mean amplification of a ``FrontierReport.to_dict()`` as text, or ``"n/a (no false commit)"`` when no
+    prompt had a false commit (the mean is then undefined, NaN)."""
+    value = frontier["amplification_mean"]
+    if frontier["false_commit_rate"] == 0 or value != value:
+        return "n/a (no false commit)"
+    return f"{value:.3e}"
+
+
+def headline(frontier: dict | None, accuracy: dict | None, calibration: dict) -> str:
+    """One line of the report's main numbers: task accuracy of both models (n, 95 % interval) and the
+    frontier flip rate when measured, else the largest block reconstruction error, else the packed count."""
+    parts = []
+    if accuracy:
+        from .zoo.evaluate import describe_accuracy
+
+        parts += [f"{QUANTIZED} {describe_accuracy(accuracy['student'])}",
+                  f"{FULL_PRECISION} {describe_accuracy(accuracy['teacher'])}"]
+    if frontier:
+        parts.append(f"frontier flip rate {frontier['flip_rate']:.4f}")
+    if not parts and calibration["blocks"]:
+        worst = max(calibration["blocks"], key=lambda b: b["rel_mse"])
+        parts.append(f"largest block reconstruction error {_fmt(worst['rel_mse'])} ({worst['name']})")
+    return ", ".join(parts) or f"{calibration['converted_linears']} linears packed (data-free, nothing measured)"
+
+
 def calibration_summary(report) -> dict:
     """The JSON-clean numbers of a :class:`~fair_calib_hf.calibration.CalibrationReport`."""
     blocks = [{"name": b.name, "rel_mse": b.rel_mse, "layers": dict(b.layers), "rescaled": list(b.rescaled),
@@ -116,11 +127,15 @@ def calibration_summary(report) -> dict:
 
 def write_report(folder: str, *, model: str, config: dict, calibration: dict, load_settings: dict | None = None,
                  sizes: dict | None = None, frontier: dict | None = None, accuracy: dict | None = None,
-                 eval_source: str | None = None) -> str:
+                 eval_source: str | None = None, data_source: str | None = None) -> str:
     """Write the Markdown + JSON report and the plots into ``folder``; returns the Markdown path.
 
     ``calibration`` is :func:`calibration_summary`'s dict; ``frontier`` a ``FrontierReport.to_dict()``;
-    ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`."""
+    ``accuracy`` ``{"student": result, "teacher": result}`` of :func:`fair_calib_hf.zoo.evaluate.evaluate`;
+    ``data_source`` describes the calibration data used (a ``calibration data`` row of the settings). Data given
+    in memory (not a dataset name or path, e.g. a zoo task's calibration split) was not loaded by
+    ``calibration_dataset`` / ``dataset_config`` / ``dataset_split``: those rows are left out, and so are
+    ``dataset_text_column`` / ``apply_chat_template`` at their defaults."""
     from .config import applicable_fields
     from .diagnostics.plots import (plot_amplification, plot_flip_rate, plot_lag_ccdf,
                                     plot_teacher_forced_prob_mse)
@@ -132,8 +147,15 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
               + ("" if calibration["num_samples"] else " without calibration data")
               + " (`config.json` holds every field, defaults included).", "",
               "| setting | value |", "|---|---|"]
+    unused = set()
+    if calibration["num_samples"] and not isinstance(config.get("calibration_dataset"), str):
+        unused = {"calibration_dataset", "dataset_config", "dataset_split"}  # in-memory data: not loaded by name
+        unused |= {k for k, default in (("dataset_text_column", "text"), ("apply_chat_template", False))
+                   if config.get(k) == default}  # at their defaults they did nothing to data given in memory
+    if data_source and calibration["num_samples"]:
+        lines.append(f"| calibration data | {data_source} |")
     for key in sorted(config):
-        if key in ("quant_method",) or key not in applied:
+        if key in ("quant_method",) or key not in applied or key in unused:
             continue
         lines.append(f"| `{key}` | `{json.dumps(config[key])}` |")
     for key, value in sorted((load_settings or {}).items()):
@@ -206,7 +228,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
                   f"| prompts with a false commit | 0 | {_fmt(frontier['false_commit_rate'])} | the {QUANTIZED} "
                   f"model decoding on its own: fraction of prompts where it commits a token the {FULL_PRECISION} "
                   "model's output does not have at that position |",
-                  f"| amplification | 0 | {_fmt(frontier['amplification_mean'])} | on the {QUANTIZED} model's "
+                  f"| amplification | 0 | {amplification_value(frontier)} | on the {QUANTIZED} model's "
                   "own states after its first false commit: Σ_v (p_quantized(v) − p_fp(v))² over still-masked "
                   "positions, mean over the later steps |",
                   f"| post-commit mismatch (mean disagree) | {_fmt(mm['teacher']['mean_disagree'])} | "
@@ -237,6 +259,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(folder, REPORT_JSON), "w") as f:
         json.dump({"model": model, "config": config, "load_settings": load_settings or {}, "calibration": c,
-                   "sizes": sizes or {}, "frontier": frontier, "accuracy": accuracy, "eval_source": eval_source},
+                   "sizes": sizes or {}, "frontier": frontier, "accuracy": accuracy, "eval_source": eval_source,
+                   "data_source": data_source},
                   f, indent=1, sort_keys=True, default=str)
     return md

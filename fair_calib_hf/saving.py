@@ -11,6 +11,12 @@
    remote code (every supported family: LLaDA and Dream). Not covered: loading through the model class
    itself (``LLaDAModelLM.from_pretrained(path)`` with the user's own copy of the class), which bypasses
    ``auto_map``.
+
+   The loader also imports, directly, every further module the model's own modules import relatively, at any
+   depth (upstream Dream: ``modeling_dream.py`` imports ``generation_utils.py``): for a local folder,
+   transformers 4.57 copies into its modules cache only the direct relative imports of the ``auto_map`` module
+   (5.x: all of them), so a sibling imported one level further down would be missing there
+   (``FileNotFoundError: .../transformers_modules/<folder>/<sibling>.py``).
 2. **Dream's remote generation config.** The real Dream remote code (``Dream-org/Dream-v0-*``, its
    ``generation_utils.py``) replaces ``model.generation_config`` in an overridden ``from_pretrained`` by a
    ``GenerationConfig`` subclass whose ``validate(self, is_init=False)`` takes no ``strict`` argument.
@@ -101,11 +107,28 @@ def _is_config_or_tokenizer(auto_class: str) -> bool:
                                                                                 "Processor"))
 
 
+def _indirect_imports(save_directory, modules) -> list[str]:
+    """Names of the modules of ``save_directory`` that ``modules`` import relatively, at any depth (found the
+    way transformers finds them, ``get_relative_import_files``), less ``modules`` themselves; sorted."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    folder = os.path.abspath(str(save_directory))
+    found = set()
+    for module in modules:
+        for path in get_relative_import_files(os.path.join(folder, f"{module}.py")):
+            if os.path.dirname(os.path.abspath(path)) == folder:
+                found.add(os.path.splitext(os.path.basename(path))[0])
+    return sorted(found - set(modules))
+
+
 def write_loader(save_directory, model_module: str | None = None) -> bool:
     """Write :data:`LOADER_FILE` into a saved quantized checkpoint folder and point the model entries of its
     ``config.json`` ``auto_map`` (every entry but configs, tokenizers and processors) at it. Returns whether
     it did: ``False`` for a folder whose config has no ``auto_map`` model entry in this folder's own remote
-    code (a native transformers class, or code referenced in another repository as ``repo--module.Class``)."""
+    code (a native transformers class, or code referenced in another repository as ``repo--module.Class``).
+    The loader imports the modules of those entries and, directly, every module they import relatively at
+    any depth, so that transformers (4.57: only the direct imports of the ``auto_map`` module of a local
+    folder) copies them all into its modules cache."""
     path = os.path.join(str(save_directory), "config.json")
     with open(path) as f:
         config = json.load(f)
@@ -126,6 +149,8 @@ def write_loader(save_directory, model_module: str | None = None) -> bool:
     if not changed:
         return False
     lines = [f"from .{module} import {', '.join(sorted(names))}  # noqa: F401" for module, names in sorted(imports.items())]
+    for module in _indirect_imports(save_directory, imports):
+        lines.append(f"from .{module} import __name__ as _{module}  # noqa: F401  (imported by the model's modules)")
     with open(os.path.join(str(save_directory), LOADER_FILE), "w") as f:
         f.write(_LOADER_HEADER + "\n".join(lines) + "\n")
     config["auto_map"] = auto_map

@@ -73,16 +73,23 @@ def _calib_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-probe", type=int, default=None, help="Stage I rollouts (default 512)")
     g.add_argument("--probe-steps", type=int, default=None, help="steps per Stage I rollout (default 64)")
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any other FairCalibConfig field, VALUE parsed as JSON when possible (repeatable), "
-                        "e.g. --set epochs=5 --set lwc=false")
+                   help="any other FairCalibConfig field, VALUE parsed as JSON when possible, booleans as "
+                        "True/False, yes/no or 1/0 (repeatable), e.g. --set epochs=5 --set lwc=False")
+
+
+def method_name(text: str) -> str:
+    """A ``--method`` as typed (``fair-calib``, ``FlatQuant``) in the library's spelling (``fair_calib``,
+    ``flatquant``)."""
+    return text.strip().lower().replace("-", "_")
 
 
 def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="local folder, hub id, or zoo:NAME")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--method", default="fair_calib", choices=["rtn", "gptq", "quarot", "flatquant", "fair_calib"],
-                        help="quantization method (default: fair_calib)")
+    parser.add_argument("--method", default="fair_calib", type=method_name,
+                        choices=["rtn", "gptq", "quarot", "flatquant", "fair_calib"],
+                        help="quantization method (default: fair_calib; fair-calib works too)")
     parser.add_argument("--prior", default=None, help="reuse a Stage I prior saved by `fair-calib probe`")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")
@@ -111,14 +118,22 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="quantized or float model: local folder, hub id, or zoo:NAME")
-    parser.add_argument("--task", default=None, choices=["arith", "code"],
+    parser.add_argument("--task", default=None, choices=["arith", "arith-fewshot", "code"],
                         help="zoo task (default: the task of the model or of the teacher, if a zoo model)")
-    parser.add_argument("--teacher", default=None, help="full-precision model for the frontier diagnostics")
+    parser.add_argument("--teacher", default=None,
+                        help="full-precision model for the frontier diagnostics (same family and task)")
     parser.add_argument("--split", default="test", help="task split (default: test)")
     parser.add_argument("--count", type=int, default=64, help="examples scored (default 64)")
     parser.add_argument("--frontier-count", type=int, default=16, help="prompts for the frontier diagnostics")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    g = parser.add_argument_group("decoding (default: the task's, 1 token per step; LLaDA in blocks of 8)")
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--tokens-per-step", type=int, default=None,
+                       help="tokens committed per step: steps = answer window / N (the README tables' setting)")
+    steps.add_argument("--steps", type=int, default=None, help="decoding steps over the answer window")
+    g.add_argument("--block-length", type=int, default=None,
+                   help="LLaDA-style semi-autoregressive block length (a divisor of the answer window)")
     parser.add_argument("--out", default=None, help="folder for results.json and the diagnostic plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _model_args(parser, calibrates=False)

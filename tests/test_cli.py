@@ -456,3 +456,130 @@ def test_one_quantizer_and_one_config_are_reusable(tiny_dirs, tmp_path, monkeypa
     bos = {"llada": "<|startoftext|>", "dream": "<|beginoftext|>"}
     assert seen == [bos[kind], bos[kind], bos[other]]
     assert config.tokenizer is None and config.to_dict() == before
+
+
+@pytest.fixture(scope="module")
+def mixed_zoo(tmp_path_factory, tiny_dirs):
+    """A fake zoo of tiny checkpoints: dream-arith and llada-arith (task arith), llada-code (task code)."""
+    root = tmp_path_factory.mktemp("mixed-zoo")
+    for name, kind, task in (("dream-arith", "dream", "arith"), ("llada-arith", "llada", "arith"),
+                             ("llada-code", "llada", "code")):
+        shutil.copytree(tiny_dirs[kind], root / name)
+        (root / name / "training.json").write_text(json.dumps({"recipe": {"task": task, "kind": kind}}))
+    return str(root)
+
+
+@pytest.mark.parametrize("model, teacher, words", [
+    ("zoo:dream-arith", "zoo:llada-arith", "another family"),
+    ("zoo:llada-arith", "zoo:llada-code", "another task"),
+])
+def test_eval_refuses_a_teacher_of_another_family_or_task_before_any_work(mixed_zoo, monkeypatch, capsys, model,
+                                                                         teacher, words):
+    import fair_calib_hf.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    code, stdout, err = _run(capsys, "eval", model, "--teacher", teacher, "--count", "4", "--no-progress")
+    assert code == 1 and words in err and teacher in err, err
+    assert "accuracy" not in stdout and "[1/2]" not in err  # refused before any model was loaded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_eval_decoding_is_chosen_and_accuracy_has_n_and_a_95_interval(mixed_zoo, monkeypatch, tmp_path, capsys,
+                                                                      kind, dtype):
+    """The README's tables are "N tokens/step" (LLaDA: blocks of 8): ``--tokens-per-step`` / ``--steps`` /
+    ``--block-length`` set the decoding of the scores and of the frontier; every accuracy prints with n and a
+    95 % Wilson interval. Bad decoding settings fail before any model is loaded, naming the option."""
+    import fair_calib_hf.zoo as zoo
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    name = f"zoo:{kind}-arith"
+    out = tmp_path / "ev"
+    code, stdout, err = _run(capsys, "eval", name, "--teacher", name, "--count", "4", "--frontier-count", "2",
+                             "--tokens-per-step", "4", "--dtype", dtype, "--out", str(out), "--no-progress")
+    assert code == 0, err
+    results = json.load(open(out / "results.json"))
+    for who in ("student", "teacher"):
+        r = results[who]
+        assert r["decoding"]["steps"] == 8 and r["n"] == 4
+        assert r["decoding"]["block_length"] == (8 if kind == "llada" else None)
+        lo, hi = r["accuracy_ci95"]
+        assert 0 <= lo <= r["accuracy"] <= hi <= 1 and hi - lo > 0.2  # 4 problems: a wide interval
+        assert f"n=4, 95 % CI [{100 * lo:.1f}, {100 * hi:.1f}]" in stdout
+    assert results["decoding"]["steps"] == 8
+    if kind == "llada":
+        code, _, err = _run(capsys, "eval", name, "--count", "4", "--steps", "8", "--block-length", "16",
+                            "--out", str(tmp_path / "ev2"), "--no-progress")
+        assert code == 0, err
+        assert json.load(open(tmp_path / "ev2" / "results.json"))["student"]["decoding"]["block_length"] == 16
+    for bad, words in ((["--tokens-per-step", "5"], "--tokens-per-step 5 does not divide"),
+                       (["--block-length", "5"], "--block-length")):
+        code, stdout, err = _run(capsys, "eval", name, "--count", "4", "--no-progress", *bad)
+        assert code == 1 and words in err and "[1/2]" not in err, err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", name, "--tokens-per-step", "4", "--steps", "8"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spelling, value", [("True", True), ("False", False), ("true", True), ("false", False),
+                                             ("yes", True), ("no", False), ("1", True), ("0", False),
+                                             ("YES", True), (" No ", False)])
+def test_set_booleans_take_the_spellings_users_type(spelling, value):
+    from fair_calib_hf.cli.commands import _parse_set
+
+    assert _parse_set([f"lwc={spelling}", f"pack_samples={spelling}"]) == {"lwc": value, "pack_samples": value}
+    assert _parse_set(["epochs=1", "lr=0.01", "prior_schedule=early", "method=fair-calib"]) == {
+        "epochs": 1, "lr": 0.01, "prior_schedule": "early", "method": "fair_calib"}
+    with pytest.raises(ValueError, match=r"--set lwc=maybe: lwc is a boolean; write True/False"):
+        _parse_set(["lwc=maybe"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_method_spelled_with_a_hyphen_and_set_false_quantize(tiny_dirs, calib_txt, tmp_path, capsys, kind, dtype):
+    """``--method fair-calib`` is ``fair_calib``; ``--set lwc=False`` (Python's spelling) is false."""
+    from fair_calib_hf_cli import build_parser
+
+    assert build_parser().parse_args(["quantize", "m", "--out", "o", "--method", "Fair-Calib"]).method == "fair_calib"
+    out = tmp_path / "q"
+    code, _, err = _run(capsys, "quantize", tiny_dirs[kind], "--out", str(out), "--method", "fair-calib",
+                        "--dataset", calib_txt, "--seq-len", "48", "--num-samples", "4", "--prior-window", "16",
+                        "--dtype", dtype, "--no-report", *FAST, "--set", "lwc=False", "--set", "add_diag=no")
+    assert code == 0, err
+    qc = json.load(open(out / "config.json"))["quantization_config"]
+    assert qc["method"] == "fair_calib" and qc["lwc"] is False and qc["add_diag"] is False
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_quantize_report_states_the_data_used_and_the_last_line_names_it(mixed_zoo, monkeypatch, tmp_path, capsys,
+                                                                         kind, dtype):
+    """A zoo model calibrates on its task's calibration split: the report's settings say so (not the unused
+    ``dataset_split "train"``); the diagnostics step shows a progress bar; the last line of the output names
+    the report and its headline numbers."""
+    import fair_calib_hf.zoo as zoo
+
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(zoo, "MODELS_DIR", mixed_zoo)
+    out = tmp_path / "q"
+    was_enabled = hf_logging.is_progress_bar_enabled()  # an earlier --no-progress in this process disabled them
+    hf_logging.enable_progress_bar()
+    try:
+        code, stdout, err = _run(capsys, "quantize", f"zoo:{kind}-arith", "--out", str(out), "--method",
+                                 "flatquant", "--num-samples", "4", "--eval-count", "4", "--dtype", dtype,
+                                 "--set", "epochs=1")
+    finally:
+        if not was_enabled:
+            hf_logging.disable_progress_bar()
+    assert code == 0, err
+    md = (out / "fair_calib_report.md").read_text()
+    assert "| calibration data | zoo task 'arith', calibration split (4 sequences) |" in md
+    assert not {"`dataset_split`", "`calibration_dataset`", "`dataset_text_column`"} & set(md.split())
+    assert "fair_calib: frontier diagnostics" in err  # the progress bar of the diagnostics step
+    last = stdout.strip().splitlines()[-1]
+    report = json.load(open(out / "fair_calib_report.json"))
+    student = report["accuracy"]["student"]
+    assert last.startswith(f"report {out / 'fair_calib_report.md'}: "), last
+    assert f"quantized accuracy {100 * student['accuracy']:.1f} % (n=4" in last and "full precision" in last
+    assert f"flip rate {report['frontier']['flip_rate']:.4f}" in last

@@ -181,3 +181,47 @@ def test_zoo_layout_in_likelihood_and_refusal_of_prompts_that_do_not_fit(tmp_pat
     req = Instance(request_type="generate_until", doc={}, arguments=("12+3+4+5+6+7+8+9=", {}), idx=0)
     with pytest.raises(ValueError, match="at most 11 tokens after BOS.*left-padded with EOS to 12"):
         lm.generate_until([req])
+
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eot }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_apply_chat_template_for_a_model_with_a_chat_template(tiny_dirs, task_dir, tmp_path, kind, dtype):
+    """lm-eval's ``apply_chat_template=True`` (instruct models): the harness renders each request through the
+    tokenizer's chat template (``apply_chat_template``, ``chat_template``, ``tokenizer_name``), the prompt is
+    encoded with its one BOS; a model whose tokenizer has no chat template is refused before any work, naming
+    the fix."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from fair_calib_hf.reference_models import SPECIAL_TOKENS
+
+    path = str(tmp_path / f"chat-{kind}")
+    shutil.copytree(tiny_dirs[kind], path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    eot = SPECIAL_TOKENS[kind]["eot_token"]
+    tokenizer.chat_template = CHAT_TEMPLATE.replace("{{ eot }}", eot)
+    tokenizer.save_pretrained(path)
+    results = lm_eval.simple_evaluate(
+        model=MODEL_NAME, model_args=f"pretrained={path},gen_length=8,mc_num=2,dtype={dtype}",
+        tasks=["tiny_arith_gen", "tiny_arith_mc"], task_manager=TaskManager(include_path=task_dir),
+        apply_chat_template=True, log_samples=True)
+    bos = SPECIAL_TOKENS[kind]["bos_token"]
+    for task in ("tiny_arith_gen", "tiny_arith_mc"):
+        prompts = [s["arguments"][0][0] for s in results["samples"][task]]
+        assert len(prompts) == 3 and all(p.startswith(f"{bos}user: ") and p.endswith(f"{eot}\nassistant: ")
+                                          for p in prompts), prompts
+    assert 0.0 <= results["results"]["tiny_arith_gen"]["exact_match,none"] <= 1.0
+    lm = FairCalibDLLM(pretrained=path, dtype=dtype)
+    assert lm.model.dtype == getattr(torch, dtype) and lm.chat_template(True) == tokenizer.chat_template
+    assert lm.tokenizer_name == path.replace("/", "__")
+    rendered = lm.apply_chat_template([{"role": "user", "content": "2+3="}])
+    assert lm._encode(rendered, bos=True).count(tokenizer.bos_token_id) == 1
+    with pytest.raises(ValueError, match="no chat template.*apply_chat_template"):
+        lm_eval.simple_evaluate(model=MODEL_NAME, model_args=f"pretrained={tiny_dirs[kind]},gen_length=8",
+                                tasks=["tiny_arith_gen"], task_manager=TaskManager(include_path=task_dir),
+                                apply_chat_template=True)

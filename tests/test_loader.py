@@ -101,3 +101,62 @@ def test_a_dequantized_model_saves_as_a_plain_float_checkpoint(saved, tmp_path):
     assert not any(v.startswith("fair_calib_loader.") for v in config["auto_map"].values())
     again = AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
     assert torch.equal(again.lm_head.weight, deq.lm_head.weight)
+
+
+
+def _import_chain(folder, names: list[str], importer: str | None = None) -> None:
+    """Write modules ``names`` into a checkpoint folder, ``names[0]`` importing ``names[1]`` and so on (remote code
+    spread over several files), each defining ``DEPTH`` (its distance from the chain's end); and make module
+    ``importer`` import ``names[0]``."""
+    for i, name in enumerate(names):
+        body = f"from .{names[i + 1]} import DEPTH as _NEXT\n" if i + 1 < len(names) else "_NEXT = 0\n"
+        (folder / f"{name}.py").write_text(body + "DEPTH = _NEXT + 1\n")
+    if importer is None:
+        return
+    path = folder / f"{importer}.py"
+    path.write_text(path.read_text() + f"\nfrom .{names[0]} import DEPTH as CHAIN_DEPTH  # noqa: E402\n")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_remote_code_of_any_import_depth_reloads_through_the_loader(tiny_dirs, tmp_path, kind, dtype):
+    """The loader is the ``auto_map`` module, so transformers copies into its modules cache the files the
+    loader imports: 4.57 copies only the *direct* relative imports of a local folder's ``auto_map`` module
+    (5.x: all of them). A modeling module importing a sibling (upstream Dream: ``generation_utils.py``) must
+    still reload from the saved quantized folder, in this process and in a fresh one; and so must a longer
+    chain (modeling → chain_1 → chain_2 → chain_3) once the saved folder's loader is rewritten for it."""
+    import shutil
+
+    from transformers.dynamic_module_utils import get_relative_import_files, get_relative_imports
+
+    from fair_calib_hf.saving import write_loader
+
+    tag = f"{kind}-{str(dtype)[6:]}"
+    source = tmp_path / f"src-{tag}"
+    shutil.copytree(tiny_dirs[kind], source)
+    model_module = f"modeling_{kind}"
+    _import_chain(source, ["chain_1"], importer=model_module)  # 4.57 loads a local folder's direct imports only
+    q = AutoModel.from_pretrained(str(source), trust_remote_code=True, dtype=dtype,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    assert sys.modules[type(q).__module__].CHAIN_DEPTH == 1
+    saved = tmp_path / f"q-{tag}"
+    q.save_pretrained(saved)
+    ids = torch.randint(5, 90, (1, 10), generator=torch.Generator().manual_seed(2))
+    torch.save(ids, tmp_path / "ids.pt")
+    with torch.no_grad():
+        expected = q(input_ids=ids).logits
+        again = AutoModel.from_pretrained(str(saved), trust_remote_code=True, dtype="auto")  # 4.57: fp32 default
+        assert again.dtype == dtype and torch.equal(again(input_ids=ids).logits, expected)
+
+    deep = tmp_path / f"deep-{tag}"
+    shutil.copytree(saved, deep)
+    _import_chain(deep, ["chain_1", "chain_2", "chain_3"])  # the saved modeling file imports chain_1 already
+    assert write_loader(deep, model_module)
+    closure = {os.path.basename(f)[:-3] for f in get_relative_import_files(str(deep / f"{model_module}.py"))}
+    assert {"chain_1", "chain_2", "chain_3"} <= closure
+    assert closure | {model_module} <= set(get_relative_imports(str(deep / LOADER_FILE)))  # what 4.57 copies
+    for folder in (saved, deep):
+        proc = _run(LOAD.replace("trust_remote_code=True", "trust_remote_code=True, dtype='auto'"),
+                    [str(torch.get_num_threads()), str(folder), str(tmp_path / "ids.pt")])
+        assert proc.returncode == 0, (folder.name, proc.stderr[-3000:])
+        assert torch.equal(torch.load(tmp_path / "ids.pt.out"), expected)

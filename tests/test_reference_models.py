@@ -390,18 +390,33 @@ def test_bad_kind_and_bad_override(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_remote_code_imports_only_torch_transformers_stdlib(kind):
     allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
-    config_file, model_file = remote_code_files(kind)
-    for path in (config_file, model_file):
+    files = remote_code_files(kind)
+    siblings = {os.path.basename(path)[:-3] for path in files}
+    for path in files:
         with open(path) as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: only the sibling configuration module
-                    assert node.level == 1 and node.module == os.path.basename(config_file)[:-3], path
+                if node.level:  # relative: only the sibling remote-code modules
+                    assert node.level == 1 and node.module in siblings, path
                     continue
                 roots = {node.module.split(".")[0]}
             else:
                 continue
             assert roots <= allowed, (path, roots)
+
+
+def test_reference_dream_keeps_the_upstream_remote_code_layout(tmp_path):
+    """Upstream ``Dream-org/Dream-v0-*``: ``modeling_dream.py`` imports ``DreamGenerationMixin`` and
+    ``DreamGenerationConfig`` from the sibling module ``generation_utils.py``; a saved checkpoint carries it."""
+    files = remote_code_files("dream")
+    assert [os.path.basename(f) for f in files] == ["configuration_dream.py", "modeling_dream.py",
+                                                    "generation_utils.py"]
+    tree = ast.parse(open(files[1]).read())
+    relative = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.level == 1 for alias in node.names}
+    assert {("generation_utils", "DreamGenerationMixin"), ("generation_utils", "DreamGenerationConfig")} <= relative
+    path = save_tiny("dream", str(tmp_path / "dream"))
+    assert os.path.isfile(os.path.join(path, "generation_utils.py"))

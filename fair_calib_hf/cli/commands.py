@@ -48,10 +48,10 @@ def resolve_model(spec: str) -> tuple[str, bool, bool]:
     return spec, False, False
 
 
-def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> None:
+def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> str:
     """Refuse, before loading any weight: an unsupported architecture (listing the supported families), a
     checkpoint already quantized (by another method, or by fair_calib when ``want_float``), and corrupted or
-    truncated safetensors files."""
+    truncated safetensors files. Returns the model's family (``"llada"`` / ``"dream"``)."""
     from transformers import AutoConfig
 
     from ..architectures import get_adapter
@@ -68,11 +68,12 @@ def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True
             raise ValueError(f"{path} is already a fair_calib checkpoint (method={qc.get('method')!r}); "
                              "quantize its full-precision original instead")
     if raw.get("model_type") is not None:
-        get_adapter(type("C", (), {"model_type": raw["model_type"]})())
+        adapter = get_adapter(type("C", (), {"model_type": raw["model_type"]})())
     else:
-        get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        adapter = get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
     if os.path.isdir(path):
         check_safetensors_files(locate_checkpoint_files(path))
+    return adapter.family
 
 
 def _dtype(name: str):
@@ -123,20 +124,50 @@ def load_tokenizer(path: str, trust_remote_code: bool = True):
 
 # -- configuration ---------------------------------------------------------------------------------------------
 
+BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+"""The spellings ``--set FIELD=VALUE`` takes for a boolean field (any case)."""
+
+
+def _boolean_fields() -> set[str]:
+    """``FairCalibConfig`` fields annotated ``bool`` (or ``bool | None``)."""
+    import inspect
+
+    from ..config import FairCalibConfig
+
+    params = inspect.signature(FairCalibConfig.__init__).parameters.values()
+    return {p.name for p in params if "bool" in str(p.annotation)}
+
+
 def _parse_set(items: list[str]) -> dict:
-    """``{field: value}`` of the ``--set FIELD=VALUE`` arguments (VALUE parsed as JSON when it parses);
-    ``ValueError`` for a malformed item or a field ``FairCalibConfig`` does not have (with the closest name)."""
+    """``{field: value}`` of the ``--set FIELD=VALUE`` arguments: a boolean field takes True/False, true/false,
+    yes/no or 1/0 (any case), ``method`` the ``--method`` spellings (``fair-calib``); any other VALUE is parsed
+    as JSON when it parses, else kept as text.
+    ``ValueError`` for a malformed item, a field ``FairCalibConfig`` does not have (with the closest name), or
+    a boolean field given another word."""
     from ..config import field_names, unknown_fields_message
 
+    booleans = _boolean_fields()
     out = {}
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE")
         key, value = item.split("=", 1)
+        key = key.strip()
+        if key in booleans:
+            word = value.strip().lower()
+            if word not in BOOLEAN_WORDS:
+                raise ValueError(f"--set {key}={value}: {key} is a boolean; write True/False (or true/false, "
+                                 "yes/no, 1/0)")
+            out[key] = BOOLEAN_WORDS[word]
+            continue
         try:
-            out[key.strip()] = json.loads(value)
+            out[key] = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip()] = value
+            out[key] = value
+        if key == "method" and isinstance(out[key], str):
+            from fair_calib_hf_cli import method_name
+
+            out[key] = method_name(out[key])
     settable = [f for f in field_names() if f not in ("quant_method", "tokenizer")]  # not settable from a shell
     unknown = [k for k in out if k not in settable]
     if unknown:
@@ -313,9 +344,13 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
                              for k, v in kwargs.items() if k != "trust_remote_code"}
             write_report(tmp, model=model_spec, config=config.to_dict(), calibration=summary,
                          load_settings=load_settings, sizes=sizes, frontier=frontier, accuracy=accuracy,
-                         eval_source=eval_source)
+                         eval_source=eval_source, data_source=source)
     result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
               time.perf_counter() - started, **sizes}
+    if report:
+        from ..report import REPORT_MD, headline
+
+        result.update(report=os.path.join(out, REPORT_MD), headline=headline(frontier, accuracy, summary))
     return result
 
 
@@ -328,17 +363,34 @@ def _family(model) -> str:
 def _frontier(path, kwargs, student, tokenizer, eval_set, args):
     from ..diagnostics import compare_models
 
+    from transformers.utils import logging as hf_logging
+
+    from ..report import FULL_PRECISION, QUANTIZED
+
     ids, mask, decode_cfg, description, task = eval_set
+    parts = ["loading the full-precision model", f"decoding {ids.shape[0]} prompts with both models"]
+    if task is not None:
+        parts += [f"{FULL_PRECISION} accuracy on {args.eval_count} problems",
+                  f"{QUANTIZED} accuracy on {args.eval_count} problems"]
+    bar = hf_logging.tqdm(total=len(parts), desc="fair_calib: frontier diagnostics")
+    bar.set_postfix_str(parts[0])
     teacher = _from_pretrained(path, **kwargs)
     teacher.eval()
     student.eval()
+    bar.update()
+    bar.set_postfix_str(parts[1])
     report = compare_models(teacher, student, ids, mask, decode_cfg, remask_positions=REMASK_POSITIONS)
+    bar.update()
     accuracy = None
     if task is not None:
         from ..zoo.evaluate import evaluate
 
-        accuracy = {name: _strip(evaluate(m, tokenizer, task, "test", args.eval_count, seed=0))
-                    for name, m in (("teacher", teacher), ("student", student))}
+        accuracy = {}
+        for name, m, part in (("teacher", teacher, parts[2]), ("student", student, parts[3])):
+            bar.set_postfix_str(part)
+            accuracy[name] = _strip(evaluate(m, tokenizer, task, "test", args.eval_count, seed=0))
+            bar.update()
+    bar.close()
     del teacher
     return report.to_dict(), accuracy, description
 
@@ -355,6 +407,8 @@ def run_quantize(args) -> None:
     if args.push_to_hub:
         url = push_folder(res["out"], args.push_to_hub, private=args.private)
         print(f"uploaded to {url}")
+    if "report" in res:
+        print(f"report {res['report']}: {res['headline']}")
 
 
 def push_folder(folder: str, repo_id: str, private: bool = False) -> str:
@@ -426,22 +480,59 @@ def run_probe(args) -> None:
 
 # -- eval ------------------------------------------------------------------------------------------------------
 
+def _eval_decoding(args, task, family: str):
+    """The :class:`~fair_calib_hf.decoding.DecodeConfig` of ``fair-calib eval``: the task's default for
+    ``family`` with ``--tokens-per-step`` (steps = answer window / N), ``--steps`` and ``--block-length``
+    applied; ``ValueError`` naming the option for settings that do not fit the task's answer window."""
+    from ..zoo.evaluate import default_decode_config
+
+    overrides = {}
+    if args.tokens_per_step is not None:
+        if args.tokens_per_step < 1 or task.gen_length % args.tokens_per_step:
+            raise ValueError(f"--tokens-per-step {args.tokens_per_step} does not divide the {task.gen_length}-token "
+                             f"answer window of task {task.name!r}: pass a divisor of {task.gen_length}")
+        overrides["steps"] = task.gen_length // args.tokens_per_step
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.block_length is not None:
+        overrides["block_length"] = args.block_length
+    try:
+        return default_decode_config(task, family, record=False, **overrides)
+    except ValueError as err:
+        raise ValueError(f"{err} (decoding set by --tokens-per-step / --steps / --block-length, answer window "
+                         f"{task.gen_length} tokens of task {task.name!r})") from None
+
+
+def _check_teacher(args, family: str, teacher_family: str, task, teacher_task) -> None:
+    """Refuse a ``--teacher`` of another family, or trained on another task than the one evaluated."""
+    if teacher_family != family:
+        raise ValueError(f"--teacher {args.teacher} is a {teacher_family} model of another family than {args.model} "
+                         f"({family}): pass the full-precision model of the same family and task (the one {args.model} "
+                         "was quantized from)")
+    if teacher_task is not None and teacher_task.name != task.name:
+        raise ValueError(f"--teacher {args.teacher} was trained on another task ({teacher_task.name!r}) than the "
+                         f"one evaluated ({task.name!r}): pass the full-precision model of the same family and task (the "
+                         f"one {args.model} was quantized from)")
+
+
 def run_eval(args) -> None:
+    import dataclasses
+
     from .. import zoo
-    from ..zoo.evaluate import default_decode_config, evaluate
+    from ..zoo.evaluate import decode_settings, describe_accuracy, evaluate
     from ..zoo.tasks import get_task
 
     path, is_local, _ = resolve_model(args.model)
     teacher_path = None
     if args.teacher:
         teacher_path, t_local, _ = resolve_model(args.teacher)
+    teacher_task = zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None
     if args.task:
         task = get_task(args.task)
     else:
-        task = (zoo.task_of(path) if is_local else None) or (
-            zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None)
+        task = (zoo.task_of(path) if is_local else None) or teacher_task
         if task is None:
-            raise ValueError("no task for this model: pass --task arith|code")
+            raise ValueError("no task for this model: pass --task arith|arith-fewshot|code")
     if args.out:
         from ..checkpoint import check_output_location, refuse_existing_output
 
@@ -449,40 +540,43 @@ def run_eval(args) -> None:
         refuse_existing_output(args.out, args.overwrite)
         check_output_location(args.out)
     kwargs = load_kwargs(args, is_local)
-    preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    family = preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    if teacher_path:
+        tkw = load_kwargs(args, t_local)
+        teacher_family = preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
+        _check_teacher(args, family, teacher_family, task, teacher_task)
+    decode_cfg = _eval_decoding(args, task, family)
     model = _from_pretrained(path, **kwargs)
     tokenizer = load_tokenizer(path, kwargs["trust_remote_code"]) or (
         load_tokenizer(teacher_path) if teacher_path else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files")
-    _say(f"[1/2] accuracy of {args.model} on {task.name}/{args.split} (n={args.count}) ...")
-    results = {"model": args.model, "task": task.name,
+    settings = decode_settings(decode_cfg)
+    _say(f"[1/2] accuracy of {args.model} on {task.name}/{args.split} (n={args.count}), decoding {settings} ...")
+    results = {"model": args.model, "task": task.name, "decoding": settings,
                "student": _strip(evaluate(model, tokenizer, task, args.split, args.count, seed=args.seed,
-                                          batch_size=args.batch_size))}
-    print(f"{args.model}: accuracy {results['student']['accuracy']:.4f} on {task.name}/{args.split} "
-          f"(n={results['student']['n']})")
+                                          config=decode_cfg, batch_size=args.batch_size))}
+    print(f"{args.model}: {describe_accuracy(results['student'])} on {task.name}/{args.split}")
     if teacher_path:
-        tkw = load_kwargs(args, t_local)
-        preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
         teacher = _from_pretrained(teacher_path, **tkw)
         teacher.eval()
         results["teacher"] = _strip(evaluate(teacher, tokenizer, task, args.split, args.count, seed=args.seed,
-                                             batch_size=args.batch_size))
-        print(f"{args.teacher}: accuracy {results['teacher']['accuracy']:.4f} (full precision)")
+                                             config=decode_cfg, batch_size=args.batch_size))
+        print(f"{args.teacher}: {describe_accuracy(results['teacher'])} (full precision)")
         _say(f"[2/2] frontier diagnostics on {args.frontier_count} prompts ...")
         from ..diagnostics import compare_models
+        from ..report import amplification_value
 
         examples = task.examples(args.split, args.frontier_count, seed=args.seed)
         prompts, _ = task.encode(examples, tokenizer)
-        decode_cfg = default_decode_config(task, _family(model), record=True)
-        frontier = compare_models(teacher, model, prompts, None, decode_cfg,
+        frontier = compare_models(teacher, model, prompts, None, dataclasses.replace(decode_cfg, record=True),
                                   remask_positions=REMASK_POSITIONS).to_dict()
         results["frontier"] = frontier
         mm = frontier["mismatch"]
         print(f"frontier (quantized vs full precision; definitions in fair_calib_hf/diagnostics/metrics.py): "
               f"flip rate {frontier['flip_rate']:.4f}, teacher-forced probability MSE "
               f"{frontier['teacher_forced_prob_mse_mean']:.3e}, prompts with a false commit "
-              f"{frontier['false_commit_rate']:.4f}, amplification {frontier['amplification_mean']:.3e}, token "
+              f"{frontier['false_commit_rate']:.4f}, amplification {amplification_value(frontier)}, token "
               f"agreement {frontier['token_agreement']:.4f}")
         print(f"  each model on its own trajectory, full precision / quantized: post-commit mean-disagree "
               f"{mm['teacher']['mean_disagree']:.4f} / {mm['student']['mean_disagree']:.4f}, never-agree "

@@ -1,9 +1,10 @@
 """Reference dLLM architectures: a LLaDA-style and a Dream-style masked-diffusion LM.
 
 Their config keys, module trees and state-dict names are those of the real ``GSAI-ML/LLaDA-8B-*`` and
-``Dream-org/Dream-v0-*`` checkpoints, and they ship as **remote code**: :func:`save_tiny` copies
-``llada/{configuration,modeling}_llada.py`` or ``dream/{configuration,modeling}_dream.py`` next to the weights,
-so a saved checkpoint loads exactly like a real one::
+``Dream-org/Dream-v0-*`` checkpoints, and they ship as **remote code** in the upstream file layout:
+:func:`save_tiny` copies ``llada/{configuration,modeling}_llada.py`` or ``dream/{configuration,modeling}_dream.py``
+and ``dream/generation_utils.py`` (which ``modeling_dream.py`` imports) next to the weights, so a saved checkpoint
+loads exactly like a real one::
 
     path = save_tiny("llada", "/tmp/tiny-llada", seed=0)
     model = AutoModel.from_pretrained(path, trust_remote_code=True)       # or AutoModelForCausalLM
@@ -44,10 +45,10 @@ TINY_CONFIGS = {
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-# kind -> (config class, model class, remote-code folder, configuration module, modeling module)
+# kind -> (config class, model class, remote-code folder, configuration module, modeling module, other modules)
 _FAMILIES = {
-    "llada": (LLaDAConfig, LLaDAModelLM, "llada", "configuration_llada", "modeling_llada"),
-    "dream": (DreamConfig, DreamModel, "dream", "configuration_dream", "modeling_dream"),
+    "llada": (LLaDAConfig, LLaDAModelLM, "llada", "configuration_llada", "modeling_llada", ()),
+    "dream": (DreamConfig, DreamModel, "dream", "configuration_dream", "modeling_dream", ("generation_utils",)),
 }
 
 
@@ -57,10 +58,11 @@ def _check_kind(kind) -> None:
 
 
 def remote_code_files(kind: str) -> list[str]:
-    """Absolute paths of the two remote-code files of ``kind`` (configuration, modeling)."""
+    """Absolute paths of the remote-code files of ``kind``: configuration, modeling, then the further modules
+    the modeling file imports (Dream: ``generation_utils.py``)."""
     _check_kind(kind)
-    _, _, folder, config_module, model_module = _FAMILIES[kind]
-    return [os.path.join(_HERE, folder, f"{name}.py") for name in (config_module, model_module)]
+    _, _, folder, config_module, model_module, others = _FAMILIES[kind]
+    return [os.path.join(_HERE, folder, f"{name}.py") for name in (config_module, model_module, *others)]
 
 
 def tiny_config(kind: str, **overrides):
@@ -68,7 +70,7 @@ def tiny_config(kind: str, **overrides):
     ``overrides`` applied, ``auto_map`` and ``architectures`` set. An override that is not a config key raises
     ``ValueError`` listing the allowed keys; a vocabulary smaller than the tokenizer's raises too."""
     _check_kind(kind)
-    config_cls, model_cls, _, config_module, model_module = _FAMILIES[kind]
+    config_cls, model_cls, _, config_module, model_module, _ = _FAMILIES[kind]
     allowed = set(inspect.signature(config_cls.__init__).parameters) - {"self", "kwargs"}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
@@ -122,7 +124,7 @@ def build_tiny(kind: str, seed: int = 0, **config_overrides):
 def save_tiny(kind: str, path, seed: int = 0, **config_overrides) -> str:
     """Write a tiny randomly initialised ``kind`` checkpoint to the folder ``path`` and return ``str(path)``.
 
-    The folder gets ``config.json`` (with ``auto_map``), ``model.safetensors`` (fp32), the two remote-code files
+    The folder gets ``config.json`` (with ``auto_map``), ``model.safetensors`` (fp32), the remote-code files
     and the tokenizer files; load it with ``AutoModel.from_pretrained(path, trust_remote_code=True)`` (or
     ``AutoModelForCausalLM``) and ``AutoTokenizer.from_pretrained(path)``. The same ``seed`` gives bit-identical
     weights. ``config_overrides`` replace any config key (``ValueError`` for a key the config does not have)."""

@@ -45,6 +45,24 @@ def decode_settings(config: DecodeConfig) -> dict:
     return {k: getattr(config, k) for k in ("policy", "gen_length", "steps", "block_length", "temperature")}
 
 
+def accuracy_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` ⊂ [0, 1] of an accuracy of ``correct`` out of ``n`` problems at
+    confidence ``level`` (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``). ``ValueError`` for
+    ``n < 1`` or ``correct`` outside ``0..n``."""
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"accuracy_interval: need 0 <= correct <= n and n >= 1, got correct={correct}, n={n}")
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def describe_accuracy(result: dict) -> str:
+    """``"accuracy 71.9 % (n=64, 95 % CI [59.9, 81.5])"`` of an :func:`evaluate` result."""
+    lo, hi = result["accuracy_ci95"]
+    return f"accuracy {100 * result['accuracy']:.1f} % (n={result['n']}, 95 % CI [{100 * lo:.1f}, {100 * hi:.1f}])"
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, task: Task, examples, config: DecodeConfig, batch_size: int = 128):
     """Decoded answer texts (cut at the first stop token) and the window tokens ``[N, gen_length]``."""
@@ -64,7 +82,8 @@ def generate_answers(model, tokenizer, task: Task, examples, config: DecodeConfi
 def evaluate(model, tokenizer, task: Task, split: str = "test", count: int = 512, seed: int = 0,
              config: DecodeConfig | None = None, batch_size: int = 128, likelihood_samples: int = 0,
              mc_num: int = 32) -> dict:
-    """Exact match of ``count`` examples of ``split`` (``accuracy`` ∈ [0, 1]) and, with
+    """Exact match of ``count`` examples of ``split`` (``accuracy`` ∈ [0, 1], ``accuracy_ci95`` its 95 % Wilson
+    interval, :func:`accuracy_interval`) and, with
     ``likelihood_samples > 0``, the Monte-Carlo masked log-likelihood of the answer window (text, end of turn
     and EOS padding, as trained) per text-and-end-of-turn token (nats, over the first ``likelihood_samples``
     examples, ``mc_num`` draws each)."""
@@ -76,6 +95,7 @@ def evaluate(model, tokenizer, task: Task, split: str = "test", count: int = 512
     texts, _ = generate_answers(model, tokenizer, task, examples, config, batch_size)
     correct = [task.score(text, ex) for text, ex in zip(texts, examples)]
     result = {"task": task.name, "split": split, "n": len(examples), "accuracy": sum(correct) / len(correct),
+              "accuracy_ci95": list(accuracy_interval(sum(correct), len(correct))),
               "decoding": decode_settings(config), "seconds": round(time.perf_counter() - started, 2),
               "samples": [{"prompt": ex.prompt, "prediction": text, "reference": ex.reference, "correct": ok}
                           for ex, text, ok in list(zip(examples, texts, correct))[:8]]}

@@ -1,2 +1,2 @@
-"""Dream-style reference model; ``configuration_dream.py`` and ``modeling_dream.py`` are remote code, copied
-next to the weights by :func:`fair_calib_hf.reference_models.save_tiny`."""
+"""Dream-style reference model; ``configuration_dream.py``, ``modeling_dream.py`` and ``generation_utils.py``
+are remote code, copied next to the weights by :func:`fair_calib_hf.reference_models.save_tiny`."""

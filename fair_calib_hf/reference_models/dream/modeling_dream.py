@@ -28,25 +28,29 @@ Semantics:
   Dream sampler builds. A mask of all ones is identical to no mask. A 4-D mask (boolean: True = may
   attend, or additive float) is used as given.
 * No KV cache: ``use_cache=True`` or ``past_key_values`` raise.
-* Generation config, as the real remote code does it (its ``generation_utils.py``): ``DreamModel`` inherits
-  ``DreamGenerationMixin`` (transformers' ``can_generate()`` is true for any base class whose name contains
-  ``GenerationMixin``, so ``save_pretrained`` writes ``generation_config.json``), and ``from_pretrained`` is
-  overridden to replace ``model.generation_config`` by a ``DreamGenerationConfig`` read from the checkpoint
-  folder (a missing ``generation_config.json`` raises ``OSError``). ``DreamGenerationConfig.validate(self,
-  is_init=False)`` takes no ``strict`` argument, so transformers' ``GenerationConfig.save_pretrained`` (which
-  calls ``validate(strict=...)``) raises ``TypeError`` on it: a Dream model loaded this way cannot be saved by
-  plain transformers (4.57 and 5.x). The sampler itself (the real mixin's ``diffusion_generate``) is not reproduced; the
+* Generation config, as the real remote code does it: ``DreamGenerationConfig`` and ``DreamGenerationMixin``
+  live in the sibling module ``generation_utils.py``, which this file imports (the upstream file layout).
+  ``DreamModel`` inherits ``DreamGenerationMixin`` (transformers' ``can_generate()`` is true for any base class
+  whose name contains ``GenerationMixin``, so ``save_pretrained`` writes ``generation_config.json``), and
+  ``from_pretrained`` is overridden to replace ``model.generation_config`` by a ``DreamGenerationConfig`` read
+  from the checkpoint folder (a missing ``generation_config.json`` raises ``OSError``).
+  ``DreamGenerationConfig.validate(self, is_init=False)`` takes no ``strict`` argument, so transformers'
+  ``GenerationConfig.save_pretrained`` (which calls ``validate(strict=...)``) raises ``TypeError`` on it: a
+  Dream model loaded this way cannot be saved by plain transformers (4.57 and 5.x). The sampler itself (the
+  real mixin's ``diffusion_generate``) is not reproduced; the
   package's :func:`fair_calib_hf.decoding.diffusion_generate` is the sampler.
 
-This file may import only torch, transformers, the standard library and its sibling configuration file.
+This file may import only torch, transformers, the standard library and its sibling modules
+(``configuration_dream.py``, ``generation_utils.py``).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from .configuration_dream import DreamConfig
+from .generation_utils import DreamGenerationConfig, DreamGenerationMixin
 
 
 class DreamRMSNorm(nn.Module):
@@ -242,43 +246,6 @@ class DreamBaseModel(nn.Module):
         if output_hidden_states:
             hidden.append(x)
         return x, (tuple(hidden) if output_hidden_states else None)
-
-
-class DreamGenerationConfig(GenerationConfig):
-    """The diffusion sampler's settings (``steps``, ``alg``, ``eps``, ``mask_token_id``, ...) with the real
-    class's defaults; every other key is set as an attribute. Like the real class, it does not call
-    ``GenerationConfig.__init__`` and its ``validate`` has the pre-4.45 signature ``validate(is_init=False)``."""
-
-    def __init__(self, **kwargs):
-        defaults = {"temperature": 0.0, "top_p": None, "top_k": None, "max_length": 20, "max_new_tokens": None,
-                    "eps": 1e-3, "steps": 512, "alg": "origin", "alg_temp": None, "num_return_sequences": 1,
-                    "return_dict_in_generate": False, "output_history": False, "mask_token_id": None,
-                    "pad_token_id": None, "bos_token_id": None, "eos_token_id": None, "generation_kwargs": {}}
-        for key, value in defaults.items():
-            setattr(self, key, kwargs.pop(key, value))
-        self._from_model_config = kwargs.pop("_from_model_config", False)
-        self._commit_hash = kwargs.pop("_commit_hash", None)
-        self.transformers_version = kwargs.pop("transformers_version", None)
-        if not self._from_model_config:
-            for key, value in kwargs.items():
-                setattr(self, key, value)
-        self.validate(is_init=True)
-
-    def validate(self, is_init=False, user_set_attributes=None):
-        """Check the sampler settings (``steps`` ≥ 1, ``0 < eps < 1``); no ``strict`` argument.
-
-        The real class's signature is ``validate(self, is_init=False)``. transformers 5.x also calls
-        ``validate(user_set_attributes=...)`` while *loading* a generation config, so the real class cannot be
-        loaded there at all; this one accepts that keyword so that the reference model loads on both lines and
-        the save-time fault (``validate(strict=...)``) can be tested on both."""
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"DreamGenerationConfig: steps must be a positive int, got {self.steps!r}")
-        if not 0.0 < float(self.eps) < 1.0:
-            raise ValueError(f"DreamGenerationConfig: eps must be in (0, 1), got {self.eps!r}")
-
-
-class DreamGenerationMixin:
-    """Marks the model as able to generate (transformers' ``can_generate()`` matches the class name)."""
 
 
 class DreamModel(DreamGenerationMixin, PreTrainedModel):
