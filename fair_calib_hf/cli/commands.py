@@ -328,9 +328,9 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
         if report:
             load_settings = {k: (str(v) if not isinstance(v, (str, int, float, bool)) else v)
                              for k, v in kwargs.items() if k not in ("trust_remote_code", "token")}
-            write_report(tmp, model=model_spec, config=config.to_dict(), calibration=summary,
-                         load_settings=load_settings, sizes=sizes, frontier=frontier, accuracy=accuracy,
-                         eval_source=eval_source)
+            write_report(tmp, model=model_spec, config=model.config.quantization_config.to_dict(),  # as saved
+                         calibration=summary, load_settings=load_settings, sizes=sizes, frontier=frontier,
+                         accuracy=accuracy, eval_source=eval_source)
     result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
               time.perf_counter() - started, **sizes}
     return result
