@@ -20,6 +20,17 @@ import sys
 HUB_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "subfolder", "proxies")
 """``from_pretrained`` options that say where a file comes from; what :func:`load_options_in_progress` returns."""
 
+REPO_OPTIONS = ("revision", "subfolder")
+"""The :data:`HUB_OPTIONS` that name a place inside one repository; the others (cache, token, offline, proxies)
+hold for any repository read in the same run (``fair-calib eval``'s ``--teacher``)."""
+
+
+def options_of(values) -> dict:
+    """``{option: value}`` of the :data:`HUB_OPTIONS` set in ``values`` (a mapping, e.g. ``from_pretrained``'s
+    keyword arguments or ``vars()`` of the parsed command line); unset ones (``None``, ``""``, ``False``) left
+    out."""
+    return {k: values[k] for k in HUB_OPTIONS if values.get(k) not in (None, "", False)}
+
 
 def load_options_in_progress() -> dict:
     """``{option: value}`` of :data:`HUB_OPTIONS` given to the innermost ``PreTrainedModel.from_pretrained`` call on
@@ -29,8 +40,7 @@ def load_options_in_progress() -> dict:
         code = frame.f_code
         if code.co_name == "from_pretrained" and code.co_filename.endswith(os.path.join("transformers",
                                                                                           "modeling_utils.py")):
-            values = frame.f_locals
-            return {k: values[k] for k in HUB_OPTIONS if values.get(k) not in (None, "", False)}
+            return options_of(frame.f_locals)
         frame = frame.f_back
     return {}
 

@@ -44,9 +44,11 @@ class FairCalibQuantizer(_Base):
     def from_pretrained(cls, model_or_path, file_name: str | None = None, **load_options) -> "FairCalibQuantizer":
         """``model_or_path``: a folder, hub id, ``zoo:NAME``, or a float ``PreTrainedModel``. ``load_options``
         go to ``AutoModel.from_pretrained`` at quantization time (``dtype``, ``device_map``,
-        ``offload_folder``, ``trust_remote_code``). ``file_name`` is part of optimum's interface and must be
+        ``offload_folder``, ``trust_remote_code``; the hub options ``revision``, ``subfolder``, ``cache_dir``,
+        ``local_files_only``, ``token`` reach every file read, the checks here included). ``file_name`` is part of optimum's interface and must be
         ``None`` (the checkpoint's own safetensors files are used)."""
         from .cli.commands import preflight, resolve_model
+        from .hub import options_of
         from .saving import tolerant_generation_config
 
         if file_name is not None:
@@ -61,8 +63,9 @@ class FairCalibQuantizer(_Base):
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             model_or_path = tmp
-        path, is_local, _ = resolve_model(str(model_or_path))
-        preflight(path, trust_remote_code=bool(is_local or load_options.get("trust_remote_code")))
+        hub = options_of(load_options)  # revision / cache_dir / ...: for the checks here as for the load
+        path, is_local, _ = resolve_model(str(model_or_path), hub)
+        preflight(path, trust_remote_code=bool(is_local or load_options.get("trust_remote_code")), hub_options=hub)
         if is_local:
             load_options.setdefault("trust_remote_code", True)
         return cls(str(model_or_path), load_options, tmp)

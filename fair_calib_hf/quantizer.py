@@ -12,6 +12,7 @@ with AVX-512 VNNI switch to the GEMM's prepared weight layout (bit-identical, sa
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -146,7 +147,14 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             restore_float32_buffers(model, files)
             verify_loaded_model(model)
         else:
-            self.calibration_report = calibrate(model, self.quantization_config, hub_options=self.hub_options)
+            # calibrate on this load's own copy of the config (the caller's object is never changed), and save that
+            # copy with the seq_len actually used: the longest calibration sequence (the default 1024 only caps
+            # the texts rtn / quarot use whole, which may be much shorter, and the model may hold fewer positions)
+            config = copy.copy(self.quantization_config)
+            self.calibration_report = calibrate(model, config, hub_options=self.hub_options)
+            if self.calibration_report.seq_len is not None:
+                config.seq_len = self.calibration_report.seq_len
+            self.quantization_config = model.config.quantization_config = config
             if self.calibration_report.prior is not None:
                 self.prior_json = self.calibration_report.prior.to_json()
             logger.info("fair_calib: %s", self.calibration_report.summary())

@@ -6,9 +6,11 @@ Subcommands::
     fair-calib quantize MODEL --out DIR [--method ...] [--dataset ...] [--prior FILE] [--push-to-hub REPO]
     fair-calib probe MODEL --out prior.safetensors
     fair-calib eval MODEL [--task arith|code] [--teacher FP_MODEL] [--out DIR]
-    fair-calib inspect DIR [--json]
+    fair-calib inspect PATH [--json]
 
-MODEL is a local folder, a hub id, or a zoo name (``zoo:llada-arith``).
+MODEL is a local folder, a hub id, or a zoo name (``zoo:llada-arith``); PATH a folder or a hub id. The hub
+options of ``from_pretrained`` (--revision, --subfolder, --cache-dir, --local-files-only, --token) apply to
+every file read.
 
 Exit status: 0 success; 2 the command line does not parse (unknown option, missing or invalid argument,
 no command; argparse's usage message); 1 anything refused or failed after that (bad input found by the work,
@@ -49,6 +51,19 @@ def _model_args(parser: argparse.ArgumentParser, calibrates: bool = True) -> Non
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="trust the modeling code of a hub checkpoint (local folders and zoo models are "
                              "trusted: LLaDA and Dream ship their code with the weights)")
+
+
+def _hub_args(parser: argparse.ArgumentParser, subject: str = "MODEL", teacher: bool = False) -> None:
+    g = parser.add_argument_group("hub", f"where the files of a hub {subject} come from, as for from_pretrained"
+                                  + ("; the cache, offline and token options also hold for the teacher"
+                                     if teacher else ""))
+    g.add_argument("--revision", default=None, help=f"branch, tag or commit of a hub {subject} (default: main)")
+    g.add_argument("--subfolder", default=None, help=f"folder of the checkpoint inside {subject}")
+    g.add_argument("--cache-dir", default=None, help="hub cache folder (default: huggingface_hub's, HF_HUB_CACHE)")
+    g.add_argument("--local-files-only", action="store_true",
+                   help="read only files already in the cache; never the network")
+    g.add_argument("--token", default=None,
+                   help="hub access token (default: HF_TOKEN or the saved login, as huggingface_hub reads it)")
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +115,7 @@ def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-length", type=int, default=32, help="window decoded for --eval-prompts (default 32)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
     _model_args(parser)
+    _hub_args(parser)
     _data_args(parser)
     _calib_args(parser)
     _common(parser)
@@ -111,6 +127,7 @@ def add_probe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     parser.add_argument("--plot", default=None, help="also plot the prior to this PNG")
     _model_args(parser)
+    _hub_args(parser)
     _data_args(parser)
     _calib_args(parser)
     _common(parser)
@@ -137,14 +154,16 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for results.json and the diagnostic plots")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     _model_args(parser, calibrates=False)
+    _hub_args(parser, teacher=True)
     _common(parser)
 
 
 def add_inspect_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="a quantized checkpoint folder")
+    parser.add_argument("path", help="a quantized checkpoint: local folder or hub id")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("--no-layout-check", action="store_true",
                         help="skip rebuilding the packed skeleton to check the tensors against the config")
+    _hub_args(parser, subject="PATH")
     _common(parser)
 
 
@@ -179,7 +198,8 @@ CLI_NAMES = {"overwrite": "--overwrite", "seq_len": "--seq-len", "num_samples": 
              "calibration_dataset": "--dataset", "dataset_config": "--dataset-config", "dataset_split": "--split",
              "dataset_text_column": "--text-column", "apply_chat_template": "--chat-template",
              "prior_path": "--prior", "prior_window": "--prior-window", "n_probe": "--n-probe",
-             "probe_steps": "--probe-steps", "calibration_device": "--calibration-device"}
+             "probe_steps": "--probe-steps", "calibration_device": "--calibration-device",
+             "revision": "--revision", "subfolder": "--subfolder", "cache_dir": "--cache-dir"}
 """Library parameter → the option that sets it: errors raised by the library name Python parameters
 (``overwrite=True``); the command line says the option instead (``--overwrite``). Fields without an option
 keep their name, which is what ``--set FIELD=VALUE`` takes."""

@@ -223,6 +223,40 @@ def test_seq_len_beyond_positions_is_refused_for_every_method_before_loading(tin
                 method=method, calibration_dataset=data, seq_len=100000, num_samples=2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+@pytest.mark.parametrize("method", ["rtn", "quarot"])
+def test_saved_seq_len_is_the_longest_sequence_used(tiny_dirs, tmp_path, kind, dtype, method):
+    """The default seq_len (1024) only caps the whole texts rtn / quarot calibrate on: the quantization_config
+    transformers saves records the longest sequence used (the model has 512 positions), not 1024; the caller's
+    config keeps its 1024."""
+    import json
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[kind], trust_remote_code=True)
+    longest = max(len(tok(text)["input_ids"]) for text in CALIB_TEXTS)
+    config = FairCalibConfig(method=method, calibration_dataset=CALIB_TEXTS)
+    before = config.to_dict()
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, dtype=dtype, quantization_config=config)
+    assert q.config.quantization_config.seq_len == q.hf_quantizer.quantization_config.seq_len == longest < 512
+    q.save_pretrained(tmp_path / "q")
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert saved["seq_len"] == longest and saved["method"] == method
+    assert config.seq_len == 1024 and config.to_dict() == before
+    again = AutoModel.from_pretrained(tmp_path / "q", trust_remote_code=True)
+    assert again.config.quantization_config.seq_len == longest
+    # the command line: config.json and the report's settings say the same
+    from fair_calib_hf.cli import main
+
+    lines = [text.replace("\n", " ") for text in CALIB_TEXTS]
+    (tmp_path / "calib.txt").write_text("\n".join(lines))
+    longest = max(len(tok(line)["input_ids"]) for line in lines)
+    out = tmp_path / "cli"
+    assert main(["quantize", tiny_dirs[kind], "--out", str(out), "--method", method, "--dataset",
+                 str(tmp_path / "calib.txt"), "--dtype", str(dtype).replace("torch.", ""), "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["seq_len"] == longest
+    assert json.loads((out / "fair_calib_report.json").read_text())["config"]["seq_len"] == longest
+
+
 @pytest.mark.parametrize("kind", ["llada", "dream"])
 @pytest.mark.parametrize("method", ["flatquant", "fair_calib"])
 def test_stage2_with_too_few_sequences_refuses_or_warns_with_the_number(tiny_dirs, caplog, kind, method):

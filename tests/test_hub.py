@@ -187,11 +187,13 @@ def test_hub_options_reach_the_config_and_tokenizer_the_plugin_reads(tiny_dirs, 
     config = FairCalibConfig(method="rtn", calibration_dataset=["hello there, world"] * 2, seq_len=64)
     # the default cache: main's config.json says gptq, v2 is what is loaded
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf_hub_utils, "TRANSFORMERS_CACHE", str(cache), raising=False)  # 4.57's own copy
     q = AutoModel.from_pretrained("someone/tiny", revision="v2", local_files_only=True, trust_remote_code=True,
                                   dtype=dtype, quantization_config=config)
     assert q.is_quantized and loads[-1][1] == bos and loads[-1][0]["revision"] in ("v2", "b" * 40)
     # a custom cache_dir, and a token: the repo is nowhere else
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(hf_hub_utils, "TRANSFORMERS_CACHE", str(tmp_path / "empty"), raising=False)
     q = AutoModel.from_pretrained("someone/tiny", revision="v2", cache_dir=str(cache), local_files_only=True,
                                   token="hf_not_a_real_token", trust_remote_code=True, dtype=dtype,
                                   quantization_config=config)
@@ -204,3 +206,107 @@ def test_hub_options_reach_the_config_and_tokenizer_the_plugin_reads(tiny_dirs, 
 
     assert foreign_quantization("someone/tiny", {"cache_dir": str(cache)}) == "gptq"
     assert foreign_quantization("someone/tiny", {"cache_dir": str(cache), "revision": "v2"}) is None
+
+
+def _with_code_at_root(folder, checkpoint, subfolder):
+    """A repo layout with the checkpoint under ``subfolder`` and its remote code also at the root (transformers
+    looks remote code up at the root, whatever the subfolder)."""
+    import shutil
+
+    shutil.copytree(checkpoint, folder / subfolder)
+    for name in os.listdir(checkpoint):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(checkpoint, name), folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_cli_hub_options_reach_every_file_read(tiny_dirs, tmp_path, monkeypatch, capsys, kind, dtype):
+    """--revision / --cache-dir / --local-files-only / --subfolder / --token on quantize, probe, eval and inspect:
+    a repo present only in a custom cache dir, whose main is GPTQ-quantized with another tokenizer and whose v2
+    holds the float checkpoint under sub/, quantizes through the CLI (no network); the tokenizer, config and
+    weights all come from v2/sub; the token reaches the hub reads and is printed or written nowhere."""
+    import hashlib
+    import shutil
+
+    from huggingface_hub import constants
+    from transformers import AutoConfig, AutoTokenizer
+
+    from fair_calib_hf.cli import main
+
+    other = "dream" if kind == "llada" else "llada"
+    main_rev = _with_code_at_root(tmp_path / "main", tiny_dirs[kind], "sub")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tiny_dirs[other], name), main_rev / "sub" / name)  # main's tokenizer is another
+    cfg = json.loads((main_rev / "sub" / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (main_rev / "sub" / "config.json").write_text(json.dumps(cfg))
+    v2 = _with_code_at_root(tmp_path / "v2", tiny_dirs[kind], "sub")
+    cache = tmp_path / "cache"
+
+    def commit(name):  # transformers keeps remote code per repo and commit: one commit per test case
+        return hashlib.sha1(f"{kind}-{dtype}-{name}".encode()).hexdigest()
+
+    _fake_hub_cache(cache, "someone/tiny", {"main": (commit("main"), main_rev), "v2": (commit("v2"), v2)})
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))  # the repo is only in --cache-dir
+    monkeypatch.setattr(hf_hub_utils, "TRANSFORMERS_CACHE", str(tmp_path / "empty"), raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_env_token_never_shown")
+    token = "hf_cli_token_never_shown"
+
+    seen = []
+    for cls in (AutoTokenizer, AutoConfig):
+        def spy(klass, *args, _real=cls.from_pretrained.__func__, **kwargs):
+            seen.append((klass.__name__, kwargs))
+            return _real(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    data = tmp_path / "calib.txt"
+    data.write_text("hello there, world\n12 + 35 = 47\n")
+    hub = ["--revision", "v2", "--subfolder", "sub", "--cache-dir", str(cache), "--local-files-only"]
+
+    def run(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert token not in out + err and "hf_env_token_never_shown" not in out + err
+        return out
+
+    out = tmp_path / "q"
+    run("quantize", "someone/tiny", *hub, "--token", token, "--trust-remote-code", "--out", str(out), "--method",
+        "rtn", "--dataset", str(data), "--seq-len", "32", "--num-samples", "2", "--dtype", dtype, "--no-progress")
+    assert {name for name, _ in seen} >= {"AutoTokenizer"} and all(
+        kw.get("revision") == "v2" and kw.get("subfolder") == "sub" and kw.get("token") == token
+        and kw.get("cache_dir") == str(cache) and kw.get("local_files_only") for _, kw in seen), seen
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "fair_calib"
+    bos = {"llada": "<|startoftext|>", "dream": "<|beginoftext|>"}[kind]
+    assert AutoTokenizer.from_pretrained(str(out)).bos_token == bos  # v2's tokenizer, not main's
+    for root, _, names in os.walk(out):
+        for name in names:
+            assert token.encode() not in open(os.path.join(root, name), "rb").read(), name
+    # the token from HF_TOKEN by default, as huggingface_hub reads it
+    run("probe", "someone/tiny", *hub, "--trust-remote-code", "--out", str(tmp_path / "prior.safetensors"),
+        "--dataset", str(data), "--seq-len", "32", "--num-samples", "2", "--n-probe", "2", "--probe-steps", "4",
+        "--dtype", dtype, "--no-progress")
+    assert (tmp_path / "prior.safetensors").is_file()
+    # the quantized checkpoint as revision v1 of another repo, under sub/: inspect and eval read it from the cache
+    _fake_hub_cache(cache, "someone/tiny-w4a4", {"v1": (commit("v1"), _with_code_at_root(tmp_path / "v1", out, "sub"))})
+    stdout = run("inspect", "someone/tiny-w4a4", "--revision", "v1", "--subfolder", "sub", "--cache-dir", str(cache),
+                 "--local-files-only", "--token", token)
+    assert "layout         matches the quantization_config" in stdout
+    stdout = run("eval", "someone/tiny-w4a4", "--revision", "v1", "--subfolder", "sub", "--cache-dir", str(cache),
+                 "--local-files-only", "--token", token, "--task", "arith", "--count", "2", "--frontier-count", "2",
+                 "--teacher", tiny_dirs[kind], "--trust-remote-code", "--dtype", dtype, "--no-progress")
+    assert "accuracy" in stdout and "frontier" in stdout
+    # a revision of a local folder would be ignored by transformers: refused, in the command line's words
+    assert main(["quantize", tiny_dirs[kind], "--revision", "v2", "--out", str(tmp_path / "r"), "--method", "rtn"]) == 1
+    assert "--revision v2 applies to a hub id" in capsys.readouterr().err
+    # the same repo through the Python route (FairCalibQuantizer): its checks read v2/sub too
+    from fair_calib_hf.optimum_quantizer import FairCalibQuantizer
+
+    quantizer = FairCalibQuantizer.from_pretrained("someone/tiny", revision="v2", subfolder="sub",
+                                                   cache_dir=str(cache), local_files_only=True,
+                                                   trust_remote_code=True, dtype=getattr(torch, dtype))
+    folder = quantizer.quantize(tmp_path / "py", quantization_config=FairCalibConfig(method="rtn"), report=False)
+    assert AutoTokenizer.from_pretrained(folder).bos_token == bos

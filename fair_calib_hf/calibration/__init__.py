@@ -43,7 +43,8 @@ class CalibrationReport:
     """What calibration did: method, samples used, per-block statistics (with per-linear output errors), the
     prior (``fair_calib``), wall time (s) of Stage I and of the whole calibration, and peak memory
     (``peak_memory``: ``cpu_rss_bytes``, the process's peak resident set so far, and, when the compute device
-    is CUDA, ``cuda_allocated_bytes`` during calibration)."""
+    is CUDA, ``cuda_allocated_bytes`` during calibration). ``seq_len``: tokens of the longest calibration sequence
+    used (≤ the config's ``seq_len``, which only caps texts used whole); ``None`` without calibration data."""
 
     method: str
     num_samples: int
@@ -54,6 +55,7 @@ class CalibrationReport:
     seconds: float = 0.0
     device: str = "cpu"
     peak_memory: dict = field(default_factory=dict)
+    seq_len: int | None = None
 
     def summary(self) -> str:
         lines = [f"method={self.method} samples={self.num_samples} converted={len(self.converted_modules)} "
@@ -226,4 +228,4 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
     if device.type == "cuda":
         peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return CalibrationReport(config.method, len(samples), converted, stats, prior, stage1,
-                             time.perf_counter() - start, str(device), peak)
+                             time.perf_counter() - start, str(device), peak, longest or None)

@@ -29,18 +29,27 @@ def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") != 1 or os.sep + os.sep in spec
 
 
-def resolve_model(spec: str) -> tuple[str, bool, bool]:
-    """``(path or hub id, is_local, is_zoo)`` for a MODEL argument; ``FileNotFoundError`` for a local path
-    that does not exist, ``ValueError`` for an unknown zoo name."""
+def resolve_model(spec: str, hub_options: dict | None = None) -> tuple[str, bool, bool]:
+    """``(path or hub id, is_local, is_zoo)`` for a MODEL argument; ``hub_options``: the ``revision`` /
+    ``subfolder`` / ... of the load (:mod:`..hub`). ``FileNotFoundError`` for a local path that does not exist
+    or has no ``config.json`` (in ``subfolder``), ``ValueError`` for an unknown zoo name or a ``revision`` given
+    with a local folder (transformers would ignore it)."""
     from .. import zoo
 
+    options = hub_options or {}
     if spec.startswith(zoo.PREFIX):
-        return zoo.resolve(spec), True, True
-    path = os.path.expanduser(spec)
+        path, is_zoo = zoo.resolve(spec), True
+    else:
+        path, is_zoo = os.path.expanduser(spec), False
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{spec} is a folder without config.json: not a transformers checkpoint")
-        return path, True, False
+        if options.get("revision"):
+            raise ValueError(f"revision={options['revision']} applies to a hub id, and {spec} is a local folder: "
+                             "drop it, or pass the hub id")
+        sub = options.get("subfolder")
+        if not os.path.isfile(os.path.join(path, sub or "", "config.json")):
+            raise FileNotFoundError(f"{os.path.join(spec, sub) if sub else spec} is a folder without config.json: "
+                                    "not a transformers checkpoint")
+        return path, True, is_zoo
     if os.path.exists(path):
         raise FileNotFoundError(f"{spec} is a file; pass the checkpoint folder")
     if _looks_local(spec):
@@ -48,16 +57,19 @@ def resolve_model(spec: str) -> tuple[str, bool, bool]:
     return spec, False, False
 
 
-def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True) -> str:
+def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True,
+              hub_options: dict | None = None) -> str:
     """Refuse, before loading any weight: an unsupported architecture (listing the supported families), a
     checkpoint already quantized (by another method, or by fair_calib when ``want_float``), and corrupted or
-    truncated safetensors files. Returns the model's family (``"llada"`` / ``"dream"``)."""
+    truncated safetensors files. ``hub_options``: the ``revision`` / ``cache_dir`` / ... of the load
+    (:mod:`..hub`), for the files read here. Returns the model's family (``"llada"`` / ``"dream"``)."""
     from transformers import AutoConfig
 
     from ..architectures import get_adapter
     from ..checkpoint import check_safetensors_files, locate_checkpoint_files, read_config_json
 
-    raw = read_config_json(path) or {}
+    hub_options = hub_options or {}
+    raw = read_config_json(path, hub_options) or {}
     qc = raw.get("quantization_config")
     if qc:
         method = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
@@ -70,9 +82,10 @@ def preflight(path: str, trust_remote_code: bool = True, want_float: bool = True
     if raw.get("model_type") is not None:
         adapter = get_adapter(type("C", (), {"model_type": raw["model_type"]})())
     else:
-        adapter = get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        adapter = get_adapter(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                         **(hub_options or {})))
     if os.path.isdir(path):
-        check_safetensors_files(locate_checkpoint_files(path))
+        check_safetensors_files(locate_checkpoint_files(path, hub_options))
     return adapter.family
 
 
@@ -113,11 +126,13 @@ def _from_pretrained(path: str, **kwargs):
     return AutoModel.from_pretrained(path, **kwargs)
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = True):
+def load_tokenizer(path: str, trust_remote_code: bool = True, hub_options: dict | None = None):
+    """The tokenizer of checkpoint ``path`` (``hub_options`` as for :func:`preflight`), or ``None`` if it has
+    none."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **(hub_options or {}))
     except Exception:  # noqa: BLE001 - a checkpoint without tokenizer files
         return None
 
@@ -282,8 +297,10 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
                        report: bool = True, load_options: dict | None = None) -> dict:
     """Load ``model_spec`` with calibration, save it atomically into ``out`` (weights, tokenizer, the Stage I
     prior, the report) and return a summary dict. With ``args`` (the CLI namespace) the config is built from
-    them; otherwise ``config`` is a ``FairCalibConfig``."""
+    them; otherwise ``config`` is a ``FairCalibConfig``. The hub options (``--revision`` ... of ``args``, or
+    ``revision=`` ... of ``load_options``) apply to every file read: config, tokenizer, weights, remote code."""
     from ..checkpoint import atomic_directory, check_output_location, describe_checkpoint, refuse_existing_output
+    from ..hub import options_of
     from ..report import calibration_summary, write_report
 
     if args is not None:
@@ -292,22 +309,23 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
             raise ValueError(f"--prior applies to --method fair_calib (Stage II's loss) or gptq (its Hessian) only "
                              f"(the Stage I position prior), not --method {args.method}: drop --prior or use "
                              "--method fair_calib / gptq")
-    path, is_local, is_zoo = resolve_model(model_spec)
+    hub = options_of(vars(args) if args is not None else load_options or {})
+    path, is_local, is_zoo = resolve_model(model_spec, hub)
     trust = bool(is_local or (args is not None and args.trust_remote_code)
                  or (load_options or {}).get("trust_remote_code"))
-    preflight(path, trust_remote_code=trust)
+    preflight(path, trust_remote_code=trust, hub_options=hub)
     out = os.path.abspath(os.path.expanduser(out))
     refuse_existing_output(out, overwrite)
     check_output_location(out)
-    tokenizer = load_tokenizer(path, trust)
+    tokenizer = load_tokenizer(path, trust, hub)
     if args is not None:
         config, source = build_config(args, path, is_zoo, args.method, tokenizer)
-        kwargs = load_kwargs(args, is_local)
+        kwargs = {**load_kwargs(args, is_local), **hub}
         from ..calibration import check_positions
         from ..checkpoint import read_config_json
 
         # a seq_len beyond the model's positions is refused before any weight is loaded
-        check_positions(config, SimpleNamespace(**(read_config_json(path) or {})),
+        check_positions(config, SimpleNamespace(**(read_config_json(path, hub) or {})),
                         explicit=getattr(args, "seq_len", None) is not None or "seq_len" in _parse_set(args.set))
     else:
         if getattr(config, "tokenizer", None) is None and tokenizer is not None:
@@ -341,10 +359,10 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
         sizes = {"disk_bytes": info["disk_bytes"], "float_bytes": info["float_bytes"]}
         if report:
             load_settings = {k: (str(v) if not isinstance(v, (str, int, float, bool)) else v)
-                             for k, v in kwargs.items() if k != "trust_remote_code"}
-            write_report(tmp, model=model_spec, config=config.to_dict(), calibration=summary,
-                         load_settings=load_settings, sizes=sizes, frontier=frontier, accuracy=accuracy,
-                         eval_source=eval_source, data_source=source)
+                             for k, v in kwargs.items() if k not in ("trust_remote_code", "token")}
+            write_report(tmp, model=model_spec, config=model.config.quantization_config.to_dict(),  # as saved
+                         calibration=summary, load_settings=load_settings, sizes=sizes, frontier=frontier,
+                         accuracy=accuracy, eval_source=eval_source, data_source=source)
     result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
               time.perf_counter() - started, **sizes}
     if report:
@@ -405,17 +423,18 @@ def run_quantize(args) -> None:
           f"{res['disk_bytes'] / 2**20:.2f} MiB on disk vs {res['float_bytes'] / 2**20:.2f} MiB float, "
           f"{res['seconds']:.1f} s")
     if args.push_to_hub:
-        url = push_folder(res["out"], args.push_to_hub, private=args.private)
+        url = push_folder(res["out"], args.push_to_hub, private=args.private, token=args.token)
         print(f"uploaded to {url}")
     if "report" in res:
         print(f"report {res['report']}: {res['headline']}")
 
 
-def push_folder(folder: str, repo_id: str, private: bool = False) -> str:
-    """Create (if needed) the hub model repo and upload the checkpoint folder in one commit."""
+def push_folder(folder: str, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create (if needed) the hub model repo and upload the checkpoint folder in one commit (``token``: default
+    huggingface_hub's, ``HF_TOKEN`` or the saved login)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi()
+    api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     operations = []
     for root, _, names in os.walk(folder):
@@ -434,10 +453,13 @@ def run_probe(args) -> None:
     from ..calibration.data import load_calibration_samples
     from ..calibration.stage1_prior import probe_position_prior
 
+    from ..hub import options_of
+
     _parse_set(args.set)  # a typo in --set fails here, before any loading
-    path, is_local, is_zoo = resolve_model(args.model)
+    hub = options_of(vars(args))
+    path, is_local, is_zoo = resolve_model(args.model, hub)
     trust = bool(is_local or args.trust_remote_code)
-    preflight(path, trust_remote_code=trust)
+    preflight(path, trust_remote_code=trust, hub_options=hub)
     out = os.path.abspath(os.path.expanduser(args.out))
     if os.path.isdir(out):
         raise IsADirectoryError(f"--out {out} is a folder; pass a file name such as prior.safetensors")
@@ -446,13 +468,13 @@ def run_probe(args) -> None:
     from ..checkpoint import check_output_location
 
     check_output_location(out)
-    tokenizer = load_tokenizer(path, trust)
+    tokenizer = load_tokenizer(path, trust, hub)
     args.prior = None
     config, source = build_config(args, path, is_zoo, "fair_calib", tokenizer)
     _say(f"[1/2] loading {args.model} ...")
-    model = _from_pretrained(path, **load_kwargs(args, is_local))
+    model = _from_pretrained(path, **load_kwargs(args, is_local), **hub)
     model.eval()
-    samples = load_calibration_samples(config, model, fixed_length=True)
+    samples = load_calibration_samples(config, model, fixed_length=True, hub_options=hub)
     _say(f"[2/2] Stage I: {config.n_probe} rollouts on {len(samples)} sequences of {config.seq_len} tokens ...")
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -520,12 +542,15 @@ def run_eval(args) -> None:
 
     from .. import zoo
     from ..zoo.evaluate import decode_settings, describe_accuracy, evaluate
+    from ..hub import REPO_OPTIONS, options_of
     from ..zoo.tasks import get_task
 
-    path, is_local, _ = resolve_model(args.model)
+    hub = options_of(vars(args))  # revision / subfolder name a place in MODEL; the others hold for --teacher too
+    teacher_hub = {k: v for k, v in hub.items() if k not in REPO_OPTIONS}
+    path, is_local, _ = resolve_model(args.model, hub)
     teacher_path = None
     if args.teacher:
-        teacher_path, t_local, _ = resolve_model(args.teacher)
+        teacher_path, t_local, _ = resolve_model(args.teacher, teacher_hub)
     teacher_task = zoo.task_of(teacher_path) if teacher_path and os.path.isdir(teacher_path) else None
     if args.task:
         task = get_task(args.task)
@@ -539,16 +564,17 @@ def run_eval(args) -> None:
         args.out = os.path.abspath(os.path.expanduser(args.out))  # the folder checked is the folder written
         refuse_existing_output(args.out, args.overwrite)
         check_output_location(args.out)
-    kwargs = load_kwargs(args, is_local)
-    family = preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False)
+    kwargs = {**load_kwargs(args, is_local), **hub}
+    family = preflight(path, trust_remote_code=kwargs["trust_remote_code"], want_float=False, hub_options=hub)
     if teacher_path:
-        tkw = load_kwargs(args, t_local)
-        teacher_family = preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True)
+        tkw = {**load_kwargs(args, t_local), **teacher_hub}
+        teacher_family = preflight(teacher_path, trust_remote_code=tkw["trust_remote_code"], want_float=True,
+                                   hub_options=teacher_hub)
         _check_teacher(args, family, teacher_family, task, teacher_task)
     decode_cfg = _eval_decoding(args, task, family)
     model = _from_pretrained(path, **kwargs)
-    tokenizer = load_tokenizer(path, kwargs["trust_remote_code"]) or (
-        load_tokenizer(teacher_path) if teacher_path else None)
+    tokenizer = load_tokenizer(path, kwargs["trust_remote_code"], hub) or (
+        load_tokenizer(teacher_path, hub_options=teacher_hub) if teacher_path else None)
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files")
     settings = decode_settings(decode_cfg)
@@ -608,8 +634,10 @@ def run_eval(args) -> None:
 
 def run_inspect(args) -> None:
     from ..checkpoint import CheckpointMismatchError, describe_checkpoint
+    from ..hub import options_of
 
-    info = describe_checkpoint(os.path.expanduser(args.path), check_layout=not args.no_layout_check)
+    info = describe_checkpoint(checkpoint_folder(args.path, options_of(vars(args))),
+                               check_layout=not args.no_layout_check)
     if args.json:
         shown = dict(info)
         if shown.get("prior"):
@@ -621,6 +649,23 @@ def run_inspect(args) -> None:
     if layout.get("checked") and not layout.get("ok"):
         raise CheckpointMismatchError(f"the tensors do not match the quantization_config: "
                                       f"{'; '.join(layout['problems'][:4])}")
+
+
+def checkpoint_folder(spec: str, hub_options: dict) -> str:
+    """The local folder of checkpoint ``spec`` (a folder, or a hub id whose ``*.json`` and ``*.safetensors``
+    files are fetched into the hub cache by ``huggingface_hub.snapshot_download`` with ``hub_options``), under
+    ``subfolder``. ``FileNotFoundError`` for a local path that does not exist."""
+    path = os.path.expanduser(spec)
+    sub = hub_options.get("subfolder") or ""
+    if not os.path.isdir(path) and not _looks_local(spec):
+        from huggingface_hub import snapshot_download
+
+        fetch = {k: v for k, v in hub_options.items() if k != "subfolder"}
+        prefix = f"{sub}/" if sub else ""
+        path = snapshot_download(spec, allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"], **fetch)
+    elif not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder {spec} does not exist")
+    return os.path.join(path, sub) if sub else path
 
 
 def _print_info(info: dict) -> None:
