@@ -216,3 +216,39 @@ def test_states_that_cannot_be_drawn_are_refused_before_stage1(tiny_dirs, monkey
     monkeypatch.setattr(calibration, "probe_position_prior", no_probe)
     with pytest.raises(ValueError, match=message):
         _quantize(tiny_dirs["llada"], torch.float32, _cfg("fair_calib", calibration_states="trajectory", **kw))
+
+
+# -- offloading, chained quantized inputs, prior reuse, CLI ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["llada", "dream"])
+def test_offloaded_quantized_chain_trajectory_equals_in_memory(tiny_dirs, tmp_path, kind):
+    from test_offload import DEVICE_MAPS
+
+    cfg = dict(method="fair_calib", calibration_states="trajectory", state_weights="frontier", block_inputs="quantized")
+    ref = _state(_quantize(tiny_dirs[kind], torch.float32, _cfg(**cfg)))
+    off = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=_cfg(**cfg),
+                                    device_map=DEVICE_MAPS[kind], offload_folder=str(tmp_path / "offload"))
+    got = off.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_a_saved_prior_is_reused_on_masked_states(tiny_dirs, tmp_path):
+    first = _quantize(tiny_dirs["llada"], torch.float32, _cfg("fair_calib", calibration_states="masked"))
+    path = str(tmp_path / "prior.safetensors")
+    first.hf_quantizer.calibration_report.prior.save(path)
+    again = _quantize(tiny_dirs["llada"], torch.float32, _cfg("fair_calib", calibration_states="masked",
+                                                              prior_path=path))
+    a, b = _state(first), _state(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert again.config.quantization_config.to_dict()["calibration_states"] == "masked"
+    with pytest.raises(ValueError, match="prior_window"):  # a prior of another geometry is refused as before
+        _quantize(tiny_dirs["llada"], torch.float32, _cfg("fair_calib", calibration_states="masked", prior_path=path,
+                                                          prior_window=16, probe_steps=16))
+
+
+def test_cli_sets_the_states():
+    from fair_calib_hf.cli.commands import _parse_set
+
+    fields = _parse_set(["calibration_states=trajectory", "state_weights=frontier", "states_per_sequence=2"])
+    cfg = _cfg("fair_calib", **fields)
+    assert (cfg.calibration_states, cfg.state_weights, cfg.states_per_sequence) == ("trajectory", "frontier", 2)
