@@ -252,3 +252,24 @@ def test_cli_sets_the_states():
     fields = _parse_set(["calibration_states=trajectory", "state_weights=frontier", "states_per_sequence=2"])
     cfg = _cfg("fair_calib", **fields)
     assert (cfg.calibration_states, cfg.state_weights, cfg.states_per_sequence) == ("trajectory", "frontier", 2)
+
+
+def test_benchmark_variants_are_valid_configs():
+    from fair_calib_hf.bench.calibrate import STATES
+    from fair_calib_hf.bench.quality import CONFIGS, PAIRS, STATES_CONFIGS
+
+    assert len(STATES_CONFIGS) == 7
+    for name in STATES_CONFIGS:
+        method, overrides = CONFIGS[name]
+        assert FairCalibConfig(method=method, calibration_dataset=["x"], **overrides).calibration_states != "observed"
+        assert (name, "flatquant") in PAIRS and (name, method) in PAIRS
+    for overrides in STATES.values():
+        FairCalibConfig(method="fair_calib", calibration_dataset=["x"], **overrides)
+
+
+def test_bench_calibrate_times_stage2_per_state_kind():
+    from fair_calib_hf.bench.calibrate import run_one
+
+    row = run_one("tiny-dream", "fair_calib", "trajectory-frontier")
+    assert row["states"] == "trajectory-frontier" and row["states_s"] > 0 and row["samples"] == 16
+    assert row["stage2_s_per_step"] > 0 and row["steps_per_block"] == 60  # 15 epochs × 16 states / batch 4
