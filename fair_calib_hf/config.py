@@ -39,6 +39,11 @@ PRIOR_TERMS = ("both", "frontier", "reliability")
 PRIOR_RELIABILITY = ("prob", "neg_entropy", "margin")
 
 BLOCK_INPUTS = ("fp", "quantized")
+CALIBRATION_STATES = ("observed", "masked", "trajectory")
+STATE_WEIGHTS = ("static", "frontier")
+TRAJECTORY_POLICIES = ("low_confidence", "random", "origin", "maskgit_plus", "topk_margin", "entropy")
+"""Samplers the teacher may decode the calibration prompts with (``calibration_states="trajectory"``): those of
+:mod:`fair_calib_hf.decoding.samplers` with a fixed number of steps (not the adaptive ``threshold``)."""
 PRIOR_HASH_PREFIX = "sha256:"
 """``to_dict()`` writes ``prior_path`` as ``"sha256:<hex digest of the file>"``: a local path means nothing on
 another machine, the hash identifies the prior (which itself travels in the checkpoint's header)."""
@@ -58,6 +63,8 @@ _SERIALIZED_FIELDS = (
     "prior_gamma", "prior_terms", "prior_reliability", "prior_floor", "prior_path",
     # Stage II (flatquant, fair_calib)
     "epochs", "lr", "clip_lr", "batch_size", "add_diag", "diag_alpha", "lwc", "lac",
+    # Stage II states (issue 27)
+    "calibration_states", "states_per_sequence", "trajectory_policy", "state_weights",
 )
 
 
@@ -65,21 +72,34 @@ STAGE1_FIELDS = ("n_probe", "prior_window", "probe_steps", "probe_block_length",
                  "prior_gamma", "prior_terms", "prior_reliability", "prior_floor", "prior_path")
 STAGE2_FIELDS = ("epochs", "lr", "clip_lr", "batch_size", "add_diag", "diag_alpha", "lwc", "lac")
 GPTQ_FIELDS = ("gptq_position_weights", "gptq_damp", "gptq_block_size", "gptq_act_order")
+STATES_FIELDS = ("calibration_states", "states_per_sequence", "trajectory_policy", "state_weights")
+STATES_GEOMETRY_FIELDS = ("prior_window", "probe_steps", "probe_block_length")
+"""Stage I fields that also set the answer window (and the teacher's decoding) of masked / trajectory states."""
 DATA_FIELDS = ("calibration_dataset", "num_samples", "seq_len", "pack_samples", "dataset_text_column",
                "dataset_config", "dataset_split", "apply_chat_template", "block_inputs")
 
 
-def applicable_fields(method: str, with_data: bool) -> set[str]:
+def applicable_fields(method: str, with_data: bool, states: str = "observed") -> set[str]:
     """The serialized fields that affect a calibration with ``method`` (the report lists only these): Stage I
-    options for ``fair_calib`` only, Stage II options for ``flatquant`` / ``fair_calib``, ``w_clip_search``
-    for ``quarot``, the data options only when calibration data was used."""
+    options for ``fair_calib`` only, Stage II options (the states fields included) for ``flatquant`` /
+    ``fair_calib``, ``w_clip_search`` for ``quarot``, the data options only when calibration data was used.
+    ``states`` (``calibration_states``): other than ``"observed"``, the window and decoding fields of Stage I
+    (:data:`STATES_GEOMETRY_FIELDS`) apply to ``flatquant`` too; ``trajectory_policy`` applies only to
+    ``"trajectory"``, ``states_per_sequence`` not to ``"observed"``, ``state_weights`` only to ``fair_calib``."""
     skip = set()
     if method != "fair_calib":
         skip.update(STAGE1_FIELDS)
+        skip.add("state_weights")
     if method == "gptq":
         skip.difference_update(STAGE1_FIELDS)  # the Stage I prior can weight GPTQ's Hessian
     if method not in ("flatquant", "fair_calib"):
-        skip.update(STAGE2_FIELDS)
+        skip.update(STAGE2_FIELDS + STATES_FIELDS)
+    elif states != "observed":
+        skip.difference_update(STATES_GEOMETRY_FIELDS)
+    if states != "trajectory":
+        skip.add("trajectory_policy")
+    if states == "observed":
+        skip.add("states_per_sequence")
     if method != "quarot":
         skip.add("w_clip_search")
     if not with_data:
@@ -203,6 +223,27 @@ class FairCalibConfig(QuantizationConfigMixin):
         weight / activation clipping, True; when off, the clip ratio is fixed at ``w_clip_ratio`` /
         ``a_clip_ratio``, 1.0 by default: no clipping). Stage II sequences are ``seq_len`` tokens each, cut from the
         concatenated calibration texts.
+
+    Stage II states (``flatquant``, ``fair_calib``; :mod:`fair_calib_hf.calibration.states`):
+        calibration_states: the sequences every block is calibrated on, with full-precision targets on the same
+            sequences: ``"observed"`` (the default, the paper's: the calibration text as is, no mask token);
+            ``"masked"`` (each sequence's answer window, its last ``prior_window`` positions, with every position
+            replaced by the mask token independently with probability ``r``, one ``r = ε + (1 − ε)·u``,
+            ``u ~ U[0, 1)``, ``ε = 1e-3``, per state: LLaDA's training corruption); ``"trajectory"`` (the states
+            ``S_t`` of the full-precision model decoding each sequence's prompt, the positions before the window,
+            with ``trajectory_policy``, ``probe_steps`` and ``probe_block_length``: the same geometry as Stage I).
+        states_per_sequence: states drawn per calibration sequence (1): independent maskings, or distinct decoding
+            steps ``t`` drawn uniformly; Stage II then fits on ``num_samples × states_per_sequence`` states (and
+            takes that many more optimizer steps per epoch).
+        trajectory_policy: the teacher's sampler for ``"trajectory"`` states: ``None`` (the family's deployed
+            sampler: ``"low_confidence"`` LLaDA-style, ``"maskgit_plus"`` Dream-style), ``"random"`` (Stage I's
+            random-commit rollouts) or any of ``low_confidence``, ``origin``, ``maskgit_plus``, ``topk_margin``,
+            ``entropy`` (the Dream-style ones need ``probe_block_length`` None or the whole window).
+        state_weights: ``fair_calib`` only. ``"static"``: every state weighted by the Stage I prior (the paper);
+            ``"frontier"`` (``"trajectory"`` states only): each state ``S_t`` weighted by the bound's terms at
+            that step, the positions committed at step ``t`` with ``λ0(t)`` and the still-masked positions with
+            the teacher's reliability, combined and floored as the prior is
+            (:func:`fair_calib_hf.calibration.states.frontier_weights`).
     """
 
     def __init__(
@@ -251,6 +292,10 @@ class FairCalibConfig(QuantizationConfigMixin):
         diag_alpha: float = 0.3,
         lwc: bool = True,
         lac: bool = True,
+        calibration_states: str = "observed",
+        states_per_sequence: int = 1,
+        trajectory_policy: str | None = None,
+        state_weights: str = "static",
         format_version: int = FORMAT_VERSION,
         pack_format: str = PACK_FORMAT,
         **kwargs,
@@ -293,6 +338,8 @@ class FairCalibConfig(QuantizationConfigMixin):
         self.prior_reliability, self.prior_floor, self.prior_path = prior_reliability, prior_floor, prior_path
         self.epochs, self.lr, self.clip_lr, self.batch_size = epochs, lr, clip_lr, batch_size
         self.add_diag, self.diag_alpha, self.lwc, self.lac = add_diag, diag_alpha, lwc, lac
+        self.calibration_states, self.states_per_sequence = calibration_states, states_per_sequence
+        self.trajectory_policy, self.state_weights = trajectory_policy, state_weights
         self.post_init()
 
     def post_init(self) -> None:
@@ -312,7 +359,7 @@ class FairCalibConfig(QuantizationConfigMixin):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
                 _fail(name, v, "a number in (0, 1]")
         for name in ("num_samples", "seq_len", "seed", "n_probe", "prior_window", "probe_steps", "probe_batch_size",
-                     "epochs", "batch_size", "probe_block_length"):
+                     "epochs", "batch_size", "probe_block_length", "states_per_sequence"):
             v = getattr(self, name)
             if name == "probe_block_length" and v is None:
                 continue
@@ -355,7 +402,25 @@ class FairCalibConfig(QuantizationConfigMixin):
             isinstance(m, str) and m for m in self.modules_to_not_convert
         ):
             _fail("modules_to_not_convert", self.modules_to_not_convert, "a list of module paths or 're:' patterns")
+        self._validate_states()
         self._validate_calibration_dataset()
+
+    def _validate_states(self) -> None:
+        """The Stage II states fields (see the class docstring)."""
+        if self.calibration_states not in CALIBRATION_STATES:
+            _fail("calibration_states", self.calibration_states, ", ".join(CALIBRATION_STATES))
+        if self.trajectory_policy is not None and self.trajectory_policy not in TRAJECTORY_POLICIES:
+            _fail("trajectory_policy", self.trajectory_policy, "None or " + ", ".join(TRAJECTORY_POLICIES))
+        if self.state_weights not in STATE_WEIGHTS:
+            _fail("state_weights", self.state_weights, ", ".join(STATE_WEIGHTS))
+        if self.state_weights == "frontier" and (self.method != "fair_calib"
+                                                 or self.calibration_states != "trajectory"):
+            _fail("state_weights", self.state_weights, "'static', or 'frontier' with method='fair_calib' and "
+                  f"calibration_states='trajectory' (got method={self.method!r}, calibration_states="
+                  f"{self.calibration_states!r}): the frontier of a step exists only on a decoding trajectory")
+        if self.calibration_states != "observed" and self.method not in ("flatquant", "fair_calib"):
+            _fail("calibration_states", self.calibration_states, f"'observed' for method={self.method!r} (masked "
+                  "and trajectory states are Stage II's: method 'flatquant' or 'fair_calib')")
 
     def _validate_precision(self) -> None:
         """Bits, group size and weight rounding: only the combinations :mod:`fair_calib_hf.precisions` lists."""

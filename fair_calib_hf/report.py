@@ -112,6 +112,8 @@ def headline(frontier: dict | None, accuracy: dict | None, calibration: dict) ->
 
 def calibration_summary(report) -> dict:
     """The JSON-clean numbers of a :class:`~fair_calib_hf.calibration.CalibrationReport`."""
+    from .calibration.states import describe as describe_states
+
     blocks = [{"name": b.name, "rel_mse": b.rel_mse, "layers": dict(b.layers), "rescaled": list(b.rescaled),
                **({"epoch_losses": b.extra["epoch_losses"]} if "epoch_losses" in b.extra else {})}
               for b in report.blocks]
@@ -122,7 +124,8 @@ def calibration_summary(report) -> dict:
     return {"method": report.method, "num_samples": report.num_samples,
             "converted_linears": len(report.converted_modules), "seconds": report.seconds,
             "stage1_seconds": report.stage1_seconds, "device": getattr(report, "device", "cpu"),
-            "peak_memory": dict(getattr(report, "peak_memory", {})), "blocks": blocks, "prior": prior}
+            "peak_memory": dict(getattr(report, "peak_memory", {})), "blocks": blocks, "prior": prior,
+            "states": describe_states(getattr(report, "states", None))}
 
 
 def write_report(folder: str, *, model: str, config: dict, calibration: dict, load_settings: dict | None = None,
@@ -142,7 +145,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
 
     plots = os.path.join(folder, PLOTS_DIR)
     lines = [f"# FAIR-Calib quantization report: `{model}`", ""]
-    applied = applicable_fields(config.get("method", ""), calibration["num_samples"] > 0)
+    applied = applicable_fields(config.get("method", ""), calibration["num_samples"] > 0,
+                                config.get("calibration_states", "observed"))
     lines += ["## Settings", "", f"The settings that applied to method `{config.get('method')}`"
               + ("" if calibration["num_samples"] else " without calibration data")
               + " (`config.json` holds every field, defaults included).", "",
@@ -166,6 +170,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
               f"packed, compute device `{c['device']}`",
               f"- wall time {c['seconds']:.2f} s" + (f" (Stage I probing {c['stage1_seconds']:.2f} s)"
                                                      if c.get("prior") else ""),
+              *([f"- Stage II states `{c['states']['kind']}`: {c['states']['count']} states "
+                 f"({c['states']['seconds']:.2f} s to produce)"] if c.get("states", {}).get("count") else []),
               f"- peak memory: process RSS {_mb(c['peak_memory'].get('cpu_rss_bytes'))}"
               + (f", CUDA allocated {_mb(c['peak_memory']['cuda_allocated_bytes'])}"
                  if "cuda_allocated_bytes" in c["peak_memory"] else "")]

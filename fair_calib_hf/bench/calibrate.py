@@ -15,6 +15,13 @@ the blocks' optimization loops; ``FLOP-bound s`` is the FLOP count of those step
 the fp32 GEMM rate measured in the same process (``torch.mm`` of two 1024 × 1024 matrices, best of 3, measured
 before and after calibration; the higher rate is used, so the bound is the stricter one), and
 ``x FLOP-bound`` their ratio (1 = every FLOP at the GEMM rate).
+
+**Stage II states** (``--states``, issue 27): each Stage II row runs once per states variant of :data:`STATES`
+(``observed``, the default, ``masked``, ``trajectory`` and, for FAIR-Calib, ``trajectory-frontier``), one state per
+calibration sequence, so every variant takes the same number of optimizer steps. ``states s`` is the time spent
+producing the states (the teacher's decoding for trajectory states: what they add to Stage I), ``Stage II s/step``
+the optimization loop's time per optimizer step and ``x observed`` its ratio to the same model and method on
+observed states.
 """
 from __future__ import annotations
 
@@ -31,6 +38,10 @@ from .common import report, rss_mb
 
 METHODS = ("rtn", "quarot", "flatquant", "fair_calib")
 SETTINGS = dict(num_samples=16, seq_len=128, pack_samples=True, n_probe=32, prior_window=64, probe_steps=32)
+STATES = {"observed": {}, "masked": {"calibration_states": "masked"},
+          "trajectory": {"calibration_states": "trajectory"},
+          "trajectory-frontier": {"calibration_states": "trajectory", "state_weights": "frontier"}}
+"""``--states`` variants: ``FairCalibConfig`` overrides (``trajectory-frontier``: FAIR-Calib only)."""
 
 
 def _texts() -> list[str]:
@@ -92,8 +103,9 @@ def _zoo_config(name: str, method: str):
     return path, cfg
 
 
-def run_one(model_name: str, method: str) -> dict:
-    """One row: ``model_name`` is ``tiny-llada`` / ``tiny-dream`` or ``zoo:NAME``."""
+def run_one(model_name: str, method: str, states: str = "observed") -> dict:
+    """One row: ``model_name`` is ``tiny-llada`` / ``tiny-dream`` or ``zoo:NAME``; ``states`` a key of
+    :data:`STATES`."""
     import resource
 
     from transformers import AutoModel
@@ -110,13 +122,18 @@ def run_one(model_name: str, method: str) -> dict:
             family = model_name.removeprefix("tiny-")
             path = save_tiny(family, os.path.join(root, family))
             cfg = FairCalibConfig(method=method, calibration_dataset=_texts(), **SETTINGS)
+        for key, value in STATES[states].items():
+            setattr(cfg, key, value)
+        cfg.post_init()
         float_model = AutoModel.from_pretrained(path, trust_remote_code=True)
         rate_before = gemm_rate()
         before = rss_mb()
         model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r = model.hf_quantizer.calibration_report
-    row = {"model": model_name, "method": method, "samples": r.num_samples, "seq_len": cfg.seq_len,
+    row = {"model": model_name, "method": method, "states": states,
+           "states_s": round(r.states.seconds, 2) if r.states is not None else 0.0,
+           "samples": r.num_samples, "seq_len": cfg.seq_len,
            "threads": torch.get_num_threads(), "stage1_s": round(r.stage1_seconds, 2),
            "total_s": round(r.seconds, 2), "peak_mb_over_loaded": round(max(peak - before, 0.0), 1),
            "block_rel_mse": [round(b.rel_mse, 5) for b in r.blocks]}
@@ -127,7 +144,8 @@ def run_one(model_name: str, method: str) -> dict:
         flops = stage2_flops(float_model, r.num_samples, cfg.seq_len, cfg.epochs, steps, widths)
         rate = max(rate_before, gemm_rate())
         fit = sum(b.extra["fit_seconds"] for b in r.blocks)
-        row.update(stage2_s=round(fit, 2), stage2_gflop=round(flops / 1e9, 2), gemm_gflops=round(rate / 1e9, 1),
+        row.update(stage2_s=round(fit, 2), steps_per_block=steps, stage2_s_per_step=round(fit / max(
+                       steps * len(r.blocks), 1), 4), stage2_gflop=round(flops / 1e9, 2), gemm_gflops=round(rate / 1e9, 1),
                    flop_bound_s=round(flops / rate, 3), stage2_over_flop_bound=round(fit * rate / flops, 2),
                    final_epoch_loss=[round(b.extra["epoch_losses"][-1], 6) for b in r.blocks])
     return row
@@ -140,34 +158,51 @@ def main(argv=None) -> None:
                              "(a zoo model with the CLI's defaults); default: tiny")
     parser.add_argument("--methods", nargs="+", default=["flatquant", "fair_calib"], choices=METHODS,
                         help="methods for the zoo models (default: the two with Stage II)")
+    parser.add_argument("--states", nargs="+", default=["observed"], choices=list(STATES),
+                        help="Stage II states variants timed for flatquant / fair_calib (default: observed); "
+                             "trajectory-frontier runs for fair_calib only")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", metavar="MODEL METHOD [STATES]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(run_one(*args.one)))
         return
+
+    def variants(method):
+        if method not in ("flatquant", "fair_calib"):
+            return ["observed"]
+        return [v for v in args.states if method == "fair_calib" or not STATES[v].get("state_weights")]
     jobs = []
     for name in args.models:
         if name == "tiny":
-            jobs += [(f"tiny-{family}", method) for family in ("llada", "dream") for method in METHODS]
+            jobs += [(f"tiny-{family}", method, v) for family in ("llada", "dream") for method in METHODS
+                     for v in variants(method)]
         elif name.startswith("zoo:"):
-            jobs += [(name, method) for method in args.methods]
+            jobs += [(name, method, v) for method in args.methods for v in variants(method)]
         else:
             parser.error(f"--models: {name!r} is neither 'tiny' nor zoo:NAME")
     rows = []
-    for model_name, method in jobs:
-        out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", model_name, method],
-                             capture_output=True, text=True)
+    for model_name, method, states in jobs:
+        out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", model_name, method,
+                              states], capture_output=True, text=True)
         if out.returncode != 0:
-            raise RuntimeError(f"bench calibrate {model_name} {method} failed:\n{out.stderr[-4000:]}")
+            raise RuntimeError(f"bench calibrate {model_name} {method} {states} failed:\n{out.stderr[-4000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    observed = {(r["model"], r["method"]): r.get("stage2_s_per_step") for r in rows if r["states"] == "observed"}
+    for r in rows:
+        base = observed.get((r["model"], r["method"]))
+        if base and r.get("stage2_s_per_step"):
+            r["stage2_step_over_observed"] = round(r["stage2_s_per_step"] / base, 2)
     report(f"calibration cost; tiny models: settings {SETTINGS}, other options at their defaults (Stage II: 15 "
            f"epochs, batch 4); zoo models: the CLI's defaults; torch {torch.__version__}, "
            f"{torch.get_num_threads()} threads",
-           {"model": lambda r: r["model"], "method": lambda r: r["method"], "samples": lambda r: r["samples"],
+           {"model": lambda r: r["model"], "method": lambda r: r["method"], "states": lambda r: r["states"],
+            "samples": lambda r: r["samples"],
             "seq_len": lambda r: r["seq_len"], "Stage I s": lambda r: r["stage1_s"], "total s": lambda r: r["total_s"],
             "peak MB over loaded model": lambda r: r["peak_mb_over_loaded"],
-            "Stage II s": lambda r: r.get("stage2_s", "-"), "FLOP-bound s": lambda r: r.get("flop_bound_s", "-"),
+            "states s": lambda r: r["states_s"], "Stage II s": lambda r: r.get("stage2_s", "-"),
+            "Stage II s/step": lambda r: r.get("stage2_s_per_step", "-"),
+            "x observed": lambda r: r.get("stage2_step_over_observed", "-"), "FLOP-bound s": lambda r: r.get("flop_bound_s", "-"),
             "GEMM GFLOP/s": lambda r: r.get("gemm_gflops", "-"),
             "x FLOP-bound": lambda r: r.get("stage2_over_flop_bound", "-"),
             "block rel. MSE": lambda r: ", ".join(map(str, r["block_rel_mse"]))}, rows, args.json)

@@ -73,11 +73,26 @@ CONFIGS = {
     "w4a16-gptq": ("gptq", {"a_bits": 16}),
     "w4a16-gptq-prior": ("gptq", {"a_bits": 16, "gptq_position_weights": "prior"}),
     "w8a16-rtn": ("rtn", {"w_bits": 8, "a_bits": 16}),
+    # Stage II states (issue 27): masked answer windows, the FP teacher's decoding states (its deployed sampler, or
+    # Stage I's random commits), and FAIR-Calib's per-state frontier weights on those states
+    "flatquant/masked": ("flatquant", {"calibration_states": "masked"}),
+    "flatquant/trajectory": ("flatquant", {"calibration_states": "trajectory"}),
+    "flatquant/trajectory-random": ("flatquant", {"calibration_states": "trajectory", "trajectory_policy": "random"}),
+    "fair_calib/masked": ("fair_calib", {"calibration_states": "masked"}),
+    "fair_calib/trajectory": ("fair_calib", {"calibration_states": "trajectory"}),
+    "fair_calib/trajectory-frontier": ("fair_calib", {"calibration_states": "trajectory",
+                                                      "state_weights": "frontier"}),
+    "fair_calib/trajectory-random-frontier": ("fair_calib", {"calibration_states": "trajectory",
+                                                             "trajectory_policy": "random",
+                                                             "state_weights": "frontier"}),
 }
+STATES_CONFIGS = tuple(name for name in CONFIGS if "/masked" in name or "/trajectory" in name)
+"""The issue-27 variants: each is compared with FlatQuant on observed states and with its own method on them."""
 PAIRS = (("fair_calib", "flatquant"), ("quarot-gptq", "quarot-rtn"), ("flatquant-gptq", "flatquant"),
          ("fair_calib-gptq", "fair_calib"), ("fair_calib-gptq", "flatquant-gptq"),
          ("w4a16-g128-gptq", "w4a16-g128-rtn"), ("w4a16-g128-gptq-prior", "w4a16-g128-gptq"),
-         ("w4a16-gptq", "w4a16-rtn"), ("w4a16-gptq-prior", "w4a16-gptq"))
+         ("w4a16-gptq", "w4a16-rtn"), ("w4a16-gptq-prior", "w4a16-gptq")) + tuple(
+    pair for name in STATES_CONFIGS for pair in dict.fromkeys([(name, "flatquant"), (name, CONFIGS[name][0])]))
 """Paired comparisons ``a − b`` reported whenever both configurations have rows."""
 MAIN_CONFIGS = ("rtn", "quarot-rtn", "flatquant", "fair_calib")
 # The paper's probe budget (512 rollouts, "saturating at 512-1024") and FlatQuant's 15 epochs; --n-probe,

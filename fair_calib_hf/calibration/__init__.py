@@ -2,7 +2,9 @@
 
 Methods: ``rtn`` (data-free), ``gptq`` (no transform, GPTQ weight rounding), ``quarot`` (fixed Hadamard-type
 transforms), ``flatquant`` (Stage II with uniform position weights) and ``fair_calib`` (Stage I teacher probing for
-the position prior, then Stage II weighted by it). Stage I always runs on the untouched full-precision model,
+the position prior, then Stage II weighted by it). Stage II calibrates on the states ``calibration_states`` chooses
+(:mod:`.states`: the observed sequences, masked ones, or the teacher's decoding states), with the prior, uniform
+or per-state frontier weights; GPTQ re-rounding always weights its Hessian with the static prior (or uniformly). Stage I always runs on the untouched full-precision model,
 before any block is converted. With ``weight_rounding="gptq"`` every method's packed weights are re-rounded by
 GPTQ (:mod:`.gptq`) right after the method packs each block, on the same block inputs.
 """
@@ -28,6 +30,7 @@ from .gptq import gptq_block
 from .rtn import make_rtn_block_quantizer
 from .stage1_prior import PositionPrior, probe_position_prior
 from .stage2_fit import fit_block
+from .states import CalibrationStates, build_states, check_states
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class CalibrationReport:
     device: str = "cpu"
     peak_memory: dict = field(default_factory=dict)
     seq_len: int | None = None
+    states: CalibrationStates | None = None
 
     def summary(self) -> str:
         lines = [f"method={self.method} samples={self.num_samples} converted={len(self.converted_modules)} "
@@ -192,6 +196,8 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
                        "sample(s) found (%d tokens, fewer than num_samples=%d) only measure the block errors in "
                        "the report", config.method, len(samples), sum(int(s.numel()) for s in samples),
                        config.num_samples)
+    if config.method in STAGE2_METHODS and samples:  # refuse states that cannot be drawn before Stage I runs
+        check_states(config, adapter.family, int(samples[0].numel()))
     prior, stage1 = None, 0.0
     if config.uses_prior:
         prior = _prior(model, samples, config)
@@ -202,8 +208,10 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
         quantize_block = make_quarot_block_quantizer(config)
         if not samples:  # data-free: one dummy sequence, only to see which linears share an input
             samples = [torch.arange(8) % model.get_input_embeddings().num_embeddings]
-    else:
-        weights = prior.weights if prior is not None else None
+    states = None
+    if config.method in STAGE2_METHODS:
+        states = build_states(model, samples, config)
+        weights = states.weights if states.weights is not None else (prior.weights if prior is not None else None)
 
         def quantize_block(block, path, inputs, targets):
             return fit_block(block, path, inputs, targets, weights, config, adapter)
@@ -213,7 +221,8 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if samples:
-        stats = calibrate_blocks(model, blocks, adapter.blocks_path, samples, quantize_block, device,
+        stats = calibrate_blocks(model, blocks, adapter.blocks_path, states.sequences if states else samples,
+                                 quantize_block, device,
                                  chain=config.block_inputs, layer_names=_layer_names(config),
                                  rescaled_layers=_rescaled_layers(config, adapter),
                                  batch_size=max(1, config.batch_size))
@@ -228,4 +237,4 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
     if device.type == "cuda":
         peak["cuda_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
     return CalibrationReport(config.method, len(samples), converted, stats, prior, stage1,
-                             time.perf_counter() - start, str(device), peak, longest or None)
+                             time.perf_counter() - start, str(device), peak, longest or None, states)

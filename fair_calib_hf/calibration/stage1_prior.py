@@ -82,10 +82,13 @@ def accumulate_rollout(commit_step: torch.Tensor, reliability: torch.Tensor, lam
 
 def combine_prior(frontier: torch.Tensor, reliability: torch.Tensor, seq_len: int, terms: str = "both",
                   floor: float = 0.1, logits_shift: int = 0) -> torch.Tensor:
-    """The length-``seq_len`` prior from the window masses (see the module docstring), float32, mean 1."""
+    """The length-``seq_len`` prior from the window masses ``frontier [K]``, ``reliability [K]`` (see the module
+    docstring), float32 ``[seq_len]``, mean 1. Masses ``[S, K]`` (one row per calibration state, as
+    :func:`.states.frontier_weights` passes them) give ``[S, seq_len]``: every mean (unit-mean terms, floor,
+    final rescaling) is then taken over all rows together, so rows keep their relative mass."""
     if terms not in TERMS:
         raise ValueError(f"prior terms must be one of {', '.join(TERMS)}, got {terms!r}")
-    k = frontier.numel()
+    k = frontier.shape[-1]
     if k > seq_len:
         raise ValueError(f"prior window K={k} is longer than the calibration length L={seq_len}")
 
@@ -96,11 +99,12 @@ def combine_prior(frontier: torch.Tensor, reliability: torch.Tensor, seq_len: in
     parts = {"frontier": [unit_mean(frontier)], "reliability": [unit_mean(reliability)],
              "both": [unit_mean(frontier), unit_mean(reliability)]}[terms]
     window = sum(parts) / len(parts)
-    w = torch.full((seq_len,), floor * float(window.mean()), dtype=torch.float64)
-    w[seq_len - k:] = window
+    lead = tuple(window.shape[:-1])
+    w = torch.full(lead + (seq_len,), floor * float(window.mean()), dtype=torch.float64)
+    w[..., seq_len - k:] = window
     if logits_shift:
-        w = torch.cat([w[logits_shift:], torch.full((logits_shift,), floor * float(window.mean()),
-                                                    dtype=torch.float64)])
+        w = torch.cat([w[..., logits_shift:], torch.full(lead + (logits_shift,), floor * float(window.mean()),
+                                                         dtype=torch.float64)], -1)
     return (w / w.mean()).float()
 
 
@@ -166,6 +170,27 @@ class PositionPrior:
         return cls.from_json(text) if text else None
 
 
+def probe_geometry(config, family: str, seq_len: int, what: str = "Stage I") -> tuple[int, int, int]:
+    """``(K, T, block)``: the window (``prior_window`` capped at ``seq_len − 1``), the steps (``probe_steps``
+    capped at ``K``) and the semi-AR block length (``probe_block_length``; ``None``: 32 for the ``llada`` family
+    when 32 divides ``K``, else ``K``) of the teacher's rollouts. ``ValueError`` (prefixed with ``what``) when
+    the block does not divide ``K`` or the steps are not a multiple of the number of blocks."""
+    k = min(config.prior_window, seq_len - 1)
+    if k < 1:
+        raise ValueError(f"calibration sequences of {seq_len} tokens leave no room for a probe window")
+    steps = min(config.probe_steps, k)
+    block = config.probe_block_length
+    if block is None:
+        block = 32 if family == "llada" and k % 32 == 0 else k
+    if k % block:
+        raise ValueError(f"{what}: probe_block_length={block} does not divide the probe window K={k} "
+                         f"(prior_window capped at seq_len - 1); choose a divisor of {k}, or None")
+    if steps % (k // block):
+        raise ValueError(f"{what}: probe_steps={steps} (capped at K={k}) is not a multiple of the {k // block} "
+                         f"blocks of {block}; choose a multiple of {k // block} or another probe_block_length")
+    return k, steps, block
+
+
 def _reliability(traj, kind: str, vocab: int) -> torch.Tensor:
     if kind == "prob":
         return traj.prob
@@ -180,19 +205,7 @@ def probe_position_prior(model, sequences: torch.Tensor, config) -> PositionPrio
     ``sequences [N, L]`` (cycling through them with distinct seeds) and build the prior."""
     adapter = get_adapter(model)
     n, seq_len = sequences.shape
-    k = min(config.prior_window, seq_len - 1)
-    if k < 1:
-        raise ValueError(f"calibration sequences of {seq_len} tokens leave no room for a probe window")
-    steps = min(config.probe_steps, k)
-    block = config.probe_block_length
-    if block is None:
-        block = 32 if adapter.family == "llada" and k % 32 == 0 else k
-    if k % block:
-        raise ValueError(f"Stage I: probe_block_length={block} does not divide the probe window K={k} "
-                         f"(prior_window capped at seq_len - 1); choose a divisor of {k}, or None")
-    if steps % (k // block):
-        raise ValueError(f"Stage I: probe_steps={steps} (capped at K={k}) is not a multiple of the {k // block} "
-                         f"blocks of {block}; choose a multiple of {k // block} or another probe_block_length")
+    k, steps, block = probe_geometry(config, adapter.family, seq_len)
     lam0 = lambda0(steps, config.prior_schedule, config.prior_gamma)
     vocab = model.get_output_embeddings().out_features
     frontier = torch.zeros(k, dtype=torch.float64)

@@ -14,7 +14,8 @@ with symmetric int4 fake quantization and straight-through rounding. The block i
 
     loss = mean_{samples, positions i} w̄_i · mean_hidden (h_q(i) − h_fp(i))²
 
-(``w̄ ≡ 1``: plain FlatQuant MSE), with AdamW (no weight decay) and a cosine schedule down to 1e-3 × lr,
+(``w̄ ≡ 1``: plain FlatQuant MSE; per-state weights ``w̄_{s,i}``, one row per calibration state, for
+``state_weights="frontier"``, :mod:`.states`), with AdamW (no weight decay) and a cosine schedule down to 1e-3 × lr,
 each step's loss divided by its own detached value (FlatQuant). Then everything is folded and packed
 (:func:`.sites.pack_with_transform`): ``d`` into the feeding RMSNorm or the up-projection rows when the
 adapter knows how, the Kronecker factors and any unfoldable ``d`` into the module's transform buffers.
@@ -98,12 +99,19 @@ def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_mse(h_q: torch.Tensor, h_fp: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """``mean_{b,i} w_i · mean_d (h_q − h_fp)²`` for ``h [B, N, D]`` and ``weights [N]`` (None: all ones,
-    which is exactly ``F.mse_loss``)."""
+    """``mean_{b,i} w_{b,i} · mean_d (h_q − h_fp)²`` for ``h [B, N, D]``. ``weights``: ``[P]`` (one weight per
+    position, the same for every sample: ``w_{b,i} = w_i``), ``[B, P]`` (per sample, e.g. per calibration state),
+    the last ``N`` positions used (``P ≥ N``), or ``None`` (all ones, which is exactly ``F.mse_loss``).
+    ``ValueError`` for a ``[B, P]`` whose ``B`` differs from ``h``'s."""
     per_pos = (h_q.float() - h_fp.float()).pow(2).mean(-1)
     if weights is None:
         return per_pos.mean()
-    return (per_pos * weights.to(per_pos)[None, -per_pos.shape[1]:]).mean()
+    if weights.dim() == 1:
+        return (per_pos * weights.to(per_pos)[None, -per_pos.shape[1]:]).mean()
+    if weights.shape[0] != per_pos.shape[0]:
+        raise ValueError(f"weighted_mse: {weights.shape[0]} rows of per-sample weights for {per_pos.shape[0]} "
+                         "samples")
+    return (per_pos * weights.to(per_pos)[:, -per_pos.shape[1]:]).mean()
 
 
 class SiteParams(nn.Module):
@@ -259,11 +267,13 @@ def invert_factors_together(params: list[SiteParams]) -> None:
 
 def _batched_loss(block, inputs: list[BlockInput], targets: list[torch.Tensor], weights) -> torch.Tensor:
     """Mean weighted MSE over the samples ``inputs`` (one forward for all of them when their calls stack,
-    :func:`.block_loop.stack_block_inputs`; one per sample otherwise)."""
+    :func:`.block_loop.stack_block_inputs`; one per sample otherwise). ``weights``: as :func:`weighted_mse`
+    takes them, a ``[B, P]`` tensor holding one row per sample of ``inputs``."""
     stacked = stack_block_inputs(inputs)
     if stacked is not None:
         return weighted_mse(run_block(block, stacked), torch.cat(targets, 0), weights)
-    return sum(weighted_mse(run_block(block, i), t, weights) for i, t in zip(inputs, targets)) / len(inputs)
+    rows = [weights[j:j + 1] if weights is not None and weights.dim() == 2 else weights for j in range(len(inputs))]
+    return sum(weighted_mse(run_block(block, i), t, w) for i, t, w in zip(inputs, targets, rows)) / len(inputs)
 
 
 @torch.no_grad()
@@ -297,7 +307,11 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
     (``fit_seconds``). Each optimizer step runs the block once on its whole batch of samples (one forward and
     one backward; per sample only when the captured calls do not stack); each site's transformed,
     fake-quantized weights are built once per step, for all its linears together, and applied in one matmul
-    (:meth:`SiteParams.member_output`)."""
+    (:meth:`SiteParams.member_output`). ``weights``: ``[L]`` position weights for every sample, ``[len(inputs),
+    L]`` one row per sample (per-state weights), or ``None`` (uniform); ``ValueError`` for another row count."""
+    if weights is not None and weights.dim() == 2 and weights.shape[0] != len(inputs):
+        raise ValueError(f"fit_block: {weights.shape[0]} rows of per-state weights for {len(inputs)} calibration "
+                         "states")
     dtype = next(block.parameters()).dtype
     block.float()
     inputs = [BlockInput(tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in i.args),
@@ -342,7 +356,8 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
                 invert_factors_together(params)
-                loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], weights)
+                step_weights = weights[idx] if weights is not None and weights.dim() == 2 else weights
+                loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], step_weights)
                 for sp in params:
                     sp.new_step()
                 opt.zero_grad(set_to_none=True)
