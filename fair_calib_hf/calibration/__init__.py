@@ -202,14 +202,14 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
     if config.uses_prior:
         prior = _prior(model, samples, config)
         stage1 = time.perf_counter() - start
+    states = None
     if config.method in ("rtn", "gptq"):
         quantize_block = make_rtn_block_quantizer(config)
     elif config.method == "quarot":
         quantize_block = make_quarot_block_quantizer(config)
         if not samples:  # data-free: one dummy sequence, only to see which linears share an input
             samples = [torch.arange(8) % model.get_input_embeddings().num_embeddings]
-    states = None
-    if config.method in STAGE2_METHODS:
+    else:  # Stage II methods
         states = build_states(model, samples, config)
         weights = states.weights if states.weights is not None else (prior.weights if prior is not None else None)
 
