@@ -110,12 +110,26 @@ def headline(frontier: dict | None, accuracy: dict | None, calibration: dict) ->
     return ", ".join(parts) or f"{calibration['converted_linears']} linears packed (data-free, nothing measured)"
 
 
+def _gptq_lines(blocks: list[dict]) -> list[str]:
+    """The report line on GPTQ rounding: on how many linears its weighted reconstruction error on the calibration
+    inputs is below round-to-nearest's on the same grid, and the median ratio (none without GPTQ)."""
+    pairs = [tuple(v) for b in blocks for v in b.get("gptq_weighted_error", {}).values()]
+    if not pairs:
+        return []
+    ratios = sorted(g / r for g, r in pairs if r > 0)
+    median = ratios[len(ratios) // 2] if ratios else float("nan")
+    return [f"- GPTQ weight rounding: weighted reconstruction error on the calibration inputs below round-to-nearest's "
+            f"on {sum(g < r for g, r in pairs)} of {len(pairs)} linears (median GPTQ/RTN ratio {median:.3f})"]
+
+
 def calibration_summary(report) -> dict:
     """The JSON-clean numbers of a :class:`~fair_calib_hf.calibration.CalibrationReport`."""
     from .calibration.states import describe as describe_states
 
     blocks = [{"name": b.name, "rel_mse": b.rel_mse, "layers": dict(b.layers), "rescaled": list(b.rescaled),
-               **({"epoch_losses": b.extra["epoch_losses"]} if "epoch_losses" in b.extra else {})}
+               **({"epoch_losses": b.extra["epoch_losses"]} if "epoch_losses" in b.extra else {}),
+               **({"gptq_weighted_error": {n: list(v) for n, v in b.extra["gptq_weighted_error"].items()}}
+                  if "gptq_weighted_error" in b.extra else {})}
               for b in report.blocks]
     prior = None
     if report.prior is not None:
@@ -170,6 +184,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
               f"packed, compute device `{c['device']}`",
               f"- wall time {c['seconds']:.2f} s" + (f" (Stage I probing {c['stage1_seconds']:.2f} s)"
                                                      if c.get("prior") else ""),
+              *_gptq_lines(c["blocks"]),
               *([f"- Stage II states `{c['states']['kind']}`: {c['states']['count']} states "
                  f"({c['states']['seconds']:.2f} s to produce)"] if c.get("states", {}).get("count") else []),
               f"- peak memory: process RSS {_mb(c['peak_memory'].get('cpu_rss_bytes'))}"
@@ -223,7 +238,7 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
                     if mm["teacher"].get("remasked") else "")
         lines += [f"Evaluation prompts: {eval_source or 'n/a'}; decoding {json.dumps(frontier['settings'])}. "
                   f"Two models: the **{FULL_PRECISION}** model (the teacher; `teacher` in the JSON) and the "
-                  f"**{QUANTIZED}** W4A4 model (`student` in the JSON). The frontier of a step is the set of "
+                  f"**{QUANTIZED}** model (`student` in the JSON). The frontier of a step is the set of "
                   "positions committed at that step. Definitions: `fair_calib_hf/diagnostics/metrics.py`.", "",
                   f"| metric | {FULL_PRECISION} | {QUANTIZED} | definition |", "|---|---|---|---|",
                   f"| frontier flip rate | 0 | {_fmt(frontier['flip_rate'])} | replaying the {FULL_PRECISION} "

@@ -243,6 +243,8 @@ def test_zoo_model_defaults_to_its_task_and_probe_prior_is_reusable(fake_zoo, tm
     assert (gconfig["method"], gconfig["weight_rounding"], gconfig["gptq_position_weights"]) == ("gptq", "gptq", "prior")
     assert (gconfig["a_bits"], gconfig["group_size"]) == (16, 32)
     assert torch.equal(PositionPrior.from_checkpoint(gq).weights, prior.weights)
+    assert "- GPTQ weight rounding: weighted reconstruction error on the calibration inputs below round-to-nearest's" \
+        in open(os.path.join(gq, "fair_calib_report.md")).read()
 
     code, stdout, err = _run(capsys, "eval", out, "--teacher", "zoo:llada-arith", "--count", "4",
                              "--frontier-count", "4", "--out", str(tmp_path / "ev"), "--no-progress")
