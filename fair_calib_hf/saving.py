@@ -95,7 +95,7 @@ try:
     import fair_calib_hf  # noqa: F401  (registers the fair_calib quantizer with transformers)
 except ImportError as err:
     raise ImportError(
-        "This checkpoint is quantized with fair_calib (W4A4, quant_method 'fair_calib'); loading it needs the "
+        "This checkpoint is quantized with fair_calib (quant_method 'fair_calib'); loading it needs the "
         "fair_calib_hf package: pip install fair_calib_hf"
     ) from err
 

@@ -42,5 +42,5 @@ FairCalibInspectCommand = _SUBCOMMANDS["inspect"][0]
 class FairCalibCommand(BaseOptimumCLICommand):
     """``optimum-cli fair-calib``: prints its help; the work is in the subcommands."""
 
-    COMMAND = CommandInfo(name="fair-calib", help="FAIR-Calib W4A4 quantization of diffusion LMs (LLaDA, Dream)")
+    COMMAND = CommandInfo(name="fair-calib", help="FAIR-Calib quantization of diffusion LMs (LLaDA, Dream)")
     SUBCOMMANDS = tuple(info for _, info in _SUBCOMMANDS.values())

@@ -443,7 +443,7 @@ def push_folder(folder: str, repo_id: str, private: bool = False, token: str | N
             operations.append(CommitOperationAdd(path_in_repo=os.path.relpath(full, folder).replace(os.sep, "/"),
                                                  path_or_fileobj=full))
     api.create_commit(repo_id=repo_id, operations=operations, repo_type="model",
-                      commit_message="Upload FAIR-Calib W4A4 checkpoint")
+                      commit_message="Upload FAIR-Calib quantized checkpoint")
     return f"https://huggingface.co/{repo_id}"
 
 
