@@ -85,7 +85,7 @@ def tolerant_generation_config(model):
 LOADER_FILE = "fair_calib_loader.py"
 """The remote-code module written into every quantized checkpoint (see the module docstring)."""
 
-_LOADER_HEADER = '''"""Loader of a fair_calib (W4A4) quantized checkpoint, written by fair_calib_hf.
+_LOADER_HEADER = '''"""Loader of a fair_calib quantized checkpoint, written by fair_calib_hf.
 
 transformers knows the "fair_calib" quantization method only once fair_calib_hf is imported; without it this
 checkpoint would load as a float model with random weights. config.json's auto_map points here, so loading

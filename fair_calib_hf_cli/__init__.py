@@ -168,7 +168,8 @@ def add_inspect_args(parser: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = {
-    "quantize": (add_quantize_args, "calibrate and pack a model (W4A4, or weight-only W4A16 / W8A16), save it with a report"),
+    "quantize": (add_quantize_args,
+                 "calibrate and pack a model (W4A4, or weight-only W4A16 / W8A16), save it with a report"),
     "probe": (add_probe_args, "run Stage I alone and save the position prior (reuse with --prior)"),
     "eval": (add_eval_args, "task accuracy and frontier diagnostics against a full-precision teacher"),
     "inspect": (add_inspect_args, "describe what a quantized checkpoint contains"),
@@ -176,7 +177,8 @@ COMMANDS = {
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="FAIR-Calib quantization (W4A4, W4A16, W8A16) for diffusion LMs "
+    parser = argparse.ArgumentParser(prog=prog, description="FAIR-Calib quantization (W4A4, W4A16, W8A16) for "
+                                     "diffusion LMs "
                                                             "(LLaDA, Dream).")
     parser.add_argument("--version", action="version", version=f"fair_calib_hf {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
