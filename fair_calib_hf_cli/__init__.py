@@ -178,8 +178,7 @@ COMMANDS = {
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="FAIR-Calib quantization (W4A4, W4A16, W8A16) for "
-                                     "diffusion LMs "
-                                                            "(LLaDA, Dream).")
+                                     "diffusion LMs (LLaDA, Dream).")
     parser.add_argument("--version", action="version", version=f"fair_calib_hf {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, help_text) in COMMANDS.items():
