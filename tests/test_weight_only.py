@@ -94,7 +94,9 @@ def test_torch_int4_kernel_path_within_stated_tolerance(n, k, group_size, dtype)
         x = _inputs(m, k, dtype, seed=m)
         ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 4, group_size or 0, k)
         y = module(x)
-        assert y.dtype == dtype
+        direct = (torch._weight_int8pack_mm(x.bfloat16(), codes, module.weight_scale.reshape(-1).bfloat16()).float()
+                  + module.bias.float()).to(dtype)
+        assert y.dtype == dtype and torch.equal(y, direct)  # the kernel path is the one taken
         assert (y.float() - ref.float()).abs().max() <= weight_only_cpu.INT4PACK_RTOL * ref.float().abs().max()
     x = _inputs(weight_only_cpu.INT4PACK_MAX_TOKENS + 1, k, dtype)
     ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 4, group_size or 0, k)
@@ -168,3 +170,23 @@ def test_a_w4a4_checkpoint_written_before_the_new_fields_still_loads(tiny_dirs, 
     ids = torch.tensor([list(range(5, 17))])
     with torch.no_grad():
         assert torch.equal(again(input_ids=ids).logits, q(input_ids=ids).logits)
+
+
+@pytest.mark.skipif(not weight_only_cpu.int8_available(), reason="this torch has no CPU int8 weight-only kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_torch_int8_kernel_path_within_stated_tolerance(dtype):
+    """W8A16 at ≤ INT8PACK_MAX_TOKENS tokens runs torch's int8 weight-only kernel (bf16 inside): within
+    INT4PACK_RTOL · max|y_ref| of the fp32 reference; more tokens are the reference bit for bit."""
+    module = WeightOnlyLinear.from_linear(_linear(96, 256), 8, None).to(dtype)
+    codes = module.stored_codes()
+    for m in range(1, weight_only_cpu.INT8PACK_MAX_TOKENS + 1):
+        x = _inputs(m, 256, dtype, seed=m)
+        ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 8, 0, 256)
+        y = module(x)
+        direct = (torch._weight_int8pack_mm(x.bfloat16(), codes, module.weight_scale.reshape(-1).bfloat16()).float()
+                  + module.bias.float()).to(dtype)
+        assert y.dtype == dtype and torch.equal(y, direct)  # the kernel path is the one taken
+        assert (y.float() - ref.float()).abs().max() <= weight_only_cpu.INT4PACK_RTOL * ref.float().abs().max()
+    x = _inputs(weight_only_cpu.INT8PACK_MAX_TOKENS + 1, 256, dtype)
+    ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 8, 0, 256)
+    assert torch.equal(module(x), ref)

@@ -15,7 +15,8 @@ Ops (namespace ``fair_calib``):
 * ``weight_only_gemm(x [M,K], w_stored, w_scale [N,G], bias?, bits, group_size, k) -> [M, N]`` in ``x.dtype``:
   weight-only 4/8-bit (reference on every device). On the CPU a :class:`~fair_calib_hf.modules.WeightOnlyLinear`
   prepared for PyTorch's own int4 kernel calls :func:`.weight_only_cpu.int4pack_linear` instead (torch's op,
-  within :data:`.weight_only_cpu.INT4PACK_RTOL` of the reference).
+  within :data:`.weight_only_cpu.INT4PACK_RTOL` of the reference); per-channel 8-bit weights at few tokens run
+  torch's int8 weight-only kernel on the CPU (:func:`.weight_only_cpu.register`, the same tolerance).
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def _(x, w_stored, w_scale, bias, bits, group_size, k):
 
 
 cpu.register(quantize_act_int4, w4a4_gemm, w4a4_gemm_prepared)
+weight_only_cpu.register(weight_only_gemm)
 cuda.register(quantize_act_int4, w4a4_gemm)
 
 

@@ -13,6 +13,10 @@ kernel reads the activations and the scales in bf16 and returns bf16, so it agre
 reference's fp32 GEMM (PyTorch's kernel is built for decoding-sized batches); that path is bit-identical to the
 reference.
 
+8-bit per-channel weights need no conversion: ``aten._weight_int8pack_mm`` reads ``int8 [N, K]`` codes and bf16
+per-channel scales directly; it is registered as the CPU kernel of the ``weight_only_gemm`` op for up to
+:data:`INT8PACK_MAX_TOKENS` tokens (bf16 inside, the same tolerance), the reference above.
+
 The prepared weight is torch's own layout; :func:`unprepare_int4` inverts it exactly when it recognises the
 layout (blocks of 64, 32 or 16 output channels, the lower half of each block in the low nibbles; checked
 against the stored codes when preparing), so the module can drop its own copy of the codes.
@@ -30,6 +34,9 @@ INT4PACK_RTOL = 2e-2
 INT4PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT4PACK_MAX_TOKENS", "32"))
 """Token count up to which torch's int4 kernel runs (above it: dequantize + fp32 GEMM); chosen from
 ``python -m fair_calib_hf.bench kernels --weight-only`` (BENCHMARKS.md)."""
+INT8PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT8PACK_MAX_TOKENS", "4"))
+"""Token count up to which torch's int8 weight-only kernel runs for W8A16 (above it: the reference); chosen from
+``python -m fair_calib_hf.bench kernels --weight-only`` (BENCHMARKS.md)."""
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 _BLOCKS = (64, 32, 16)
 
@@ -39,6 +46,29 @@ def available() -> bool:
     return (os.environ.get("FAIR_CALIB_BACKEND", "").lower() != "reference"
             and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
             and hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"))
+
+
+def int8_available() -> bool:
+    """Whether this torch has the CPU int8 weight-only kernel (and ``FAIR_CALIB_BACKEND`` is not ``reference``)."""
+    return os.environ.get("FAIR_CALIB_BACKEND", "").lower() != "reference" and hasattr(torch, "_weight_int8pack_mm")
+
+
+def register(weight_only_op) -> None:
+    """Register the CPU kernel of ``weight_only_gemm``: torch's int8 weight-only kernel for per-channel 8-bit
+    weights at up to :data:`INT8PACK_MAX_TOKENS` tokens, the reference otherwise (no-op without the kernel)."""
+    if not int8_available():
+        return
+    from . import reference
+
+    @weight_only_op.register_kernel("cpu")
+    def _(x, w_stored, w_scale, bias, bits, group_size, k):
+        if bits != 8 or group_size or x.shape[0] > INT8PACK_MAX_TOKENS:
+            return reference.weight_only_gemm_reference(x, w_stored, w_scale, bias, bits, group_size, k)
+        y = torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), w_stored.contiguous(),
+                                      w_scale.reshape(-1).to(torch.bfloat16)).float()
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
 
 
 def kernel_group_size(k: int, group_size: int | None) -> int | None:
