@@ -4,7 +4,7 @@
 #
 #   bash examples/run_quickstart.sh [quickstart options, e.g. --count 256]
 #
-# Time: the first run installs and compiles (about 5 minutes on 2 cores), then the quickstart runs (about 25 s
+# Time: the first run installs and compiles (a few minutes on 2 cores), then the quickstart runs (about 25 s
 # on an idle 2-core CPU); later runs reuse the environment and start the quickstart at once.
 # Environment (the same conventions as tests/run.sh):
 #   VENV                 the virtual environment to make or reuse (default: .venv in the repository)
@@ -39,7 +39,7 @@ import fair_calib_hf
 sys.exit(0 if os.path.realpath(fair_calib_hf.__file__).startswith(os.path.join(sys.argv[1], "")) else 1)
 PY
 ); then
-  echo "== installing fair_calib_hf from $here into $VENV (compiles the CPU kernels: about 5 minutes on 2 cores)"
+  echo "== installing fair_calib_hf from $here into $VENV (compiles the CPU kernels: a few minutes)"
   "${pip[@]}" "setuptools>=68" wheel
   # no build isolation: the native extension compiles against the torch installed above
   "${pip[@]}" --no-build-isolation -e .
