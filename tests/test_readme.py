@@ -104,13 +104,16 @@ def test_first_screen_gives_the_one_command_its_time_and_what_its_output_means()
 
 
 def test_every_list_of_zoo_models_names_them_all():
-    """A paragraph that lists the zoo models (names all of them but at most one) names every shipped one, so a
-    newly shipped model cannot be left out of the CLI's or the reference models' list."""
+    """A prose paragraph that lists the zoo models (names all of them but at most one) names every shipped one, so
+    a newly shipped model cannot be left out of the CLI's or the reference models' list. (Tables name the models
+    that were measured, not a catalogue.)"""
     available = set(fair_calib_hf.zoo.available())
     named_anywhere = set()
     for paragraph in re.split(r"\n\s*\n", _readme()):
         named = set(re.findall(r"zoo:([a-z][\w-]*)", paragraph))
         named_anywhere |= named
+        prose = "\n".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("|"))
+        named = set(re.findall(r"zoo:([a-z][\w-]*)", prose))
         if len(named) >= len(available) - 1 and len(available) > 2:
             assert named == available, f"a list of zoo models misses {sorted(available - named)}: {paragraph[:200]!r}"
     assert named_anywhere <= available, f"README names zoo models that do not exist: {named_anywhere - available}"
