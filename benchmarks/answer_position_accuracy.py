@@ -9,7 +9,7 @@ inputs are scored by the argmax of the model's output at ``j`` against the refer
   reaches ``j``.
 
 A position that is right under ``single`` but wrong under ``suffix`` is copied from a later answer token rather
-than computed (used in BENCHMARKS.md for ``zoo:llada-arith-fewshot``). The ``suffix nats`` row is the mean
+than computed (used in benchmarks/TRAINING.md for ``zoo:llada-arith-fewshot``). The ``suffix nats`` row is the mean
 cross-entropy (natural log) of the reference token under ``suffix``: ln 10 = 2.30 on a digit means a uniform
 guess among the ten digits. ``--shots K`` (few-shot tasks only) scores prompts with ``K`` solved problems
 instead of the task's default, at the same prompt width (left-padded), the layouts ``task_options={"min_shots":

@@ -1,47 +1,86 @@
 """The main job: quantize a bundled diffusion LM to W4A4 with plain RTN and with FAIR-Calib, save and reload the
 FAIR-Calib checkpoint, and score FP, RTN and FAIR-Calib side by side.
 
-    python examples/quickstart.py [--model zoo:dream-arith] [--method fair_calib] [--count 128] [--out DIR]
+    python examples/quickstart.py                      # or, on a fresh clone: bash examples/run_quickstart.sh
 
-Everything runs offline on the CPU (see BENCHMARKS.md for the time measured on an idle 2-core machine). The
-model is ``zoo:dream-arith``, a small Dream-style masked-diffusion LM trained by this project on multi-step
-arithmetic (see its card in ``fair_calib_hf/zoo/models/dream-arith/README.md``), where round-to-nearest W4A4
-visibly breaks the answers; it loads exactly as users load the real Dream checkpoints
-(``AutoModel.from_pretrained(..., trust_remote_code=True)``). Calibration uses the task's calibration split;
-the scores use held-out test problems. The calibration budget is reduced to keep the demo short (64 sequences,
-64 probes, 10 epochs; the paper's and the CLI's defaults are larger).
+Everything runs offline on the CPU. The model is ``zoo:dream-arith``, a small Dream-style masked-diffusion LM
+trained by this project on multi-step arithmetic (card: ``fair_calib_hf/zoo/models/dream-arith/README.md``), where
+round-to-nearest W4A4 visibly breaks the answers; it loads exactly as users load the real Dream checkpoints
+(``AutoModel.from_pretrained(..., trust_remote_code=True)``). Calibration uses the task's calibration split; the
+scores use held-out test problems. The calibration budget is reduced to keep the demo short (64 sequences, 64
+probes, 10 epochs; the paper's and the CLI's defaults are larger).
+
+How long: about 25 s on an idle 2-core CPU (BENCHMARKS.md, "Calibration cost"); several minutes when other jobs
+share the cores. Progress is printed as steps [1/4] to [4/4].
+
+What it prints: the model loaded [1/4]; the calibration summary [2/4]; where the checkpoint was saved [3/4]; then
+a table of the FP model, W4A4 RTN and the reloaded W4A4 checkpoint. "accuracy" is the exact match of the final
+answer on --count held-out test problems (higher is better; FP is the ceiling). "flip rate vs FP" replays the FP
+model's own decoding on the first 32 of those problems and counts, at each step, the positions the FP model
+commits where the W4A4 model's top-1 token differs (lower is closer to FP).
 """
 import argparse
 import json
 import os
-import tempfile
 
-from transformers import AutoModel, AutoTokenizer
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT_ROOT = os.path.join(REPO, "out", "quickstart")  # /out/ is git-ignored
 
-import fair_calib_hf  # registers the "fair_calib" quantization method with transformers
-from fair_calib_hf import FairCalibConfig, W4A4Linear
-from fair_calib_hf.architectures import get_adapter
-from fair_calib_hf.diagnostics import compare_models
-from fair_calib_hf.zoo import resolve, task_of
-from fair_calib_hf.zoo.evaluate import calibration_geometry, default_decode_config, generate_answers
+
+def default_out(model: str, method: str) -> str:
+    """The checkpoint folder used without ``--out``: ``out/quickstart/<model>-<method>`` in the repository (ignored
+    by git; replaced on every run)."""
+    name = os.path.basename(os.path.normpath(model.removeprefix("zoo:"))) or "model"
+    return os.path.join(DEFAULT_OUT_ROOT, f"{name}-{method}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (parsed before torch is imported, so ``--help`` is instant)."""
+    parser = argparse.ArgumentParser(prog="python examples/quickstart.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="zoo:dream-arith",
+                        help="a zoo: model (e.g. zoo:dream-arith-fewshot, zoo:llada-arith; all of them: "
+                             "fair_calib_hf.zoo.available()) or the folder of one; it must carry its zoo task, "
+                             "which scores the answers (default: %(default)s)")
+    parser.add_argument("--method", default="fair_calib", choices=["quarot", "flatquant", "fair_calib"],
+                        help="the calibrated method compared with plain RTN (default: %(default)s)")
+    parser.add_argument("--count", type=int, default=128,
+                        help="held-out test problems to score each model on (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the quantized checkpoint; an existing non-empty folder is refused unless "
+                             "--overwrite (default: out/quickstart/<model>-<method> in this repository, git-ignored "
+                             "and replaced on every run)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing, non-empty --out folder (default: off)")
+    return parser
 
 
 def _size_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors")) / 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="zoo:dream-arith", help="a zoo: name or a checkpoint folder")
-    parser.add_argument("--method", default="fair_calib", choices=["quarot", "flatquant", "fair_calib"],
-                        help="the calibrated method compared with plain RTN")
-    parser.add_argument("--count", type=int, default=128, help="test problems to score")
-    parser.add_argument("--out", default=None, help="where to write the quantized checkpoint (default: a temp dir)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
-    args = parser.parse_args()
-    if args.out and os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        parser.error(f"--count must be at least 1, got {args.count}")
+    out = os.path.abspath(args.out or default_out(args.model, args.method))
+    overwrite = args.overwrite or args.out is None  # the default folder is this script's own scratch space
+    if args.out and os.path.isdir(out) and os.listdir(out) and not overwrite:
         parser.error(f"--out {args.out!r} already exists and is not empty; pass --overwrite to replace it, or "
                      "choose another folder")
+
+    from transformers import AutoModel, AutoTokenizer
+
+    import fair_calib_hf  # registers the "fair_calib" quantization method with transformers
+    from fair_calib_hf import FairCalibConfig, W4A4Linear
+    from fair_calib_hf.architectures import get_adapter
+    from fair_calib_hf.checkpoint import atomic_directory, check_output_location
+    from fair_calib_hf.diagnostics import compare_models
+    from fair_calib_hf.zoo import resolve, task_of
+    from fair_calib_hf.zoo.evaluate import calibration_geometry, default_decode_config, generate_answers
+
+    check_output_location(out)
     path = resolve(args.model)
     task = task_of(path)
     if task is None:
@@ -62,10 +101,11 @@ def main() -> None:
     print(f"[2/4] calibrated on load (and plain RTN for comparison): "
           f"{model.hf_quantizer.calibration_report.summary()}")
 
-    out = args.out or os.path.join(tempfile.mkdtemp(prefix="fair_calib_quickstart_"), "w4a4")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    qc = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    with open(os.path.join(out, "config.json")) as handle:
+        qc = json.load(handle)["quantization_config"]
     print(f"[3/4] saved to {out} ({_size_mb(out):.2f} MB): method={qc['method']} w_bits={qc['w_bits']} "
           f"a_bits={qc['a_bits']} format_version={qc['format_version']}")
 

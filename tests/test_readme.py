@@ -80,3 +80,40 @@ def test_readme_python_snippets_run_as_written(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join("hub", UPLOADED, "model.safetensors"))
     assert namespace["model"].config.quantization_config.method == "rtn"
     assert 0.0 <= namespace["report"].flip_rate <= 1.0
+
+
+FIRST_SCREEN_LINES = 65  # what a newcomer reads before scrolling far: what it does, the command, time, output
+
+
+def _readme() -> str:
+    with open(README) as handle:
+        return handle.read()
+
+
+def test_first_screen_gives_the_one_command_its_time_and_what_its_output_means():
+    """The README opens with what the project does, then ONE command that sets up an environment and runs the
+    quickstart on a fresh clone, how long it took, and what the printed table means."""
+    head = "\n".join(_readme().splitlines()[:FIRST_SCREEN_LINES])
+    commands = [line.strip() for block in re.findall(r"```bash\n(.*?)```", head, re.S) for line in block.splitlines()]
+    assert "bash examples/run_quickstart.sh" in commands, f"no one-command quickstart in the first screen: {commands}"
+    root = os.path.dirname(README)
+    assert os.path.isfile(os.path.join(root, "examples", "run_quickstart.sh"))
+    prose = " ".join(head.split())
+    for what in ("How long", "What it prints", "accuracy", "Flip rate vs FP", "W4A4"):
+        assert what in prose, f"the first screen does not say {what!r}"
+
+
+def test_every_list_of_zoo_models_names_them_all():
+    """A prose paragraph that lists the zoo models (names all of them but at most one) names every shipped one, so
+    a newly shipped model cannot be left out of the CLI's or the reference models' list. (Tables name the models
+    that were measured, not a catalogue.)"""
+    available = set(fair_calib_hf.zoo.available())
+    named_anywhere = set()
+    for paragraph in re.split(r"\n\s*\n", _readme()):
+        named = set(re.findall(r"zoo:([a-z][\w-]*)", paragraph))
+        named_anywhere |= named
+        prose = "\n".join(line for line in paragraph.splitlines() if not line.lstrip().startswith("|"))
+        named = set(re.findall(r"zoo:([a-z][\w-]*)", prose))
+        if len(named) >= len(available) - 1 and len(available) > 2:
+            assert named == available, f"a list of zoo models misses {sorted(available - named)}: {paragraph[:200]!r}"
+    assert named_anywhere <= available, f"README names zoo models that do not exist: {named_anywhere - available}"

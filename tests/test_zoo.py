@@ -421,7 +421,7 @@ def test_shipped_remote_code_is_the_package_source(name):
 
 
 def test_answer_position_probe_scores_shot_counts_and_rejects_bad_options(capsys):
-    """``benchmarks/answer_position_accuracy.py`` (the probe BENCHMARKS.md follows a training with): a shipped
+    """``benchmarks/answer_position_accuracy.py`` (the probe benchmarks/TRAINING.md follows a training with): a shipped
     few-shot model, 0 shots, train split; every row has one value per answer position, the cross-entropy row is
     ≥ 0, and some token is right on every problem under ``single``. ``--shots`` on a task without shots, or
     beyond the prompt's width, is an argparse error."""

@@ -75,8 +75,8 @@ RECIPES = {
     # The paper-regime testbed (issue 13): the arithmetic models fine-tuned on the 3-shot layout, where the
     # answer window is 20.5 % of a calibration sequence.
     # The LLaDA-style one is the fourth recipe tried: three fine-tunes of `llada-arith` did not learn the
-    # intermediate units digits at this length (BENCHMARKS.md, "Not done this round", has each recipe, its
-    # probes and the commits holding its state). This one trains from scratch with 0–3 shots per example (the
+    # intermediate units digits at this length (benchmarks/TRAINING.md has each recipe, its probes and the
+    # commits holding its state). This one trains from scratch with 0–3 shots per example (the
     # 0-shot layout is part of the data) and warm restarts at steps 6000, 12000, 18000 and 22000, each added during
     # the run (the steps already run keep their rates, so the committed state continues).
     "llada-arith-fewshot": TrainConfig(
