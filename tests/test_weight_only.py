@@ -70,11 +70,12 @@ def test_grouped_rtn_codes_and_scales(bits, group_size, k):
 def test_module_forward_is_the_reference(bits, group_size, dtype):
     linear = _linear(64, 256)
     module = WeightOnlyLinear.from_linear(linear, bits, group_size).to(dtype)
-    x = _inputs(5, 256, dtype)
-    y = module(x.reshape(1, 5, 256))
+    m = 5 if bits == 4 else weight_only_cpu.INT8PACK_MAX_TOKENS + 1  # (fewer 8-bit tokens run torch's kernel)
+    x = _inputs(m, 256, dtype)
+    y = module(x.reshape(1, m, 256))
     expected = reference.weight_only_gemm_reference(x, module.stored_codes(), module.weight_scale, module.bias,
                                                     bits, group_size or 0, 256)
-    assert y.dtype == dtype and torch.equal(y.reshape(5, 64), expected)
+    assert y.dtype == dtype and torch.equal(y.reshape(m, 64), expected)
     w = module.dequantized_weight()
     assert torch.allclose(expected.float(), (x.float() @ w.t() + module.bias.float()).to(dtype).float())
 
@@ -94,7 +95,9 @@ def test_torch_int4_kernel_path_within_stated_tolerance(n, k, group_size, dtype)
         x = _inputs(m, k, dtype, seed=m)
         ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 4, group_size or 0, k)
         y = module(x)
-        direct = (torch._weight_int8pack_mm(x.bfloat16(), codes, module.weight_scale.reshape(-1).bfloat16()).float()
+        g = weight_only_cpu.kernel_group_size(k, group_size)
+        direct = (torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), module.weight_int4pack, g,
+                                                              module.scales_and_zeros).float()
                   + module.bias.float()).to(dtype)
         assert y.dtype == dtype and torch.equal(y, direct)  # the kernel path is the one taken
         assert (y.float() - ref.float()).abs().max() <= weight_only_cpu.INT4PACK_RTOL * ref.float().abs().max()
@@ -179,7 +182,7 @@ def test_torch_int8_kernel_path_within_stated_tolerance(dtype):
     INT4PACK_RTOL · max|y_ref| of the fp32 reference; more tokens are the reference bit for bit."""
     module = WeightOnlyLinear.from_linear(_linear(96, 256), 8, None).to(dtype)
     codes = module.stored_codes()
-    for m in range(1, weight_only_cpu.INT8PACK_MAX_TOKENS + 1):
+    for m in (1, 7, weight_only_cpu.INT8PACK_MAX_TOKENS):
         x = _inputs(m, 256, dtype, seed=m)
         ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 8, 0, 256)
         y = module(x)

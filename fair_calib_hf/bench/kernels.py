@@ -159,7 +159,7 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
     return rows
 
 
-WEIGHT_ONLY_M = (1, 4, 16, 64, 256)
+WEIGHT_ONLY_M = (1, 4, 16, 32, 64, 256)
 
 
 def weight_only_rows(shapes, ms, repeats) -> list[dict]:
@@ -316,7 +316,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=None,
                         help="denoising-step batch sizes (default 1 16)")
     parser.add_argument("--weight-only", action="store_true",
-                        help="time only the weight-only layers (W4A16 g128 / per-channel, W8A16), at M 1 4 16 64 256 "
+                        help="time only the weight-only layers (W4A16 g128 / per-channel, W8A16), at M 1 4 16 32 64 256 "
                              "unless --m is given")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

@@ -3,7 +3,8 @@
 PyTorch ships a CPU int4 weight-only matmul for bf16 activations: weights converted once by
 ``aten._convert_weight_to_int4pack_for_cpu`` (codes ``q = c + 8`` in [0, 15]) and dequantized on the fly as
 ``(q − 8) · scale + zero`` with bf16 ``scales_and_zeros [K / group, N, 2]`` and a group size of 32, 64, 128 or
-256. This project's symmetric codes use ``zero = 0``; a per-channel scale is repeated over the largest of those
+256. (An fp16 or fp32 input to that kernel runs 10–100× slower than bf16 on this CPU, so every input is cast to
+bf16 and the result back.) This project's symmetric codes use ``zero = 0``; a per-channel scale is repeated over the largest of those
 group sizes that divides ``K``.
 
 **Tolerance against the reference** (:func:`fair_calib_hf.ops.reference.weight_only_gemm_reference`, fp32): the
@@ -31,12 +32,15 @@ from ..packing import dequantize_grouped, pack_int4, unpack_int4
 
 INT4PACK_RTOL = 2e-2
 """Stated tolerance of the int4pack path, relative to ``max|y_ref|`` of the output."""
-INT4PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT4PACK_MAX_TOKENS", "32"))
-"""Token count up to which torch's int4 kernel runs (above it: dequantize + fp32 GEMM); chosen from
-``python -m fair_calib_hf.bench kernels --weight-only`` (BENCHMARKS.md)."""
-INT8PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT8PACK_MAX_TOKENS", "4"))
-"""Token count up to which torch's int8 weight-only kernel runs for W8A16 (above it: the reference); chosen from
-``python -m fair_calib_hf.bench kernels --weight-only`` (BENCHMARKS.md)."""
+INT4PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT4PACK_MAX_TOKENS", "1024"))
+"""Token count up to which torch's int4 kernel runs (above it: dequantize + fp32 GEMM). Measured 2026-12-07 (2 threads,
+BENCHMARKS.md, weight-only kernels): the kernel's time grows linearly with the tokens (4096²: 0.19 ms per token)
+while the fallback pays a fixed ~150 ms to read the prepared layout back and dequantize before its fp32 GEMM; at
+1,024 tokens the kernel still wins (190 vs 251 ms on 4096²)."""
+INT8PACK_MAX_TOKENS = int(os.environ.get("FAIR_CALIB_INT8PACK_MAX_TOKENS", "512"))
+"""Token count up to which torch's int8 weight-only kernel runs for W8A16 (above it: the reference, dequantize + fp32
+GEMM). Measured 2026-12-07: kernel ≈ 0.2 ms per token on 4096², the reference 36 ms of dequantization plus its GEMM:
+crossover near 500 tokens on 4096² and near 1,000 on 4096×12288."""
 KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 _BLOCKS = (64, 32, 16)
 
