@@ -399,11 +399,15 @@ class WeightOnlyLinear(PackedLinear):
 
     def prepare_cpu_layout(self) -> bool:
         """Convert 4-bit codes to torch's CPU int4 weight-only layout (:func:`.ops.weight_only_cpu.prepare_int4`);
-        idempotent. Returns whether the module is now prepared: ``False`` for 8-bit weights, off the CPU, or for a
+        idempotent. 8-bit weights keep their layout but are copied to aligned memory when they are not
+        (:func:`.ops.weight_only_cpu.aligned`). Returns whether the module is now prepared: ``False`` for 8-bit
+        weights, off the CPU, or for a
         shape torch's kernel does not take (``out`` not a multiple of 16, ``in`` not a multiple of the group, a
         layout this release cannot invert)."""
         if self.is_prepared:
             return True
+        if self.bits == 8 and self.weight_int8.device.type == "cpu" and not ops.weight_only_cpu.aligned(self.weight_int8):
+            self._buffers["weight_int8"] = self.weight_int8.clone()  # torch's int8 kernel needs aligned data
         if self.bits != 4 or self.weight_scale.device.type != "cpu":
             return False
         prepared = ops.weight_only_cpu.prepare_int4(self.weight_packed, self.weight_scale, self.in_features,

@@ -193,3 +193,20 @@ def test_torch_int8_kernel_path_within_stated_tolerance(dtype):
     x = _inputs(weight_only_cpu.INT8PACK_MAX_TOKENS + 1, 256, dtype)
     ref = reference.weight_only_gemm_reference(x, codes, module.weight_scale, module.bias, 8, 0, 256)
     assert torch.equal(module(x), ref)
+
+
+def test_misaligned_int8_weights_never_reach_torchs_kernel():
+    """torch's int8 weight-only kernel crashes the process on a weight whose data is not 16-byte aligned (a tensor
+    read at an odd offset of a safetensors file): such a weight runs the reference until prepare_cpu_layout (called
+    after loading) copies it to aligned memory."""
+    module = WeightOnlyLinear.from_linear(_linear(64, 64), 8, None)
+    base = torch.zeros(64 * 64 + 1, dtype=torch.int8)
+    misaligned = base[1:].view(64, 64)
+    misaligned.copy_(module.weight_int8)
+    module._buffers["weight_int8"] = misaligned
+    assert not weight_only_cpu.aligned(module.weight_int8)
+    x = _inputs(3, 64, torch.float32)
+    expected = reference.weight_only_gemm_reference(x, misaligned, module.weight_scale, module.bias, 8, 0, 64)
+    assert torch.equal(module(x), expected)  # the reference, not a crash
+    module.prepare_cpu_layout()
+    assert weight_only_cpu.aligned(module.weight_int8) and torch.equal(module.weight_int8, misaligned)

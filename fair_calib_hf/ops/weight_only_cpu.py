@@ -57,16 +57,29 @@ def int8_available() -> bool:
     return os.environ.get("FAIR_CALIB_BACKEND", "").lower() != "reference" and hasattr(torch, "_weight_int8pack_mm")
 
 
+WEIGHT_ALIGNMENT = 64
+"""Byte alignment torch's int8 weight-only kernel needs of the weight's data (torch 2.13 on this CPU: a weight whose
+data pointer is not a multiple of 16 bytes, e.g. a tensor read at an odd offset of a safetensors file, crashes the
+process; 64 is the CPU allocator's own alignment)."""
+
+
+def aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data pointer is a multiple of :data:`WEIGHT_ALIGNMENT` bytes."""
+    return t.data_ptr() % WEIGHT_ALIGNMENT == 0
+
+
 def register(weight_only_op) -> None:
     """Register the CPU kernel of ``weight_only_gemm``: torch's int8 weight-only kernel for per-channel 8-bit
-    weights at up to :data:`INT8PACK_MAX_TOKENS` tokens, the reference otherwise (no-op without the kernel)."""
+    weights at up to :data:`INT8PACK_MAX_TOKENS` tokens whose data is :func:`aligned` (loading realigns them,
+    :meth:`~fair_calib_hf.modules.WeightOnlyLinear.prepare_cpu_layout`), the reference otherwise (no-op without the
+    kernel)."""
     if not int8_available():
         return
     from . import reference
 
     @weight_only_op.register_kernel("cpu")
     def _(x, w_stored, w_scale, bias, bits, group_size, k):
-        if bits != 8 or group_size or x.shape[0] > INT8PACK_MAX_TOKENS:
+        if bits != 8 or group_size or x.shape[0] > INT8PACK_MAX_TOKENS or not aligned(w_stored):
             return reference.weight_only_gemm_reference(x, w_stored, w_scale, bias, bits, group_size, k)
         y = torch._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), w_stored.contiguous(),
                                       w_scale.reshape(-1).to(torch.bfloat16)).float()
