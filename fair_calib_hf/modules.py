@@ -90,9 +90,38 @@ class PackedLinear(nn.Module):
     """Base of every packed linear (:class:`W4A4Linear`, :class:`WeightOnlyLinear`): what the checkpoint code,
     ``dequantize()`` and the CPU-layout helpers rely on. Subclasses define ``expected_buffers()``,
     ``to_linear(dtype)``, ``set_weight_codes(codes)``, ``prepare_cpu_layout()`` / ``unprepare_cpu_layout()`` and
-    ``is_prepared``."""
+    ``is_prepared``. The base class keeps ``FLOAT32_BUFFERS`` float32 under dtype casts, and goes through the
+    stored layout for device moves and state-dict loads (preparing again after them when the module was prepared
+    and is on the CPU)."""
 
+    FLOAT32_BUFFERS: tuple[str, ...] = ("weight_scale",)
     is_prepared = False
+
+    def prepare_cpu_layout(self) -> bool:
+        return False
+
+    def unprepare_cpu_layout(self) -> None:
+        return None
+
+    def _apply(self, fn, recurse=True):
+        prepared = self.is_prepared
+        if prepared:
+            self.unprepare_cpu_layout()
+        result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
+        if prepared and self.weight_scale.device.type == "cpu":
+            self.prepare_cpu_layout()
+        return result
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)
+        finally:
+            if prepared:
+                self.prepare_cpu_layout()
 
 
 class W4A4Linear(PackedLinear):
@@ -128,15 +157,6 @@ class W4A4Linear(PackedLinear):
         else:
             self.input_transform = None
         self.register_buffer("weight_prepared", None, persistent=False)  # see prepare_cpu_layout
-
-    def _apply(self, fn, recurse=True):
-        prepared = self.weight_prepared is not None
-        if prepared:
-            self.unprepare_cpu_layout()
-        result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
-        if prepared and self.weight_packed.device.type == "cpu":
-            self.prepare_cpu_layout()
-        return result
 
     @property
     def is_prepared(self) -> bool:
@@ -187,18 +207,6 @@ class W4A4Linear(PackedLinear):
             return super()._save_to_state_dict(destination, prefix, keep_vars)
         finally:
             self._buffers["weight_packed"] = None
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        prepared = self.weight_prepared is not None
-        if prepared:
-            self.unprepare_cpu_layout()
-        try:
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                          error_msgs)
-        finally:
-            if prepared:
-                self.prepare_cpu_layout()
 
     @classmethod
     def from_linear(
@@ -388,15 +396,6 @@ class WeightOnlyLinear(PackedLinear):
             stored = ops.weight_only_cpu.unprepare_int4(self.weight_int4pack, self.out_features, self.in_features)
         return stored
 
-    def _apply(self, fn, recurse=True):
-        prepared = self.is_prepared
-        if prepared:
-            self.unprepare_cpu_layout()
-        result = _apply_keeping_float32(self, self.FLOAT32_BUFFERS, fn, recurse)
-        if prepared and self.weight_scale.device.type == "cpu":
-            self.prepare_cpu_layout()
-        return result
-
     def prepare_cpu_layout(self) -> bool:
         """Convert 4-bit codes to torch's CPU int4 weight-only layout (:func:`.ops.weight_only_cpu.prepare_int4`);
         idempotent. 8-bit weights keep their layout but are copied to aligned memory when they are not
@@ -433,17 +432,6 @@ class WeightOnlyLinear(PackedLinear):
             return super()._save_to_state_dict(destination, prefix, keep_vars)
         finally:
             self._buffers[self.codes_name] = None
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        prepared = self.is_prepared
-        self.unprepare_cpu_layout()
-        try:
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                          error_msgs)
-        finally:
-            if prepared:
-                self.prepare_cpu_layout()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 4, group_size: int | None = None,
