@@ -370,8 +370,6 @@ class atomic_directory:
         self.tmp = None
 
     def __enter__(self) -> str:
-        import tempfile
-
         refuse_existing_output(self.path, self.overwrite)
         parent = os.path.dirname(self.path)
         os.makedirs(parent, exist_ok=True)

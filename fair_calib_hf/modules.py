@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .packing import (dequantize_grouped, dequantize_weight, group_count, packed_width, quantize_to_grid,
-                      quantize_weight_grouped, quantize_weight_per_channel, store_codes)
+from .packing import (dequantize_grouped, dequantize_weight, group_count, packed_width, quantize_weight_grouped,
+                      quantize_weight_per_channel, store_codes)
 
 
 def _apply_keeping_float32(module: nn.Module, names: tuple[str, ...], fn, recurse: bool) -> nn.Module:
@@ -456,10 +456,6 @@ class WeightOnlyLinear(PackedLinear):
         self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
         if prepared:
             self.prepare_cpu_layout()
-
-    def rtn_codes(self, weight: torch.Tensor) -> torch.Tensor:
-        """int8 codes of ``weight [out, in]`` rounded to nearest on this module's grid (``weight_scale``)."""
-        return quantize_to_grid(weight, self.weight_scale, self.bits, self.group_size)
 
     def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
         """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""

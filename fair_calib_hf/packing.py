@@ -65,15 +65,15 @@ def unpack_int4(packed: torch.Tensor, k: int | None = None) -> torch.Tensor:
     return codes
 
 
-def symmetric_scale(absmax: torch.Tensor, clip: torch.Tensor | float = 1.0) -> torch.Tensor:
-    """fp32 scale ``clip · absmax / 7``, with 1 where that is 0 (all-zero rows)."""
-    s = (absmax.float() * clip) / QMAX
+def symmetric_scale(absmax: torch.Tensor, clip: torch.Tensor | float = 1.0, qmax: int = QMAX) -> torch.Tensor:
+    """fp32 scale ``clip · absmax / qmax`` (``qmax`` 7: int4), with 1 where that is 0 (all-zero rows)."""
+    s = (absmax.float() * clip) / qmax
     return torch.where(s == 0, torch.ones_like(s), s)
 
 
-def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """int8 codes ``clamp(round(x / scale), -8, 7)``; ``scale`` broadcasts over the last dim."""
-    return torch.clamp(torch.round(x.float() / scale), QMIN, QMAX).to(torch.int8)
+def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, qmin: int = QMIN, qmax: int = QMAX) -> torch.Tensor:
+    """int8 codes ``clamp(round(x / scale), qmin, qmax)`` (int4 by default); ``scale`` broadcasts over ``x``."""
+    return torch.clamp(torch.round(x.float() / scale), qmin, qmax).to(torch.int8)
 
 
 def quantize_weight_per_channel(weight: torch.Tensor, clip: torch.Tensor | float = 1.0):
@@ -115,15 +115,13 @@ def grouped_weight_scale(weight: torch.Tensor, bits: int, group_size: int | None
     else:
         padded = torch.nn.functional.pad(w.abs(), (0, g * group_size - k))
         absmax = padded.reshape(n, g, group_size).amax(dim=2)
-    s = (absmax * clip) / code_range(bits)[1]
-    return torch.where(s == 0, torch.ones_like(s), s)
+    return symmetric_scale(absmax, clip, code_range(bits)[1])
 
 
 def quantize_to_grid(weight: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
     """int8 codes ``clamp(round(W / s), qmin, qmax)`` of ``W [N, K]`` on the grid ``scale [N, G]``."""
-    qmin, qmax = code_range(bits)
-    s = expand_groups(scale.float(), weight.shape[1], group_size)
-    return torch.clamp(torch.round(weight.detach().float() / s), qmin, qmax).to(torch.int8)
+    return quantize_symmetric(weight.detach(), expand_groups(scale.float(), weight.shape[1], group_size),
+                              *code_range(bits))
 
 
 def store_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -154,4 +152,4 @@ def dequantize_grouped(stored: torch.Tensor, scale: torch.Tensor, bits: int, gro
 
 def dequantize_weight(packed: torch.Tensor, scale: torch.Tensor, in_features: int) -> torch.Tensor:
     """float32 ``W_q [N, K] = codes · s_w``: the weight a packed module effectively multiplies by."""
-    return unpack_int4(packed, in_features).float() * scale.float().reshape(-1, 1)
+    return dequantize_grouped(packed, scale.reshape(-1, 1), 4, None, in_features)

@@ -103,10 +103,12 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         self.checkpoint_files = self.hook_checkpoint_files(kwargs)
         source = getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None)
         if self.pre_quantized:
-            files = self.checkpoint_files or locate_checkpoint_files(source, self.hub_options)
-            check_safetensors_files(files)
+            # resolved once (4.57 does not pass them): the checks here and the reads after loading use these files
+            self.checkpoint_files = self.checkpoint_files or locate_checkpoint_files(source, self.hub_options)
+            check_safetensors_files(self.checkpoint_files)
             build_packed_skeleton(model, self.quantization_config)
-            verify_checkpoint_files(model, files)  # shapes/dtypes against the config, before transformers loads
+            # shapes/dtypes against the config, before transformers loads (the headers do not change after)
+            verify_checkpoint_files(model, self.checkpoint_files)
         else:
             foreign = foreign_quantization(source, self.hub_options)
             if foreign is not None:
@@ -140,9 +142,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
     # -- after loading --------------------------------------------------------------------------------
     def _process_model_after_weight_loading(self, model, **kwargs):
         if self.pre_quantized:
-            files = self.checkpoint_files or locate_checkpoint_files(getattr(model, "name_or_path", None),
-                                                                     self.hub_options)
-            verify_checkpoint_files(model, files)
+            files = self.checkpoint_files
             self.prior_json = read_header_metadata(files).get(PRIOR_METADATA_KEY)
             restore_float32_buffers(model, files)
             verify_loaded_model(model)

@@ -41,6 +41,12 @@ FIXED_LENGTH_METHODS = STAGE2_METHODS + ("gptq",)
 """Methods whose calibration sequences are cut to exactly ``seq_len`` tokens by default (``pack_samples=None``)."""
 
 
+def fixed_length(config) -> bool:
+    """Whether calibration cuts sequences of exactly ``seq_len`` tokens: ``pack_samples``, or by default the
+    :data:`FIXED_LENGTH_METHODS`."""
+    return config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
+
+
 @dataclass
 class CalibrationReport:
     """What calibration did: method, samples used, per-block statistics (with per-linear output errors), the
@@ -164,8 +170,7 @@ def check_positions(config, model_or_config, explicit: bool | None = None) -> No
         return
     if explicit is None:
         explicit = config.seq_len != inspect.signature(type(config).__init__).parameters["seq_len"].default
-    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
-    if explicit or (packed and config.calibration_dataset is not None):
+    if explicit or (fixed_length(config) and config.calibration_dataset is not None):
         raise ValueError(_too_long_message(config.seq_len, limit))
 
 
@@ -183,9 +188,8 @@ def _calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cal
     start = time.perf_counter()
     adapter = get_adapter(model)
     blocks = adapter.blocks(model)
-    packed = config.pack_samples if config.pack_samples is not None else config.method in FIXED_LENGTH_METHODS
     check_positions(config, model)
-    samples = load_calibration_samples(config, model, fixed_length=packed, hub_options=hub_options)
+    samples = load_calibration_samples(config, model, fixed_length=fixed_length(config), hub_options=hub_options)
     limit, longest = max_positions(model), max((int(s.numel()) for s in samples), default=0)
     if limit is not None and longest > limit:  # the default seq_len capped sequences used whole
         raise ValueError(_too_long_message(longest, limit))

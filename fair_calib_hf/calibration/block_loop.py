@@ -216,6 +216,26 @@ def run_block_batched(block: nn.Module, inputs: list[BlockInput], batch: int) ->
 
 
 @torch.no_grad()
+def group_by_input(block: nn.Module, modules: dict[str, nn.Module], sample: BlockInput) -> list[list[str]]:
+    """The names of ``modules`` (submodules of ``block``) grouped by the identity of the input tensor each receives
+    when ``block`` runs on ``sample``, groups in the order their input is first used (forward order)."""
+    seen: dict[int, list[str]] = {}
+    keep = []  # hold the inputs so their ids stay unique during the forward
+    handles = []
+    for name, module in modules.items():
+        def hook(mod, args, name=name):
+            keep.append(args[0])
+            seen.setdefault(id(args[0]), []).append(name)
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run_block(block, sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(seen.values())
+
+
+@torch.no_grad()
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, samples: list[torch.Tensor]) -> list[BlockInput]:
     """Run every sample (batch 1) through ``model`` up to ``first_block`` and return its captured inputs."""
     captured: list[BlockInput] = []

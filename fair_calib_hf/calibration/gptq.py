@@ -29,7 +29,7 @@ from torch import nn
 from ..modules import PackedLinear
 from ..packing import code_range, expand_groups, quantize_to_grid
 from ..ops.reference import apply_input_transform
-from .block_loop import BlockInput, block_batches, run_block
+from .block_loop import BlockInput, block_batches, group_by_input, run_block
 
 TARGET_ATTR = "_gptq_target"
 """Attribute a packed linear carries between packing and GPTQ: its float target weight ``[out, in]``."""
@@ -126,26 +126,20 @@ def _same_transform(a: PackedLinear, b: PackedLinear) -> bool:
                for x, y in zip(ta, tb))
 
 
-@torch.no_grad()
 def _site_order(block: nn.Module, modules: dict, sample: BlockInput) -> list[list[str]]:
-    """The block's GPTQ targets grouped by the input they read and their transform, in forward order."""
-    groups: list[tuple[int, list[str]]] = []
-    keep, handles = [], []
-    for name, module in modules.items():
-        def hook(mod, args, name=name):
-            keep.append(args[0])
-            for key, names in groups:
-                if key == id(args[0]) and _same_transform(modules[names[0]], mod):
-                    names.append(name)
-                    return
-            groups.append((id(args[0]), [name]))
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        run_block(block, sample)
-    finally:
-        for h in handles:
-            h.remove()
-    return [names for _, names in groups]
+    """The block's GPTQ targets grouped by the input they read (:func:`.block_loop.group_by_input`) and, within
+    that, by their online transform (one Hessian per group), in forward order."""
+    out = []
+    for group in group_by_input(block, modules, sample):
+        split: list[list[str]] = []
+        for name in group:
+            same = next((s for s in split if _same_transform(modules[s[0]], modules[name])), None)
+            if same is None:
+                split.append([name])
+            else:
+                same.append(name)
+        out += split
+    return out
 
 
 @torch.no_grad()
@@ -182,16 +176,13 @@ def gptq_block(block: nn.Module, inputs: list[BlockInput], config, position_weig
             target = getattr(module, TARGET_ATTR)
             codes = gptq_round(target, hessian, module.weight_scale, module.bits, module.group_size,
                                config.gptq_block_size, config.gptq_damp, config.gptq_act_order)
+            rtn = quantize_to_grid(target, module.weight_scale, module.bits, module.group_size)
             errors[name] = (weighted_error(target, codes, module, hessian),
-                            weighted_error(target, _rtn_codes(target, module), module, hessian))
+                            weighted_error(target, rtn, module, hessian))
             module.set_weight_codes(codes)
     for module in modules.values():
         delattr(module, TARGET_ATTR)
     return {"gptq_linears": len(modules), "gptq_weighted_error": errors}
-
-
-def _rtn_codes(weight: torch.Tensor, module: PackedLinear) -> torch.Tensor:
-    return quantize_to_grid(weight, module.weight_scale, module.bits, module.group_size)
 
 
 def weighted_error(weight: torch.Tensor, codes: torch.Tensor, module: PackedLinear, hessian: torch.Tensor) -> float:
@@ -201,9 +192,3 @@ def weighted_error(weight: torch.Tensor, codes: torch.Tensor, module: PackedLine
     delta = weight.float() - dq
     return float(((delta @ hessian) * delta).sum() / 2)
 
-
-def drop_targets(block: nn.Module) -> None:
-    """Remove every kept GPTQ target from ``block`` (weights rounded to nearest stay as packed)."""
-    for m in block.modules():
-        if getattr(m, TARGET_ATTR, None) is not None:
-            delattr(m, TARGET_ATTR)

@@ -18,7 +18,7 @@ from torch import nn
 from ..architectures import ModelAdapter
 from ..modules import W4A4Linear
 from ..targets import block_targets
-from .block_loop import BlockInput, run_block
+from .block_loop import BlockInput, group_by_input
 from ..packing import dequantize_weight, quantize_weight_per_channel
 from .gptq import attach_target
 from .transforms import hadamard_factors, kronecker_factors, transform_weight
@@ -36,24 +36,9 @@ class Site:
 
 def discover_sites(block: nn.Module, block_path: str, skip, sample: BlockInput) -> list[Site]:
     """Group the block's target linears by the identity of the input tensor they receive on ``sample``."""
-    targets = [(n[len(block_path) + 1:], m) for n, m in block_targets(block, block_path, skip)
-               if isinstance(m, nn.Linear)]
-    seen: dict[int, list[str]] = {}
-    keep = []  # hold the inputs so their ids stay unique during the forward
-    handles = []
-    for name, module in targets:
-        def hook(mod, args, name=name):
-            keep.append(args[0])
-            seen.setdefault(id(args[0]), []).append(name)
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            run_block(block, sample)
-    finally:
-        for h in handles:
-            h.remove()
-    modules = dict(targets)
-    return [Site(names, modules[names[0]].in_features) for names in seen.values()]
+    modules = {n[len(block_path) + 1:]: m for n, m in block_targets(block, block_path, skip)
+               if isinstance(m, nn.Linear)}
+    return [Site(names, modules[names[0]].in_features) for names in group_by_input(block, modules, sample)]
 
 
 def diag_fold_target(adapter: ModelAdapter, rel_name: str, converted: set[str]):
