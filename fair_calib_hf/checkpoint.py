@@ -15,7 +15,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .architectures import get_adapter
-from .modules import PackedLinear, W4A4Linear, WeightOnlyLinear
+from .modules import PackedLinear, WeightOnlyLinear
 from .targets import block_targets, set_submodule
 
 PACKED_SUFFIXES = ("weight_packed", "weight_int8", "weight_scale", "input_clip")
@@ -34,7 +34,7 @@ class CheckpointMismatchError(ValueError):
 def build_packed_skeleton(model: nn.Module, config) -> list[str]:
     """Swap every quantization target for an empty packed linear of the exact saved layout: ``W4A4Linear``
     (transform factors and online diagonal as :func:`fair_calib_hf.calibration.sites.transform_layout`
-    decides) or, for a weight-only precision, ``WeightOnlyLinear`` (bits, group size), on the linear's device
+    decides; ``W4A8Linear`` / ``W8A8Linear`` for 8-bit activations) or, for a weight-only precision, ``WeightOnlyLinear`` (bits, group size), on the linear's device
     (usually meta). Returns the converted module paths."""
     from .calibration.sites import transform_layout
 
@@ -55,7 +55,7 @@ def build_packed_skeleton(model: nn.Module, config) -> list[str]:
                 continue
             factors, online_diag = transform_layout(config, adapter, name[len(block_path) + 1:],
                                                     linear.in_features, converted)
-            packed = W4A4Linear(
+            packed = config.precision.packed_module()(
                 linear.in_features, linear.out_features, bias=linear.bias is not None,
                 dtype=linear.weight.dtype, device=linear.weight.device,
                 transform_factors=factors, transform_diag=online_diag,

@@ -152,19 +152,22 @@ def unknown_fields_message(unknown, where: str, valid=None) -> str:
 
 
 class FairCalibConfig(QuantizationConfigMixin):
-    """Configuration of FAIR-Calib W4A4 quantization.
+    """Configuration of FAIR-Calib quantization (W4A4 by default; W4A8, W8A8, W4A16, W8A16).
 
     Args:
         method: ``"rtn"`` (round-to-nearest weights, dynamic per-token activations), ``"quarot"``,
             ``"flatquant"`` or ``"fair_calib"`` (all four implemented; see the README's Methods table).
         method ``"gptq"``: no transform, weights rounded by GPTQ (``weight_rounding`` is then ``"gptq"``).
-        w_bits, a_bits: weight and activation bits: ``(4, 4)`` (W4A4, the default), ``(4, 16)`` or ``(8, 16)``
-            (weight-only: activations stay in the model's dtype; methods ``rtn`` / ``gptq``). Other combinations
-            are refused with the valid ones listed (:mod:`fair_calib_hf.precisions`).
+        w_bits, a_bits: weight and activation bits: ``(4, 4)`` (W4A4, the default), ``(4, 8)`` / ``(8, 8)``
+            (per-token int8 activations, every method) or ``(4, 16)`` / ``(8, 16)`` (weight-only: activations
+            stay in the model's dtype; methods ``rtn`` / ``gptq``). Other combinations are refused with the
+            valid ones listed (:mod:`fair_calib_hf.precisions`).
         group_size: weight scale groups along the input dimension: ``None`` (one scale per output channel, the
             default) or 32 / 64 / 128 (W4A16 only).
-        w_clip_ratio: weight clip ratio in (0, 1]; the per-channel scale is ``ratio · max|W_row| / 7``.
-        a_clip_ratio: activation clip ratio in (0, 1]; the per-token scale is ``ratio · max|x_row| / 7``.
+        w_clip_ratio: weight clip ratio in (0, 1]; the per-channel scale is ``ratio · max|W_row| / qmax`` (7 for
+            4-bit weights, 127 for 8-bit).
+        a_clip_ratio: activation clip ratio in (0, 1]; the per-token scale is ``ratio · max|x_row| / qmax`` (7 for
+            4-bit activations, 127 for 8-bit).
         calibration_dataset: calibration data: a list of strings (tokenized with ``tokenizer`` or the model's
             own tokenizer), a list of token-id lists/tensors, a ``datasets.Dataset`` with a text column or
             ``input_ids``, or a string naming a dataset. ``None`` only for data-free ``rtn``.

@@ -1,21 +1,26 @@
-"""Packed W4A4 modules.
+"""Packed linear modules.
 
-``W4A4Linear`` replaces an ``nn.Linear`` (``y = x Wᵀ + b``). Its state-dict entries, all buffers named 1:1
-with the checkpoint keys:
+``W4A4Linear``, ``W4A8Linear`` and ``W8A8Linear`` (weights and activations quantized, :class:`ActQuantLinear`)
+replace an ``nn.Linear`` (``y = x Wᵀ + b``). Their state-dict entries, all buffers named 1:1 with the checkpoint
+keys:
 
 =========================== =========================== =====================================================
 key                         dtype / shape               meaning
 =========================== =========================== =====================================================
-``weight_packed``           ``uint8 [out, ceil(in/2)]`` int4 weight codes (:mod:`fair_calib_hf.packing`)
-``weight_scale``            ``float32 [out, 1]``        per-output-channel scale (clipping folded in)
+``weight_packed``           ``uint8 [out, ceil(in/2)]`` int4 weight codes (:mod:`fair_calib_hf.packing`), W4Ax
+``weight_int8``             ``int8 [out, in]``          int8 weight codes, W8A8 (instead of ``weight_packed``)
+``weight_scale``            ``float32 [out, 1]``        per-output-channel scale (clipping folded in):
+                                                        ``c_w·max|W_row| / 7`` (int4) or ``/ 127`` (int8)
 ``input_clip``              ``float32 []``              activation clip ratio c in (0, 1]: ``s_x = c·absmax/7``
+                                                        (int4 activations) or ``c·absmax/127`` (int8)
 ``bias``                    model dtype ``[out]``       only if the original Linear had one
 ``input_transform.left``    ``float32 [a, a]``          online Kronecker factor (only with a transform)
 ``input_transform.right``   ``float32 [b, b]``          online Kronecker factor, ``a · b = in``
 ``input_transform.diag``    ``float32 [in]``            online diagonal scale (only if it could not be folded)
 =========================== =========================== =====================================================
 
-Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 quantization of ``x̃``,
+Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-token int4 (W4A4) or int8 (W4A8,
+W8A8) quantization of ``x̃``,
 then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
 
 **Prepared CPU layout** (the default after loading on a CPU with AVX-512 VNNI; :meth:`W4A4Linear.prepare_cpu_layout`
@@ -40,8 +45,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .packing import (dequantize_grouped, dequantize_weight, group_count, packed_width, quantize_weight_grouped,
-                      quantize_weight_per_channel, store_codes)
+from .packing import dequantize_grouped, group_count, packed_width, quantize_weight_grouped, store_codes
 
 
 def _apply_keeping_float32(module: nn.Module, names: tuple[str, ...], fn, recurse: bool) -> nn.Module:
@@ -87,7 +91,8 @@ class InputTransform(nn.Module):
 
 
 class PackedLinear(nn.Module):
-    """Base of every packed linear (:class:`W4A4Linear`, :class:`WeightOnlyLinear`): what the checkpoint code,
+    """Base of every packed linear (:class:`ActQuantLinear`: :class:`W4A4Linear`, :class:`W4A8Linear`,
+    :class:`W8A8Linear`; :class:`WeightOnlyLinear`): what the checkpoint code,
     ``dequantize()`` and the CPU-layout helpers rely on. Subclasses define ``expected_buffers()``,
     ``to_linear(dtype)``, ``set_weight_codes(codes)``, ``prepare_cpu_layout()`` / ``unprepare_cpu_layout()`` and
     ``is_prepared``. The base class keeps ``FLOAT32_BUFFERS`` float32 under dtype casts, and goes through the
@@ -124,12 +129,18 @@ class PackedLinear(nn.Module):
                 self.prepare_cpu_layout()
 
 
-class W4A4Linear(PackedLinear):
-    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring).
-    ``weight_scale`` and ``input_clip`` stay float32 under dtype casts; ``bias`` follows them."""
+class ActQuantLinear(PackedLinear):
+    """Base of the linears with quantized weights **and** dynamically quantized inputs (:class:`W4A4Linear`,
+    :class:`W4A8Linear`, :class:`W8A8Linear`; see the module docstring): one output-channel scale per row, an
+    activation clip, an optional online transform. A subclass sets the weight bits ``bits`` (the stored codes:
+    ``weight_packed`` for 4, ``weight_int8`` for 8), the activation bits ``a_bits`` and :meth:`_matmul` (the
+    quantize and GEMM ops of its precision). ``weight_scale`` and ``input_clip`` stay float32 under dtype casts;
+    ``bias`` follows them."""
 
     FLOAT32_BUFFERS = ("weight_scale", "input_clip")
-    bits, group_size = 4, None  # the weight grid (GPTQ reads it the same way for every packed linear)
+    bits: int = 4  # weight bits (GPTQ reads ``bits`` / ``group_size`` the same way for every packed linear)
+    a_bits: int = 4
+    group_size = None
 
     def __init__(
         self,
@@ -143,9 +154,8 @@ class W4A4Linear(PackedLinear):
     ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer(
-            "weight_packed", torch.zeros(out_features, packed_width(in_features), dtype=torch.uint8, device=device)
-        )
+        codes_shape, codes_dtype = self._codes_spec(in_features, out_features)
+        self.register_buffer(self.codes_name, torch.zeros(codes_shape, dtype=codes_dtype, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
         self.register_buffer("input_clip", torch.ones((), dtype=torch.float32, device=device))
         if bias:
@@ -156,21 +166,135 @@ class W4A4Linear(PackedLinear):
             self.input_transform = InputTransform(in_features, transform_factors, transform_diag, device=device)
         else:
             self.input_transform = None
+
+    @property
+    def codes_name(self) -> str:
+        """The state-dict name of the stored codes: ``weight_packed`` (4-bit) or ``weight_int8`` (8-bit)."""
+        return "weight_packed" if self.bits == 4 else "weight_int8"
+
+    def _codes_spec(self, in_features: int, out_features: int):
+        if self.bits == 4:
+            return (out_features, packed_width(in_features)), torch.uint8
+        return (out_features, in_features), torch.int8
+
+    def stored_codes(self) -> torch.Tensor:
+        """The stored weight codes (``uint8 [out, ceil(in/2)]`` packed int4 or ``int8 [out, in]``)."""
+        return self._buffers[self.codes_name]
+
+    @torch.no_grad()
+    def set_weight_codes(self, codes: torch.Tensor) -> None:
+        """Replace the weight codes (int8 ``[out, in]`` on this module's grid) keeping the scales (GPTQ's
+        rounding on the RTN grid)."""
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
+        if prepared:
+            self.prepare_cpu_layout()
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        weight_clip: torch.Tensor | float = 1.0,
+        input_clip: float = 1.0,
+        weight: torch.Tensor | None = None,
+        transform: tuple | None = None,
+    ) -> "ActQuantLinear":
+        """Quantize ``linear`` (RTN, per output channel, :func:`fair_calib_hf.packing.quantize_weight_grouped`).
+        ``weight`` overrides ``linear.weight`` (e.g. a transformed weight ``W·P^{-T}``); ``weight_clip`` is a
+        scalar or ``[out, 1]`` ratio in (0, 1]; ``transform = (left, right, diag or None)`` fills the online input
+        transform."""
+        w = linear.weight if weight is None else weight
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            dtype=linear.bias.dtype if linear.bias is not None else None,
+            device=w.device,
+            transform_factors=None if transform is None else (transform[0].shape[0], transform[1].shape[0]),
+            transform_diag=transform is not None and transform[2] is not None,
+        )
+        if transform is not None:
+            module.input_transform.left.copy_(transform[0].detach())
+            module.input_transform.right.copy_(transform[1].detach())
+            if transform[2] is not None:
+                module.input_transform.diag.copy_(transform[2].detach())
+        stored, scale = quantize_weight_grouped(w, cls.bits, None, weight_clip)
+        module._buffers[module.codes_name].copy_(stored)
+        module.weight_scale.copy_(scale)
+        module.input_clip.fill_(float(input_clip))
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
+        """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""
+        spec = {
+            self.codes_name: self._codes_spec(self.in_features, self.out_features),
+            "weight_scale": ((self.out_features, 1), torch.float32),
+            "input_clip": ((), torch.float32),
+        }
+        if self.bias is not None:
+            spec["bias"] = ((self.out_features,), None)
+        if self.input_transform is not None:
+            t = self.input_transform
+            spec["input_transform.left"] = (tuple(t.left.shape), torch.float32)
+            spec["input_transform.right"] = (tuple(t.right.shape), torch.float32)
+            if t.diag is not None:
+                spec["input_transform.diag"] = ((self.in_features,), torch.float32)
+        return spec
+
+    def _matmul(self, x2: torch.Tensor, left, right, diag) -> torch.Tensor:
+        """``[M, in] → [M, out]`` in ``x2.dtype``: the precision's quantize op, then its GEMM."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        t = self.input_transform
+        left, right, diag = (t.left, t.right, t.diag) if t is not None else (None, None, None)
+        return self._matmul(x2, left, right, diag).reshape(*shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """float32 ``[out, in]`` weight codes times scales (the transform not folded in)."""
+        return dequantize_grouped(self.stored_codes(), self.weight_scale, self.bits, None, self.in_features)
+
+    @torch.no_grad()
+    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A float ``nn.Linear`` computing ``x ↦ x·P·Q(W)ᵀ + b`` (the transform folded in, activation
+        quantization dropped). Used by ``model.dequantize()``."""
+        w = self.dequantized_weight().double()
+        if self.input_transform is not None:
+            w = w @ self.input_transform.matrix().t()
+        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight_scale.device, dtype=dtype)
+        linear.weight.copy_(w.to(dtype))
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        t = self.input_transform
+        tr = "none" if t is None else f"kronecker {t.left.shape[0]}x{t.right.shape[0]}" + (" +diag" if t.diag is not None else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"w{self.bits}a{self.a_bits}, transform={tr}, backend={ops.active_backend(self.weight_scale.device.type)}"
+                + (", prepared cpu layout" if self.is_prepared else ""))
+
+
+class W4A4Linear(ActQuantLinear):
+    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring), with the
+    prepared CPU layout of the AVX-512 VNNI GEMM."""
+
+    bits, a_bits = 4, 4
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.register_buffer("weight_prepared", None, persistent=False)  # see prepare_cpu_layout
 
     @property
     def is_prepared(self) -> bool:
         return self.weight_prepared is not None
-
-    @torch.no_grad()
-    def set_weight_codes(self, codes: torch.Tensor) -> None:
-        """Replace the int4 weight codes (int8 ``[out, in]`` in [-8, 7]) keeping the scales (GPTQ's rounding on
-        the RTN grid)."""
-        prepared = self.is_prepared
-        self.unprepare_cpu_layout()
-        self.weight_packed.copy_(store_codes(codes, 4))
-        if prepared:
-            self.prepare_cpu_layout()
 
     def prepare_cpu_layout(self) -> bool:
         """Hold the weight codes in the CPU VNNI GEMM's prepared layout (:func:`fair_calib_hf.ops.cpu.prepare_weight`,
@@ -199,6 +323,8 @@ class W4A4Linear(PackedLinear):
             return self.weight_packed
         return ops.cpu.unprepare_weight(self.weight_prepared, self.out_features, packed_width(self.in_features))
 
+    stored_codes = packed_weight
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.weight_prepared is None:
             return super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -208,94 +334,40 @@ class W4A4Linear(PackedLinear):
         finally:
             self._buffers["weight_packed"] = None
 
-    @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        weight_clip: torch.Tensor | float = 1.0,
-        input_clip: float = 1.0,
-        weight: torch.Tensor | None = None,
-        transform: tuple | None = None,
-    ) -> "W4A4Linear":
-        """Quantize ``linear`` (RTN, per output channel). ``weight`` overrides ``linear.weight`` (e.g. a
-        transformed weight ``W·P^{-T}``); ``weight_clip`` is a scalar or ``[out, 1]`` ratio in (0, 1];
-        ``transform = (left, right, diag or None)`` fills the online input transform."""
-        w = linear.weight if weight is None else weight
-        module = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            dtype=linear.bias.dtype if linear.bias is not None else None,
-            device=w.device,
-            transform_factors=None if transform is None else (transform[0].shape[0], transform[1].shape[0]),
-            transform_diag=transform is not None and transform[2] is not None,
-        )
-        if transform is not None:
-            module.input_transform.left.copy_(transform[0].detach())
-            module.input_transform.right.copy_(transform[1].detach())
-            if transform[2] is not None:
-                module.input_transform.diag.copy_(transform[2].detach())
-        packed, scale = quantize_weight_per_channel(w, weight_clip)
-        module.weight_packed.copy_(packed)
-        module.weight_scale.copy_(scale)
-        module.input_clip.fill_(float(input_clip))
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
-        return module
-
-    def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
-        """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""
-        spec = {
-            "weight_packed": ((self.out_features, packed_width(self.in_features)), torch.uint8),
-            "weight_scale": ((self.out_features, 1), torch.float32),
-            "input_clip": ((), torch.float32),
-        }
-        if self.bias is not None:
-            spec["bias"] = ((self.out_features,), None)
-        if self.input_transform is not None:
-            t = self.input_transform
-            spec["input_transform.left"] = (tuple(t.left.shape), torch.float32)
-            spec["input_transform.right"] = (tuple(t.right.shape), torch.float32)
-            if t.diag is not None:
-                spec["input_transform.diag"] = ((self.in_features,), torch.float32)
-        return spec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)
-        t = self.input_transform
-        left, right, diag = (t.left, t.right, t.diag) if t is not None else (None, None, None)
+    def _matmul(self, x2, left, right, diag):
         x_packed, x_scale = ops.quantize_act_int4(x2, left, right, diag, self.input_clip)
         if self.weight_prepared is not None:
-            y = ops.w4a4_gemm_prepared(x_packed, x_scale, self.weight_prepared, self.weight_scale, self.bias,
-                                       self.out_features, self.in_features, x.dtype)
-        else:
-            y = ops.w4a4_gemm(
-                x_packed, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features, x.dtype
-            )
-        return y.reshape(*shape[:-1], self.out_features)
+            return ops.w4a4_gemm_prepared(x_packed, x_scale, self.weight_prepared, self.weight_scale, self.bias,
+                                          self.out_features, self.in_features, x2.dtype)
+        return ops.w4a4_gemm(x_packed, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features,
+                             x2.dtype)
 
-    @torch.no_grad()
-    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
-        """A float ``nn.Linear`` computing ``x ↦ x·P·Q(W)ᵀ + b`` (the transform folded in, activation
-        quantization dropped). Used by ``model.dequantize()``."""
-        w = dequantize_weight(self.packed_weight(), self.weight_scale, self.in_features).double()
-        if self.input_transform is not None:
-            w = w @ self.input_transform.matrix().t()
-        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight_scale.device, dtype=dtype)
-        linear.weight.copy_(w.to(dtype))
-        if self.bias is not None:
-            linear.bias.copy_(self.bias)
-        return linear
 
-    def extra_repr(self) -> str:
-        t = self.input_transform
-        tr = "none" if t is None else f"kronecker {t.left.shape[0]}x{t.right.shape[0]}" + (" +diag" if t.diag is not None else "")
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"w4a4, transform={tr}, backend={ops.active_backend(self.weight_scale.device.type)}"
-                + (", prepared cpu layout" if self.weight_prepared is not None else ""))
+class W4A8Linear(ActQuantLinear):
+    """Linear layer with int4 weights (the W4A4 byte layout) and dynamically int8-quantized inputs
+    (``s_x = c·max|x̃|/127`` per token; :func:`fair_calib_hf.ops.w4a8_gemm`)."""
+
+    bits, a_bits = 4, 8
+
+    def _matmul(self, x2, left, right, diag):
+        x_q, x_scale = ops.quantize_act_int8(x2, left, right, diag, self.input_clip)
+        return ops.w4a8_gemm(x_q, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features,
+                             x2.dtype)
+
+
+class W8A8Linear(ActQuantLinear):
+    """Linear layer with int8 weights (``weight_int8 [out, in]``, ``s_w = c·max|W_row|/127``) and dynamically
+    int8-quantized inputs (:func:`fair_calib_hf.ops.w8a8_gemm`)."""
+
+    bits, a_bits = 8, 8
+
+    def _matmul(self, x2, left, right, diag):
+        x_q, x_scale = ops.quantize_act_int8(x2, left, right, diag, self.input_clip)
+        return ops.w8a8_gemm(x_q, x_scale, self.weight_int8, self.weight_scale, self.bias, x2.dtype)
+
+
+ACT_QUANT_LINEARS = {(m.bits, m.a_bits): m for m in (W4A4Linear, W4A8Linear, W8A8Linear)}
+"""The packed linear of each ``(w_bits, a_bits)`` with quantized activations."""
 
 
 def prepare_cpu_layout(model: nn.Module) -> int:

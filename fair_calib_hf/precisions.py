@@ -5,6 +5,8 @@ methods apply) and the checkpoint skeleton (which packed module to build).
 name       w_bits  a_bits  group_size            packed module
 =========  ======  ======  ====================  ==========================================================
 ``w4a4``   4       4       per channel           :class:`~fair_calib_hf.modules.W4A4Linear` (int4 × int4 GEMM)
+``w4a8``   4       8       per channel           :class:`~fair_calib_hf.modules.W4A8Linear` (int8 × int4 GEMM)
+``w8a8``   8       8       per channel           :class:`~fair_calib_hf.modules.W8A8Linear` (int8 × int8 GEMM)
 ``w4a16``  4       16      per channel, 32/64/128 :class:`~fair_calib_hf.modules.WeightOnlyLinear`
 ``w8a16``  8       16      per channel           :class:`~fair_calib_hf.modules.WeightOnlyLinear`
 =========  ======  ======  ====================  ==========================================================
@@ -14,6 +16,9 @@ weights are dequantized on the fly (compressed-tensors calls these W4A16 / W8A16
 no input transform (the transforms of ``quarot`` / ``flatquant`` / ``fair_calib`` exist to make activations
 quantizable), so their methods are ``rtn`` and ``gptq`` (with the Stage I prior in its Hessian:
 ``gptq_position_weights="prior"``).
+
+``a_bits=8`` quantizes activations per token, symmetric, dynamic, to int8 (``s_x = clip·max|x̃|/127``), with
+the same online transforms, clips and methods as W4A4; Stage II fits them on the 8-bit grid.
 """
 from __future__ import annotations
 
@@ -38,6 +43,12 @@ class Precision:
         """Activations stay in the model's dtype."""
         return self.a_bits == 16
 
+    def packed_module(self):
+        """The packed linear class this precision builds (:mod:`fair_calib_hf.modules`)."""
+        from .modules import ACT_QUANT_LINEARS, WeightOnlyLinear
+
+        return WeightOnlyLinear if self.weight_only else ACT_QUANT_LINEARS[(self.w_bits, self.a_bits)]
+
     def describe(self) -> str:
         groups = ", ".join("per-channel" if g is None else f"g{g}" for g in self.group_sizes)
         return f"W{self.w_bits}A{self.a_bits} ({groups}; methods {', '.join(self.methods)})"
@@ -46,6 +57,8 @@ class Precision:
 PRECISIONS = {
     p.name: p for p in (
         Precision("w4a4", 4, 4, (None,), ("rtn", "gptq", "quarot", "flatquant", "fair_calib")),
+        Precision("w4a8", 4, 8, (None,), ("rtn", "gptq", "quarot", "flatquant", "fair_calib")),
+        Precision("w8a8", 8, 8, (None,), ("rtn", "gptq", "quarot", "flatquant", "fair_calib")),
         Precision("w4a16", 4, 16, (None,) + GROUP_SIZES, ("rtn", "gptq")),
         Precision("w8a16", 8, 16, (None,), ("rtn", "gptq")),
     )

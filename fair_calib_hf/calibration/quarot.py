@@ -31,7 +31,8 @@ def make_quarot_block_quantizer(config):
                 packed = pack_with_transform(linear, left.to(linear.weight.device), right.to(linear.weight.device),
                                              None, False, config.w_clip_ratio, config.a_clip_ratio,
                                              clip_search=config.w_clip_search,
-                                             keep_target=config.weight_rounding == "gptq")
+                                             keep_target=config.weight_rounding == "gptq",
+                                             module_cls=config.precision.packed_module())
                 set_submodule(block, name, packed)
         return {"sites": len(sites)}
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from ..architectures import ModelAdapter
-from ..modules import W4A4Linear
+from ..modules import ActQuantLinear, W4A4Linear
 from ..targets import block_targets
 from .block_loop import BlockInput, group_by_input
-from ..packing import dequantize_weight, quantize_weight_per_channel
+from ..packing import dequantize_grouped, quantize_weight_grouped
 from .gptq import attach_target
 from .transforms import hadamard_factors, kronecker_factors, transform_weight
 
@@ -70,14 +70,15 @@ CLIP_GRID = tuple(1.0 - 0.05 * i for i in range(11))  # 1.00 .. 0.50
 
 
 @torch.no_grad()
-def search_weight_clip(weight: torch.Tensor) -> torch.Tensor:
-    """Per output channel, the ratio in ``CLIP_GRID`` minimising ``‖W − Q(W; ratio)‖²`` (``[out, 1]``)."""
+def search_weight_clip(weight: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """Per output channel, the ratio in ``CLIP_GRID`` minimising ``‖W − Q(W; ratio)‖²`` (``[out, 1]``) on the
+    per-channel ``bits``-bit grid."""
     w = weight.float()
     best_err = torch.full((w.shape[0], 1), float("inf"))
     best = torch.ones(w.shape[0], 1)
     for ratio in CLIP_GRID:
-        packed, scale = quantize_weight_per_channel(w, ratio)
-        err = (dequantize_weight(packed, scale, w.shape[1]) - w).pow(2).sum(1, keepdim=True).cpu()
+        stored, scale = quantize_weight_grouped(w, bits, None, ratio)
+        err = (dequantize_grouped(stored, scale, bits, None, w.shape[1]) - w).pow(2).sum(1, keepdim=True).cpu()
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best = torch.where(better, torch.full_like(best, ratio), best)
@@ -87,17 +88,18 @@ def search_weight_clip(weight: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def pack_with_transform(linear: nn.Linear, left: torch.Tensor, right: torch.Tensor, diag: torch.Tensor | None,
                         online_diag: bool, weight_clip, input_clip: float, clip_search: bool = False,
-                        keep_target: bool = False) -> W4A4Linear:
-    """Pack ``linear`` for inputs transformed by ``x ↦ (x ⊙ diag)·(left ⊗ right)``: the weight becomes
-    ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel int4 with ``weight_clip``, multiplied by
-    the searched per-channel ratio with ``clip_search``), so that ``x̃ W̃ᵀ = x Wᵀ`` in float. ``online_diag``
-    stores ``diag`` in the module; otherwise the caller folds it. ``keep_target`` keeps ``W̃`` on the module for
-    GPTQ (:func:`.gptq.attach_target`)."""
+                        keep_target: bool = False, module_cls: type[ActQuantLinear] = W4A4Linear) -> ActQuantLinear:
+    """Pack ``linear`` as a ``module_cls`` (:class:`~fair_calib_hf.modules.W4A4Linear` by default; the config's
+    ``precision.packed_module()``) for inputs transformed by ``x ↦ (x ⊙ diag)·(left ⊗ right)``: the weight
+    becomes ``W̃ = (W ⊘ diag)·(left ⊗ right)^{-T}`` (float64, then per-channel on the module's weight grid with
+    ``weight_clip``, multiplied by the searched per-channel ratio with ``clip_search``), so that ``x̃ W̃ᵀ = x Wᵀ``
+    in float. ``online_diag`` stores ``diag`` in the module; otherwise the caller folds it. ``keep_target`` keeps
+    ``W̃`` on the module for GPTQ (:func:`.gptq.attach_target`)."""
     w = transform_weight(linear.weight.double(), left.double(), right.double(),
                          diag.double() if diag is not None else None)
     if clip_search:
-        weight_clip = search_weight_clip(w) * weight_clip
-    packed = W4A4Linear.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
+        weight_clip = search_weight_clip(w, module_cls.bits) * weight_clip
+    packed = module_cls.from_linear(linear, weight_clip=weight_clip, input_clip=input_clip, weight=w,
                                     transform=(left, right, diag if online_diag else None))
     if keep_target:
         attach_target(packed, w)

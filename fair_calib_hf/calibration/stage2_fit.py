@@ -10,7 +10,8 @@ With ``lac=False`` / ``lwc=False`` that clip is not learned and is exactly ``a_c
 
     x̃ = (x ⊙ d)·(L ⊗ R),   W̃ = (W ⊘ d)·(L ⊗ R)^{-T},   y = Q_tok(x̃; σ(lac)) · Q_ch(W̃; σ(lwc))ᵀ + b
 
-with symmetric int4 fake quantization and straight-through rounding. The block is fitted in fp32 to
+with symmetric fake quantization on the config's grids (int4, or int8 for ``a_bits=8`` / ``w_bits=8``) and
+straight-through rounding. The block is fitted in fp32 to
 
     loss = mean_{samples, positions i} w̄_i · mean_hidden (h_q(i) − h_fp(i))²
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ..architectures import ModelAdapter
-from ..packing import QMAX, QMIN
+from ..packing import QMAX, QMIN, code_range
 from ..targets import set_submodule
 from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
 from .gptq import scale_target_rows
@@ -54,16 +55,17 @@ class _FakeQuantRows(torch.autograd.Function):
     sign of a zero), while running a third of its kernels, no boolean masks and a single graph node."""
 
     @staticmethod
-    def forward(ctx, x, clip):
+    def forward(ctx, x, clip, qmin=QMIN, qmax=QMAX):
         a = x.abs()
         m = a.amax(-1, keepdim=True)
-        s0 = clip * m / QMAX
+        s0 = clip * m / qmax
         zero = s0 == 0
         s = torch.where(zero, 1.0, s0)
         u = x / s
         # ste_round's forward value (round(u) − u) + u is exactly round(u), with -0 turned into +0
         r = torch.round(u) + 0.0
-        c = torch.clamp(r, QMIN, QMAX)
+        c = torch.clamp(r, qmin, qmax)
+        ctx.qmax = qmax
         ctx.save_for_backward(x, clip, a, m, zero, s, u, r, c)
         return c * s
 
@@ -77,7 +79,7 @@ class _FakeQuantRows(torch.autograd.Function):
         gu = (g * s) * torch.eq(c, r, out=torch.empty_like(c))
         # s from out = c·s and from u = x/s (autograd: −gu·((x/s)/s), summed; negating the sum is exact)
         gs = (g * c).sum(-1, keepdim=True) + -(gu * (u / s)).sum(-1, keepdim=True)
-        gt1 = torch.where(zero, 0.0, gs) / QMAX  # s = where(s0 == 0, 1, s0); s0 = t1 / QMAX
+        gt1 = torch.where(zero, 0.0, gs) / ctx.qmax  # s = where(s0 == 0, 1, s0); s0 = t1 / qmax
         grad_clip = (gt1 * m).sum_to_size(clip.shape) if ctx.needs_input_grad[1] else None  # t1 = clip · m
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -85,17 +87,18 @@ class _FakeQuantRows(torch.autograd.Function):
             # hit ∈ {0, 1} and sign ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
             hit = torch.eq(a, m, out=torch.empty_like(a))
             grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sign())
-        return grad_x, grad_clip
+        return grad_x, grad_clip, None, None
 
 
-def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
-    """Symmetric int4 quantize-dequantize per row (last dim) with straight-through rounding:
-    ``s = clip·max|x|/7`` (1 for zero rows), ``clamp(round(x/s), −8, 7)·s``. ``x [..., K]`` float; ``clip``
-    a 0-dim tensor or one broadcastable to ``[..., 1]`` (e.g. ``[rows, 1]``); same dtype as ``x``. Gradients
-    reach ``x`` (STE: through the rounding, zero where clamped, and through the scale's ``max|x|``) and
-    ``clip``. One autograd node (:class:`_FakeQuantRows`), bit-identical to the plain expression with
+def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """Symmetric ``bits``-bit quantize-dequantize per row (last dim) with straight-through rounding:
+    ``s = clip·max|x|/qmax`` (1 for zero rows), ``clamp(round(x/s), qmin, qmax)·s`` with ``(qmin, qmax)`` from
+    :func:`fair_calib_hf.packing.code_range` ((−8, 7) for int4, (−128, 127) for int8). ``x [..., K]`` float;
+    ``clip`` a 0-dim tensor or one broadcastable to ``[..., 1]`` (e.g. ``[rows, 1]``); same dtype as ``x``.
+    Gradients reach ``x`` (STE: through the rounding, zero where clamped, and through the scale's ``max|x|``)
+    and ``clip``. One autograd node (:class:`_FakeQuantRows`), bit-identical to the plain expression with
     :func:`ste_round` (gradients up to the sign of a zero)."""
-    return _FakeQuantRows.apply(x, clip)
+    return _FakeQuantRows.apply(x, clip, *code_range(bits))
 
 
 def weighted_mse(h_q: torch.Tensor, h_fp: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -135,6 +138,7 @@ class SiteParams(nn.Module):
             self.diag = None
         self.lac = nn.Parameter(torch.tensor(CLIP_INIT), requires_grad=bool(config.lac))
         self.fixed_clip = None if config.lac else float(config.a_clip_ratio)
+        self.a_bits, self.w_bits = int(config.a_bits), int(config.w_bits)  # the fake-quantization grids
         self.members: list = []  # FitLinear, in registration order (a plain list: not submodules)
         self._frozen = None  # (stacked float weight [Σ out, in], stacked bias [Σ out] or None)
         self._cache = None  # (input x, per-member outputs) of the last forward
@@ -160,7 +164,7 @@ class SiteParams(nn.Module):
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         """``Q_tok((x ⊙ d)·(L ⊗ R); σ(lac))`` in fp32, ``x [..., in]``."""
         xt = x.float() * self.diag if self.diag is not None else x.float()
-        return fake_quant_rows(kron_apply_gemms(xt, self.left, self.right), self.input_clip())
+        return fake_quant_rows(kron_apply_gemms(xt, self.left, self.right), self.input_clip(), self.a_bits)
 
     def inverse_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L⁻ᵀ, R⁻ᵀ)``, computed once per optimizer step (cleared by :meth:`new_step`)."""
@@ -203,7 +207,7 @@ class SiteParams(nn.Module):
                 clip = torch.sigmoid(torch.cat([m.lwc for m in self.members]))
             else:
                 clip = torch.cat([m.weight_clip() for m in self.members])
-            self._weight = fake_quant_rows(self.transform_weight(self._stacked()[0]), clip)
+            self._weight = fake_quant_rows(self.transform_weight(self._stacked()[0]), clip, self.w_bits)
         return self._weight
 
     def member_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
@@ -369,14 +373,16 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
                 epoch_sum += float(loss.detach()) * len(idx)
             epoch_losses.append(epoch_sum / len(inputs))
     fit_seconds = time.perf_counter() - start_time
-    _fold_and_pack(block, sites, params, wrappers, adapter, keep_target=config.weight_rounding == "gptq")
+    _fold_and_pack(block, sites, params, wrappers, adapter, keep_target=config.weight_rounding == "gptq",
+                   module_cls=config.precision.packed_module())
     block.to(dtype)
     return {"sites": len(sites), "site_widths": [s.in_features for s in sites], "steps": step,
             "epoch_losses": epoch_losses, "fit_seconds": fit_seconds}
 
 
 @torch.no_grad()
-def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAdapter, keep_target: bool = False) -> None:
+def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAdapter, keep_target: bool = False,
+                   module_cls=None) -> None:
     converted = set(wrappers)
     rows_to_scale = []
     for site, sp in zip(sites, params):
@@ -387,7 +393,8 @@ def _fold_and_pack(block, sites: list[Site], params, wrappers, adapter: ModelAda
             packed = pack_with_transform(wrapper.linear, sp.left.detach(), sp.right.detach(), diag,
                                          online_diag=diag is not None and fold is None,
                                          weight_clip=wrapper.weight_clip().detach(),
-                                         input_clip=float(sp.input_clip()), keep_target=keep_target)
+                                         input_clip=float(sp.input_clip()), keep_target=keep_target,
+                                         **({} if module_cls is None else {"module_cls": module_cls}))
             set_submodule(block, name, packed)
         if fold is not None and fold[0] == "norm":
             norm = block.get_submodule(fold[1])
