@@ -53,7 +53,15 @@ from .version import __version__
 
 logger = logging.getLogger(__name__)
 
-MODEL_TAGS = ["fair_calib", "w4a4", "4-bit", "dllm"]
+MODEL_TAGS = ["fair_calib", "dllm"]
+"""Hub tags of every quantized model; :func:`model_tags` adds the precision's (``w4a8``, ``4-bit`` ...)."""
+
+
+def model_tags(config) -> list[str]:
+    """The hub tags of a model quantized with ``config``: :data:`MODEL_TAGS`, the precision's name (``w4a4``,
+    ``w4a8``, ``w8a8``, ``w4a16``, ``w8a16``) and the weight width (``4-bit`` / ``8-bit``)."""
+    precision = config.precision
+    return MODEL_TAGS + ([precision.name, f"{precision.w_bits}-bit"] if precision is not None else [])
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Load dtypes of the float parts (embeddings, norms, head, biases); packed buffers have their own dtypes."""
 
@@ -88,7 +96,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
         for device_type in ("cpu", "cuda"):
             if device_type == "cpu" or torch.cuda.is_available():
                 if ops.active_backend(device_type) == "reference":
-                    logger.warning("fair_calib_hf: W4A4 ops on %s run on the pure-torch reference backend "
+                    logger.warning("fair_calib_hf: packed-linear ops on %s run on the pure-torch reference backend "
                                    "(exact, slow): no compiled %s kernels in this build", device_type, device_type)
 
     def update_dtype(self, dtype):
@@ -160,8 +168,8 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             logger.info("fair_calib: %s", self.calibration_report.summary())
         prepared = prepare_loaded_model(model)  # the CPU GEMM's weight layout (bit-identical; FAIR_CALIB_CPU_LAYOUT)
         if prepared:
-            logger.info("fair_calib: %d W4A4 linears hold the prepared CPU weight layout", prepared)
-        model.add_model_tags(MODEL_TAGS)
+            logger.info("fair_calib: %d packed linears hold the prepared CPU weight layout", prepared)
+        model.add_model_tags(model_tags(self.quantization_config))
         install_save_compat(model)  # Dream's remote generation config breaks save_pretrained otherwise
         return model
 

@@ -180,7 +180,8 @@ def write_report(folder: str, *, model: str, config: dict, calibration: dict, lo
         lines.append(f"| load `{key}` | `{value}` |")
     c = calibration
     lines += ["", "## Calibration cost", "",
-              f"- method `{c['method']}`, {c['num_samples']} calibration sequences, {c['converted_linears']} linears "
+              f"- method `{c['method']}` at W{config.get('w_bits', 4)}A{config.get('a_bits', 4)}, "
+              f"{c['num_samples']} calibration sequences, {c['converted_linears']} linears "
               f"packed, compute device `{c['device']}`",
               f"- wall time {c['seconds']:.2f} s" + (f" (Stage I probing {c['stage1_seconds']:.2f} s)"
                                                      if c.get("prior") else ""),

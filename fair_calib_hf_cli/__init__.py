@@ -98,6 +98,11 @@ def method_name(text: str) -> str:
     return text.strip().lower().replace("-", "_")
 
 
+PRECISION_NAMES = ("w4a4", "w4a8", "w8a8", "w4a16", "w8a16")
+"""``--precision`` values: the names of :data:`fair_calib_hf.precisions.PRECISIONS` (listed here so that parsing
+the command line imports neither torch nor transformers; a test checks the two agree)."""
+
+
 def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="local folder, hub id, or zoo:NAME")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -105,6 +110,9 @@ def add_quantize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="fair_calib", type=method_name,
                         choices=["rtn", "gptq", "quarot", "flatquant", "fair_calib"],
                         help="quantization method (default: fair_calib; fair-calib works too)")
+    parser.add_argument("--precision", default=None, type=str.lower, choices=list(PRECISION_NAMES),
+                        help="weight/activation bits (default: w4a4; w4a8 and w8a8 quantize activations to int8, "
+                             "w4a16 and w8a16 are weight-only with methods rtn/gptq; group sizes: --set group_size=128)")
     parser.add_argument("--prior", default=None, help="reuse a Stage I prior saved by `fair-calib probe`")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the folder to this hub repo")
     parser.add_argument("--private", action="store_true", help="create the hub repo as private")

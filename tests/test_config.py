@@ -161,8 +161,29 @@ def test_registration_refuses_a_foreign_entry(monkeypatch):
 def test_invalid_precision_lists_every_valid_combination():
     with pytest.raises(ValueError) as err:
         FairCalibConfig(w_bits=3, a_bits=16)
-    for text in ("W4A4", "W4A16", "W8A16", "g128", "rtn, gptq"):
+    for text in ("W4A4", "W4A8", "W8A8", "W4A16", "W8A16", "g128", "rtn, gptq"):
         assert text in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"w_bits": 8, "a_bits": 4}, "w_bits/a_bits"),  # no W8A4
+    ({"w_bits": 4, "a_bits": 8, "group_size": 128}, "group_size"),  # groups are weight-only
+    ({"w_bits": 8, "a_bits": 8, "group_size": 64}, "group_size"),
+    ({"w_bits": 4, "a_bits": 6}, "w_bits/a_bits"),
+])
+def test_invalid_8bit_activation_combinations_are_refused_at_config_time(kwargs, field):
+    with pytest.raises(ValueError, match=field) as err:
+        FairCalibConfig(**kwargs)
+    assert "W4A8" in str(err.value) or "per-channel" in str(err.value)
+
+
+@pytest.mark.parametrize("bits", [(4, 8), (8, 8)])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "quarot", "flatquant", "fair_calib"])
+def test_every_method_accepts_8bit_activations(bits, method):
+    cfg = FairCalibConfig(method=method, w_bits=bits[0], a_bits=bits[1])
+    assert (cfg.precision.w_bits, cfg.precision.a_bits) == bits and not cfg.precision.weight_only
+    again = FairCalibConfig.from_dict(cfg.to_dict())
+    assert (again.w_bits, again.a_bits) == bits
 
 
 def test_weight_rounding_defaults_follow_the_method():

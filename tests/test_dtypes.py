@@ -2,7 +2,7 @@
 
 * The matrix: both families × {fp32, bf16, fp16} × {rtn, quarot, flatquant, fair_calib, and the GPTQ / weight-only
   variants of issue 28: gptq, quarot-gptq, fair_calib + prior-weighted GPTQ, W4A16 g32 RTN / GPTQ, W4A16 per-channel
-  GPTQ with the prior, W8A16 GPTQ}: calibrate on load →
+  GPTQ with the prior, W8A16 GPTQ; and the W4A8 / W8A8 variants of issue 29}: calibrate on load →
   forward → save → reload bit-identical → ``dequantize()`` (before and after saving, and after a reload) →
   ``diffusion_generate``. Plumbing only: tiny models, 2 sequences of 32 tokens, 1 epoch, 2 probes.
 * Packed float32 buffers (``weight_scale``, ``input_clip``, the Kronecker factors and the online diagonal)
@@ -39,6 +39,11 @@ VARIANTS = {
     "w4a16-g32-gptq": {"method": "gptq", "a_bits": 16, "group_size": 32, "gptq_act_order": True},
     "w4a16-gptq-prior": {"method": "gptq", "a_bits": 16, "gptq_position_weights": "prior"},
     "w8a16-gptq": {"method": "gptq", "w_bits": 8, "a_bits": 16},
+    # 8-bit activations (issue 29): Stage II with the prior on the int8 grid, FlatQuant with int8 weights, QuaRot
+    # with GPTQ-rounded int8 weights
+    "w4a8-fair_calib": {"method": "fair_calib", "a_bits": 8},
+    "w8a8-flatquant": {"method": "flatquant", "w_bits": 8, "a_bits": 8},
+    "w8a8-quarot-gptq": {"method": "quarot", "w_bits": 8, "a_bits": 8, "weight_rounding": "gptq"},
 }
 METHODS = tuple(VARIANTS)
 DATA = [list(range(5, 37)), list(range(40, 72))]

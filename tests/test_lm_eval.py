@@ -75,9 +75,21 @@ def quantized_dir(tiny_dirs, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("which", ["float", "quantized"])
-def test_simple_evaluate_runs_generation_and_likelihood_tasks(tiny_dirs, quantized_dir, task_dir, which):
-    path = tiny_dirs["llada"] if which == "float" else quantized_dir
+@pytest.fixture(scope="module")
+def quantized_w8a8_dir(tiny_dirs, tmp_path_factory):
+    """A W8A8 checkpoint written by the CLI's ``--precision`` (issue 29)."""
+    from fair_calib_hf.cli import main
+
+    out = str(tmp_path_factory.mktemp("q") / "dream-w8a8")
+    assert main(["quantize", tiny_dirs["dream"], "--out", out, "--method", "rtn", "--precision", "w8a8",
+                 "--no-progress", "--no-report"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("which", ["float", "quantized", "quantized-w8a8"])
+def test_simple_evaluate_runs_generation_and_likelihood_tasks(tiny_dirs, task_dir, which, request):
+    path = tiny_dirs["llada"] if which == "float" else request.getfixturevalue(
+        "quantized_dir" if which == "quantized" else "quantized_w8a8_dir")
     results = lm_eval.simple_evaluate(
         model=MODEL_NAME, model_args=f"pretrained={path},gen_length=8,mc_num=4",
         tasks=["tiny_arith_gen", "tiny_arith_mc"], task_manager=TaskManager(include_path=task_dir),

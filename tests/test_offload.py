@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModel
 
 from fair_calib_hf import FairCalibConfig, W4A4Linear
+from fair_calib_hf.modules import ACT_QUANT_LINEARS
 
 from conftest import CALIB_TEXTS
 
@@ -17,13 +18,15 @@ DEVICE_MAPS = {
 }
 
 
-def _cfg(method):
+def _cfg(method, bits=(4, 4)):
     return FairCalibConfig(method=method, calibration_dataset=CALIB_TEXTS, num_samples=4, seq_len=48, epochs=2,
-                           batch_size=2, n_probe=4, prior_window=16, probe_steps=8)
+                           batch_size=2, n_probe=4, prior_window=16, probe_steps=8, w_bits=bits[0], a_bits=bits[1])
 
 
-@pytest.mark.parametrize("kind,method", [("llada", "fair_calib"), ("dream", "flatquant"), ("llada", "rtn")])
-def test_offloaded_calibration_equals_in_memory(tiny_dirs, tmp_path, kind, method, input_ids, monkeypatch):
+@pytest.mark.parametrize("kind,method,bits", [("llada", "fair_calib", (4, 4)), ("dream", "flatquant", (4, 4)),
+                                              ("llada", "rtn", (4, 4)), ("dream", "fair_calib", (4, 8)),
+                                              ("llada", "quarot", (8, 8))])
+def test_offloaded_calibration_equals_in_memory(tiny_dirs, tmp_path, kind, method, bits, input_ids, monkeypatch):
     from fair_calib_hf.calibration import block_loop
 
     seen = []
@@ -35,9 +38,9 @@ def test_offloaded_calibration_equals_in_memory(tiny_dirs, tmp_path, kind, metho
         seen.append((on_meta, placement.offloaded))
         return placement
 
-    ref = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=_cfg(method))
+    ref = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=_cfg(method, bits))
     monkeypatch.setattr(block_loop, "onload_block", spy)
-    off = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=_cfg(method),
+    off = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True, quantization_config=_cfg(method, bits),
                                     device_map=DEVICE_MAPS[kind], offload_folder=str(tmp_path / "offload"))
     n_disk = sum(v == "disk" for v in DEVICE_MAPS[kind].values())
     assert sum(on_meta and offloaded for on_meta, offloaded in seen) == n_disk  # weights read from the offload map
@@ -49,7 +52,7 @@ def test_offloaded_calibration_equals_in_memory(tiny_dirs, tmp_path, kind, metho
         assert torch.equal(a[key], b[key]), key
     ra, rb = ref.hf_quantizer.calibration_report, off.hf_quantizer.calibration_report
     assert [x.rel_mse for x in ra.blocks] == [x.rel_mse for x in rb.blocks]
-    assert sum(isinstance(m, W4A4Linear) for m in off.modules()) == 14
+    assert sum(type(m) is ACT_QUANT_LINEARS[bits] for m in off.modules()) == 14
     with torch.no_grad():
         assert torch.equal(ref(input_ids=input_ids).logits, off(input_ids=input_ids).logits)
     off.save_pretrained(tmp_path / "saved")

@@ -235,7 +235,17 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
 
         for field, value in calibration_geometry(zoo.task_of(path), zoo.family_of(path)).items():
             kw.setdefault(field, value)
-    kw.update(_parse_set(getattr(args, "set", [])))
+    settings = _parse_set(getattr(args, "set", []))
+    if getattr(args, "precision", None):
+        from ..precisions import PRECISIONS
+
+        precision = PRECISIONS[args.precision]
+        for field, value in (("w_bits", precision.w_bits), ("a_bits", precision.a_bits)):
+            if field in settings and settings[field] != value:
+                raise ValueError(f"--precision {args.precision} sets {field}={value} but --set {field}="
+                                 f"{settings[field]}: drop one of them")
+            kw[field] = value
+    kw.update(settings)
     if tokenizer is not None:
         kw["tokenizer"] = tokenizer
     cfg = FairCalibConfig(**kw)

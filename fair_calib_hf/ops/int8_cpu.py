@@ -5,6 +5,10 @@ accumulators, so with the reference's fp32 epilogue (:func:`.reference.w4a4_epil
 bit-identical to :func:`.reference.w8a8_gemm_reference`. It reads the weight ``[N, K]`` transposed in place
 (measured faster than a contiguous ``[K, N]`` copy on this project's CPUs). ``FAIR_CALIB_BACKEND=reference``
 keeps the reference.
+
+Measured defect (torch 2.13.0 CPU): with ``K = 1`` and ``N > 1`` ``torch._int_mm`` returns wrong sums (every
+``K`` from 2 to 299 was exact on random codes; ``tests/test_act8.py`` checks it); ``K <``
+:data:`MIN_INT_MM_K` runs the reference.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from . import reference
 from .cpu import FORCED_REFERENCE
 
 ENABLED = not FORCED_REFERENCE and hasattr(torch, "_int_mm")
+MIN_INT_MM_K = 2
+"""Smallest ``K`` handed to ``torch._int_mm`` (its CPU kernel is wrong at ``K = 1``)."""
 
 
 def int8_matmul_int32(x_q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
@@ -30,4 +36,6 @@ def register(w8a8_op) -> None:
     def _(x_q, x_scale, w_int8, w_scale, bias, out_dtype):
         if x_q.shape[1] > 1 << 17:
             raise ValueError(f"w8a8_gemm: K={x_q.shape[1]} > {1 << 17} could overflow the int32 accumulator")
+        if x_q.shape[1] < MIN_INT_MM_K:
+            return reference.w8a8_gemm_reference(x_q, x_scale, w_int8, w_scale, bias, out_dtype)
         return reference.w4a4_epilogue(int8_matmul_int32(x_q, w_int8), x_scale, w_scale, bias, out_dtype)
