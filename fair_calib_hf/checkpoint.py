@@ -147,15 +147,40 @@ def _raise(problems: list[str], where: str) -> None:
         )
 
 
-def verify_checkpoint_files(model: nn.Module, files: list[str] | None) -> None:
-    """Check the checkpoint headers: every packed buffer present with the right shape/dtype, and no packed
-    tensor belonging to a module that the config says stays in float."""
+PRECISION_FIELDS = ("w_bits", "a_bits", "group_size")
+"""The ``quantization_config`` fields that fix how the packed tensors are read: ``config.json`` must agree with
+the copy written into the safetensors header (W4A4 and W4A8 tensors have the same shapes; only these tell them
+apart)."""
+
+
+def _precision_problems(meta: dict, config) -> list[str]:
+    """Where ``config`` disagrees with the quantization config in the header ``meta`` on :data:`PRECISION_FIELDS`
+    (nothing when the header has none: checkpoints written before it was stored)."""
+    if config is None or "quantization_config" not in meta:
+        return []
+    try:
+        written = json.loads(meta["quantization_config"])
+    except ValueError:
+        return ["the safetensors header's quantization_config is not JSON"]
+    problems = []
+    for field in PRECISION_FIELDS:
+        if field in written and written[field] != getattr(config, field, None):
+            problems.append(f"config.json says {field}={getattr(config, field, None)!r} but the weights were written "
+                            f"with {field}={written[field]!r} (safetensors header)")
+    return problems
+
+
+def verify_checkpoint_files(model: nn.Module, files: list[str] | None, config=None) -> None:
+    """Check the checkpoint headers: every packed buffer present with the right shape/dtype, no packed tensor
+    belonging to a module that the config says stays in float, and (given the ``config`` it is loaded with)
+    the same precision fields as the header's copy of the quantization config. Raises
+    :class:`CheckpointMismatchError` listing the problems."""
     if not files:
         return
     found = read_checkpoint_header(list(files))
     if not found:
         return
-    problems = _header_problems(found, model)
+    problems = _precision_problems(read_header_metadata(list(files)), config) + _header_problems(found, model)
     _raise(problems, f"({', '.join(os.path.basename(str(f)) for f in files)})")
 
 

@@ -116,7 +116,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             check_safetensors_files(self.checkpoint_files)
             build_packed_skeleton(model, self.quantization_config)
             # shapes/dtypes against the config, before transformers loads (the headers do not change after)
-            verify_checkpoint_files(model, self.checkpoint_files)
+            verify_checkpoint_files(model, self.checkpoint_files, self.quantization_config)
         else:
             foreign = foreign_quantization(source, self.hub_options)
             if foreign is not None:

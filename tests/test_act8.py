@@ -189,6 +189,14 @@ def test_checkpoint_inspect_reload_and_mismatch(tiny_dirs, tmp_path, kind, bits,
         json.dump(tags, f)
     with pytest.raises(CheckpointMismatchError):
         AutoModel.from_pretrained(path, trust_remote_code=True)
+    # W4A4 and W4A8 tensors have the same shapes: the header's copy of the config tells them apart
+    tags["quantization_config"]["w_bits"] = bits[0]
+    tags["quantization_config"]["a_bits"] = 4 if bits[1] == 8 else 8
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(tags, f)
+    if (bits[0], tags["quantization_config"]["a_bits"]) in ACT_QUANT_LINEARS:
+        with pytest.raises(CheckpointMismatchError, match="a_bits"):
+            AutoModel.from_pretrained(path, trust_remote_code=True)
 
 
 def test_hub_tags_name_the_precision(tiny_dirs):

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModel
 
 from fair_calib_hf import FairCalibConfig, W4A4Linear
-from fair_calib_hf.modules import PackedLinear
+from fair_calib_hf.modules import ACT_QUANT_LINEARS, PackedLinear
 from fair_calib_hf.architectures import get_adapter
 from fair_calib_hf.calibration import stage2_fit
 from fair_calib_hf.calibration.block_loop import BlockInput, capture_block_inputs, run_block
@@ -125,11 +125,11 @@ def test_dequantize_before_saving(tiny_dirs, dtype_name, ids):
     assert torch.isfinite(_logits(deq, ids)).all()
 
 
-def _packed_module(bias=True):
+def _packed_module(bias=True, cls=W4A4Linear):
     linear = torch.nn.Linear(12, 5, bias=bias)
     g = torch.Generator().manual_seed(0)
     transform = (torch.randn(3, 3, generator=g), torch.randn(4, 4, generator=g), torch.rand(12, generator=g) + 0.5)
-    return W4A4Linear.from_linear(linear, weight_clip=0.9, input_clip=0.95, transform=transform)
+    return cls.from_linear(linear, weight_clip=0.9, input_clip=0.95, transform=transform)
 
 
 @pytest.mark.parametrize("cast", [
@@ -137,8 +137,9 @@ def _packed_module(bias=True):
     lambda m: m.to(device="cpu", dtype=torch.float16), lambda m: m.bfloat16(), lambda m: m.half(),
     lambda m: m.half().float(), lambda m: m.to(torch.float64),
 ], ids=["to-bf16", "to-fp16", "to-cpu-bf16", "to-kw-fp16", "bfloat16", "half", "half-float", "to-fp64"])
-def test_packed_float32_buffers_survive_dtype_casts(cast):
-    module = _packed_module()
+@pytest.mark.parametrize("cls", list(ACT_QUANT_LINEARS.values()), ids=lambda c: c.__name__)
+def test_packed_float32_buffers_survive_dtype_casts(cast, cls):
+    module = _packed_module(cls=cls)
     before = {k: b.clone() for k, b in module.named_buffers()}
     target = cast(copy.deepcopy(module)).bias.dtype
     cast_module = cast(module)
@@ -151,17 +152,20 @@ def test_packed_float32_buffers_survive_dtype_casts(cast):
     assert torch.isfinite(cast_module(x.to(target))).all()
 
 
-def test_device_moves_still_apply_to_packed_buffers():
-    module = _packed_module().to("meta")
+@pytest.mark.parametrize("cls", list(ACT_QUANT_LINEARS.values()), ids=lambda c: c.__name__)
+def test_device_moves_still_apply_to_packed_buffers(cls):
+    module = _packed_module(cls=cls).to("meta")
     assert all(b.is_meta for b in module.buffers())
-    assert module.weight_scale.dtype == torch.float32 and module.weight_packed.dtype == torch.uint8
+    assert module.weight_scale.dtype == torch.float32
+    assert module.stored_codes().dtype == (torch.uint8 if cls.bits == 4 else torch.int8)
     module = module.to_empty(device="cpu")
     assert all(b.device.type == "cpu" for b in module.buffers())
 
 
+@pytest.mark.parametrize("variant", ["flatquant", "w8a8-flatquant"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_model_to_dtype_keeps_packed_float32_and_the_checkpoint_reloads(tiny_dirs, dtype, tmp_path, ids):
-    q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg("flatquant"))
+def test_model_to_dtype_keeps_packed_float32_and_the_checkpoint_reloads(tiny_dirs, dtype, variant, tmp_path, ids):
+    q = AutoModel.from_pretrained(tiny_dirs["llada"], trust_remote_code=True, quantization_config=_cfg(variant))
     before = {k: b.clone() for k, b in _packed_buffers(q).items()}
     q = q.to(dtype)
     assert q.get_input_embeddings().weight.dtype == dtype
