@@ -319,6 +319,11 @@ def test_fair_calib_quantizer_follows_optimum_interface(tiny_dirs, tmp_path):
     fp = AutoModel.from_pretrained(tiny_dirs["dream"], trust_remote_code=True)
     out2 = FairCalibQuantizer.from_pretrained(fp).quantize(tmp_path / "q2", report=False)
     assert AutoModel.from_pretrained(out2, trust_remote_code=True).config.quantization_config.method == "rtn"
+    # 8-bit activations through the same interface (issue 29)
+    out3 = quantizer.quantize(tmp_path / "q3", quantization_config=FairCalibConfig(
+        method="quarot", w_bits=8, a_bits=8, calibration_dataset=CALIB_TEXTS, seq_len=64), report=False)
+    model = AutoModel.from_pretrained(out3, trust_remote_code=True)
+    assert sum(type(m).__name__ == "W8A8Linear" for m in model.modules()) == 14
 
 
 def test_optimum_cli_registers_fair_calib(tiny_dirs, tmp_path):
