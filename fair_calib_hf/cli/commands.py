@@ -373,7 +373,8 @@ def quantize_to_folder(model_spec: str, out: str, config=None, *, args=None, ove
             write_report(tmp, model=model_spec, config=model.config.quantization_config.to_dict(),  # as saved
                          calibration=summary, load_settings=load_settings, sizes=sizes, frontier=frontier,
                          accuracy=accuracy, eval_source=eval_source, data_source=source)
-    result = {"out": out, "method": config.method, "packed": len(info["packed"]), "seconds":
+    result = {"out": out, "method": config.method, "precision": f"W{config.w_bits}A{config.a_bits}",
+              "packed": len(info["packed"]), "seconds":
               time.perf_counter() - started, **sizes}
     if report:
         from ..report import REPORT_MD, headline
@@ -429,7 +430,7 @@ def _strip(result: dict) -> dict:
 
 def run_quantize(args) -> None:
     res = quantize_to_folder(args.model, args.out, args=args, overwrite=args.overwrite, report=not args.no_report)
-    print(f"wrote {res['out']}: method={res['method']}, {res['packed']} packed linears, "
+    print(f"wrote {res['out']}: method={res['method']} {res['precision']}, {res['packed']} packed linears, "
           f"{res['disk_bytes'] / 2**20:.2f} MiB on disk vs {res['float_bytes'] / 2**20:.2f} MiB float, "
           f"{res['seconds']:.1f} s")
     if args.push_to_hub:
