@@ -90,7 +90,7 @@ def _extension():
         return CUDAExtension(
             "fair_calib_hf._C",
             sources=cpu_sources + ["kernels/cuda_bindings.cpp", "kernels/cuda/w4a4_gemm.cu",
-                                   "kernels/cuda/w4a4_quant.cu"],
+                                   "kernels/cuda/a8_gemm.cu", "kernels/cuda/w4a4_quant.cu"],
             include_dirs=include,
             define_macros=[("FAIR_CALIB_WITH_CUDA", "1")],
             extra_compile_args={"cxx": list(cxx), "nvcc": ["-O3", "-std=c++17", "--threads", "4"]},

@@ -180,6 +180,7 @@ cpu.register(quantize_act_int4, w4a4_gemm, w4a4_gemm_prepared)
 weight_only_cpu.register(weight_only_gemm)
 int8_cpu.register(w8a8_gemm)
 cuda.register(quantize_act_int4, w4a4_gemm)
+cuda.register_a8(quantize_act_int8, w4a8_gemm, w8a8_gemm, MAX_W8A8_K)
 
 
 def active_backend(device_type: str = "cpu") -> str:

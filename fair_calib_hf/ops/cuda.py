@@ -10,6 +10,12 @@ of the reference ops, the same way :mod:`.cpu` registers the CPU kernels.
 * ``w4a4_gemm``: ``mma.sync`` int4 (m16n8k64) on sm_80/86/89, nibbles unpacked to int8 and ``mma.sync``
   s8 on sm_90+ (Hopper has no int4 tensor cores), a split-K kernel for M ≤ 16; exact int32 accumulators
   and the reference's fp32 epilogue order, so the outputs are bit-identical to the reference.
+* ``quantize_act_int8``: the same fused kernel with int8 codes (``s = clip·max|x̃|/127``), the same exactness.
+* ``w4a8_gemm`` / ``w8a8_gemm``: the same GEMM kernels (one template) with int8 activations, ``mma.sync`` s8
+  (m16n8k32) on every architecture; the int4 weights of W4A8 are sign-extended to int8 in registers.
+  Bit-identical to the reference. ``w8a8_gemm`` runs these kernels rather than ``torch._int_mm`` (cuBLASLt:
+  M > 16 and K, N multiples of 8 only, and an int32 ``[M, N]`` round trip through memory for the epilogue);
+  ``python -m fair_calib_hf.bench gpu`` times both on a GPU.
 
 GPUs below compute capability 8.0 (no integer ``mma.sync`` of these shapes) keep the reference ops.
 ``FAIR_CALIB_BACKEND=reference`` keeps the reference ops everywhere.
@@ -71,8 +77,46 @@ def register(quantize_op, gemm_op) -> None:
         return _C.cuda_w4a4_gemm(x_packed, x_scale, w_packed, w_scale, bias, out_dtype)
 
 
+def register_a8(quantize_int8_op, w4a8_op, w8a8_op, max_w8a8_k: int) -> None:
+    """Register the compiled CUDA implementations of the 8-bit-activation ops (no-op without CUDA kernels):
+    ``quantize_act_int8``, ``w4a8_gemm`` and ``w8a8_gemm``. Each falls back to the reference on a GPU below
+    compute capability 8.0, for an input or output dtype other than fp32/bf16/fp16, and for ``K = 0``;
+    ``w8a8_gemm`` raises ``ValueError`` for ``K > max_w8a8_k`` (the op's int32 overflow bound), like the op."""
+    if not ENABLED:
+        return
+
+    @quantize_int8_op.register_kernel("cuda")
+    def _(x, left, right, diag, clip):
+        if not device_supported(x.device) or x.dtype not in OUT_DTYPES or x.shape[1] == 0:
+            return reference.quantize_act_int8_reference(x, left, right, diag, clip)
+        return _C.cuda_quantize_act_int8(x, left, right, diag, clip)
+
+    @w4a8_op.register_kernel("cuda")
+    def _(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype):
+        if not device_supported(x_q.device) or out_dtype not in OUT_DTYPES or k == 0:
+            return reference.w4a8_gemm_reference(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype)
+        return _C.cuda_a8_gemm(x_q, x_scale, w_packed, w_scale, bias, out_dtype, 4)
+
+    @w8a8_op.register_kernel("cuda")
+    def _(x_q, x_scale, w_int8, w_scale, bias, out_dtype):
+        if x_q.shape[1] > max_w8a8_k:
+            raise ValueError(f"w8a8_gemm: K={x_q.shape[1]} > {max_w8a8_k} could overflow the int32 accumulator")
+        if not device_supported(x_q.device) or out_dtype not in OUT_DTYPES or x_q.shape[1] == 0:
+            return reference.w8a8_gemm_reference(x_q, x_scale, w_int8, w_scale, bias, out_dtype)
+        return _C.cuda_a8_gemm(x_q, x_scale, w_int8, w_scale, bias, out_dtype, 8)
+
+
 def int4_matmul_int32(x_packed: torch.Tensor, w_packed: torch.Tensor) -> torch.Tensor:
     """The CUDA kernels' exact int32 accumulators (for exactness checks against the reference)."""
     if not BUILT:
         raise RuntimeError("fair_calib_hf was built without its CUDA kernels")
     return _C.cuda_int4_matmul_int32(x_packed, w_packed)
+
+
+def a8_matmul_int32(x_q: torch.Tensor, w: torch.Tensor, w_bits: int) -> torch.Tensor:
+    """The CUDA kernels' exact int32 accumulators of int8 activations ``x_q [M, K]`` × weights ``w``: packed int4
+    ``uint8 [N, ceil(K/2)]`` (``w_bits`` 4, W4A8) or ``int8 [N, K]`` (8, W8A8). Raises ``RuntimeError`` without
+    the CUDA kernels."""
+    if not BUILT:
+        raise RuntimeError("fair_calib_hf was built without its CUDA kernels")
+    return _C.cuda_a8_matmul_int32(x_q, w, w_bits)

@@ -49,6 +49,9 @@ struct dim3 {
 struct uint3 {
   unsigned x, y, z;
 };
+struct __attribute__((aligned(8))) uint2 {
+  unsigned x, y;
+};
 struct __attribute__((aligned(16))) uint4 {
   unsigned x, y, z, w;
 };
@@ -150,6 +153,13 @@ template <class T>
 inline T __ldg(const T* p) {  // ld.global.nc: a misaligned vector load faults on the device
   ::fc_emu::check_aligned(p, sizeof(T), "__ldg");
   return *p;
+}
+// prmt.b32 (default mode): byte i of the result is byte (s >> 4i) & 7 of the 8 bytes {y, x} (x: bytes 0-3).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7u))) & 0xFFu) << (8 * i);
+  return r;
 }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

@@ -2,7 +2,7 @@
 through their C ABI (``kernels/cuda/w4a4_cuda.h``) on CPU tensors, the way ``kernels/cuda_bindings.cpp``
 calls them on a GPU. No nvcc, no CUDA headers, no GPU: CI runs the kernels with this (tests/test_kernels_cuda_emu.py).
 
-``build(arch)`` compiles ``w4a4_gemm.cu``, ``w4a4_quant.cu`` and ``emu/cuda_emu.cpp`` with
+``build(arch)`` compiles ``w4a4_gemm.cu``, ``a8_gemm.cu``, ``w4a4_quant.cu`` and ``emu/cuda_emu.cpp`` with
 ``-DFC_HOST_EMULATION -DFC_EMU_ARCH=arch`` (800: the sm_80-89 int4 ``mma`` path, 900: the sm_90 int8 ``mma``
 path) into a shared library, objects cached by the hash of source, headers and flags; ``source_dir`` builds a
 patched copy (mutation tests). ``EmulatedKernels`` wraps the library. Stdlib + torch only; loaded by path (not a
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,8 +22,7 @@ import threading
 import torch
 
 CUDA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("w4a4_gemm.cu", "w4a4_quant.cu", "emu/cuda_emu.cpp")
-HEADERS = ("w4a4_cuda.h", "w4a4_device.h", "emu/cuda_emu.h")
+SOURCES = ("w4a4_gemm.cu", "a8_gemm.cu", "w4a4_quant.cu", "emu/cuda_emu.cpp")
 ARCHS = (800, 900)
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing", "-Wall",
          "-Wno-unknown-pragmas", "-DFC_HOST_EMULATION")
@@ -55,10 +55,33 @@ def _run(cmd: list[str]) -> None:
         raise RuntimeError(f"building the emulated kernels failed:\n{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
 
 
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def local_includes(source_dir: str, name: str) -> list[str]:
+    """The headers (paths relative to ``source_dir``) that ``name`` includes with ``#include "..."``, directly or
+    through other local headers, whatever the preprocessor conditions around them; sorted."""
+    seen, todo = set(), [name]
+    while todo:
+        cur = todo.pop()
+        with open(os.path.join(source_dir, cur)) as f:
+            text = f.read()
+        for inc in _INCLUDE.findall(text):
+            for cand in (os.path.join(os.path.dirname(cur), inc), inc):  # next to the includer, then -I source_dir
+                cand = os.path.normpath(cand)
+                if os.path.isfile(os.path.join(source_dir, cand)):
+                    if cand not in seen:
+                        seen.add(cand)
+                        todo.append(cand)
+                    break
+    return sorted(seen)
+
+
 def build(arch: int, source_dir: str = CUDA_DIR) -> str:
     """Compile the emulated kernels for ``arch`` (800 or 900) from ``source_dir`` (a copy of kernels/cuda);
-    returns the shared library's path. Objects are cached by the hash of the compiler, flags, source and
-    headers, so a patched copy recompiles only the file that changed.
+    returns the shared library's path. Objects are cached by the hash of the compiler, flags, source and the
+    headers it includes (:func:`local_includes`), so a patched copy recompiles only the files that see the
+    change.
 
     Raises ``ValueError`` for another arch, ``RuntimeError`` with the compiler output when g++ fails or is
     missing."""
@@ -69,15 +92,13 @@ def build(arch: int, source_dir: str = CUDA_DIR) -> str:
         raise RuntimeError("no C++ compiler: set CXX or put g++ on PATH")
     flags = (*FLAGS, f"-DFC_EMU_ARCH={arch}")
     common = hashlib.sha256(" ".join((cxx, *flags)).encode())
-    for name in HEADERS:
-        with open(os.path.join(source_dir, name), "rb") as f:
-            common.update(name.encode() + b"\0" + f.read())
     cache = _cache_dir()
     objects = []
     for name in SOURCES:
         h = common.copy()
-        with open(os.path.join(source_dir, name), "rb") as f:
-            h.update(name.encode() + b"\0" + f.read())
+        for part in (*local_includes(source_dir, name), name):
+            with open(os.path.join(source_dir, part), "rb") as f:
+                h.update(part.encode() + b"\0" + f.read())
         obj = os.path.join(cache, f"{os.path.basename(name).replace('.', '_')}_sm{arch // 10}_{h.hexdigest()[:16]}.o")
         if not os.path.isfile(obj):
             tmp = f"{obj}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -143,9 +164,16 @@ class EmulatedKernels:
                                      c.c_int64, c.c_int64, c.c_int64, c.c_void_p, c.c_int, c.c_void_p]
         lib.fc_w4a4_gemm_workspace_bytes.restype = c.c_size_t
         lib.fc_w4a4_gemm_workspace_bytes.argtypes = [c.c_int64, c.c_int64, c.c_int64, c.c_int, c.c_int]
-        lib.fc_quantize_act.restype = c.c_int
-        lib.fc_quantize_act.argtypes = [c.c_void_p, c.c_int, c.c_int64, c.c_int64, c.c_void_p, c.c_void_p, c.c_int64,
-                                        c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p]
+        for name in ("fc_w4a8_gemm", "fc_w8a8_gemm"):
+            getattr(lib, name).restype = c.c_int
+            getattr(lib, name).argtypes = lib.fc_w4a4_gemm.argtypes
+            getattr(lib, name + "_workspace_bytes").restype = c.c_size_t
+            getattr(lib, name + "_workspace_bytes").argtypes = lib.fc_w4a4_gemm_workspace_bytes.argtypes
+        for name in ("fc_quantize_act", "fc_quantize_act_int8"):
+            getattr(lib, name).restype = c.c_int
+            getattr(lib, name).argtypes = [c.c_void_p, c.c_int, c.c_int64, c.c_int64, c.c_void_p, c.c_void_p,
+                                           c.c_int64, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p, c.c_void_p,
+                                           c.c_void_p]
         lib.fc_quantize_act_fused_supported.restype = c.c_int
         lib.fc_quantize_act_fused_supported.argtypes = [c.c_int64, c.c_int64, c.c_int]
         lib.fc_cuda_error_string.restype = c.c_char_p
@@ -191,38 +219,66 @@ class EmulatedKernels:
 
     # ------------------------------------------------------------------------------------------- kernels
     @staticmethod
-    def _aligned_packed(t: torch.Tensor) -> torch.Tensor:
-        if t.dtype != torch.uint8 or t.dim() != 2:
-            raise ValueError(f"packed operands are 2-D uint8, got {t.dtype} with {t.dim()} dims")
-        kb = t.shape[1]
-        kb16 = 16 if kb == 0 else -(-kb // 16) * 16
-        padded = torch.zeros(t.shape[0], kb16, dtype=torch.uint8)
-        padded[:, :kb] = t
+    def _padded(t: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """``t [rows, w ≤ width]`` copied into zeros ``[rows, width]`` (zero codes add nothing)."""
+        if t.dtype != dtype or t.dim() != 2:
+            raise ValueError(f"operands are 2-D {dtype}, got {t.dtype} with {t.dim()} dims")
+        padded = torch.zeros(t.shape[0], width, dtype=dtype)
+        padded[:, :t.shape[1]] = t
         return padded
 
-    def gemm(self, xq, sx, wq, sw, bias, out_dtype, num_sms: int) -> torch.Tensor:
-        """``out [M, N]`` of ``fc_w4a4_gemm``: int32 accumulators for ``out_dtype=torch.int32``, else the fp32
-        epilogue ``(acc · sx[m]) · sw[n] (+ bias[n])`` cast to ``out_dtype``."""
-        if xq.shape[1] != wq.shape[1]:
-            raise ValueError(f"packed widths differ: {xq.shape[1]} vs {wq.shape[1]}")
-        (_, xq), (_, wq) = _guarded(self._aligned_packed(xq), POISON), _guarded(self._aligned_packed(wq), POISON)
-        m, n, kb = xq.shape[0], wq.shape[0], xq.shape[1]
+    @classmethod
+    def _aligned_packed(cls, t: torch.Tensor) -> torch.Tensor:
+        kb = t.shape[1] if t.dim() == 2 else 0
+        return cls._padded(t, 16 if kb == 0 else -(-kb // 16) * 16, torch.uint8)
+
+    def _gemm(self, fn: str, xq, sx, wq, sw, bias, out_dtype, num_sms: int, k: int) -> torch.Tensor:
+        """Calls ``fn`` (``fc_w4a4_gemm``: ``k`` = packed bytes, else codes) on padded, guarded operands."""
+        (_, xq), (_, wq) = _guarded(xq, POISON), _guarded(wq, POISON)
+        m, n = xq.shape[0], wq.shape[0]
         self.lib.fc_emu_clear_log()
         code = OUT_CODES[out_dtype]
         f32 = [_guarded(None if t is None else t.float().reshape(-1), POISON)[1] for t in (sx, sw, bias)]
         out_raw, out = _empty_guarded((m, n), out_dtype)
-        ws_bytes = self.lib.fc_w4a4_gemm_workspace_bytes(m, n, kb, num_sms, code)
+        ws_bytes = getattr(self.lib, fn + "_workspace_bytes")(m, n, k, num_sms, code)
         ws_raw, ws = _empty_guarded((ws_bytes // 4,), torch.int32) if ws_bytes else (None, None)
-        rc = self.lib.fc_w4a4_gemm(_ptr(xq), _ptr(f32[0]), _ptr(wq), _ptr(f32[1]), _ptr(f32[2]), _ptr(out), code, m, n,
-                                   kb, _ptr(ws), num_sms, None)
-        self._check(rc, "fc_w4a4_gemm")
+        rc = getattr(self.lib, fn)(_ptr(xq), _ptr(f32[0]), _ptr(wq), _ptr(f32[1]), _ptr(f32[2]), _ptr(out), code, m,
+                                   n, k, _ptr(ws), num_sms, None)
+        self._check(rc, fn)
         _check_guard(out_raw, "out")
         _check_guard(ws_raw, "the split-K workspace")
         return out.clone()
 
-    def quantize(self, x, left=None, right=None, diag=None, clip=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(packed uint8 [M, ceil(K/2)], scale fp32 [M])`` of ``fc_quantize_act`` (fused transform when
-        ``left``/``right`` are given; the emulated device must support it, else ``ValueError``)."""
+    def gemm(self, xq, sx, wq, sw, bias, out_dtype, num_sms: int) -> torch.Tensor:
+        """``out [M, N]`` of ``fc_w4a4_gemm`` (packed ``uint8 [M, kb]`` × ``[N, kb]``): int32 accumulators for
+        ``out_dtype=torch.int32``, else the fp32 epilogue ``(acc · sx[m]) · sw[n] (+ bias[n])`` cast to
+        ``out_dtype``."""
+        if xq.shape[1] != wq.shape[1]:
+            raise ValueError(f"packed widths differ: {xq.shape[1]} vs {wq.shape[1]}")
+        xq, wq = self._aligned_packed(xq), self._aligned_packed(wq)
+        return self._gemm("fc_w4a4_gemm", xq, sx, wq, sw, bias, out_dtype, num_sms, xq.shape[1])
+
+    def w4a8_gemm(self, xq, sx, wq, sw, bias, out_dtype, num_sms: int) -> torch.Tensor:
+        """``fc_w4a8_gemm``: int8 activations ``xq [M, K]`` × packed int4 weights ``wq uint8 [N, ceil(K/2)]``,
+        K zero-padded to a multiple of 32 like the binding; outputs as :meth:`gemm`."""
+        k = xq.shape[1]
+        if wq.shape[1] != (k + 1) // 2:
+            raise ValueError(f"packed weight width {wq.shape[1]} does not match K = {k}")
+        k32 = max(32, -(-k // 32) * 32)
+        xq, wq = self._padded(xq, k32, torch.int8), self._padded(wq, k32 // 2, torch.uint8)
+        return self._gemm("fc_w4a8_gemm", xq, sx, wq, sw, bias, out_dtype, num_sms, k32)
+
+    def w8a8_gemm(self, xq, sx, wq, sw, bias, out_dtype, num_sms: int) -> torch.Tensor:
+        """``fc_w8a8_gemm``: int8 ``xq [M, K]`` × int8 ``wq [N, K]``, K zero-padded to a multiple of 16 like the
+        binding; outputs as :meth:`gemm`."""
+        k = xq.shape[1]
+        if wq.shape[1] != k:
+            raise ValueError(f"widths differ: {k} vs {wq.shape[1]}")
+        k16 = max(16, -(-k // 16) * 16)
+        xq, wq = self._padded(xq, k16, torch.int8), self._padded(wq, k16, torch.int8)
+        return self._gemm("fc_w8a8_gemm", xq, sx, wq, sw, bias, out_dtype, num_sms, k16)
+
+    def _quantize(self, fn: str, out_shape, out_dtype, x, left, right, diag, clip):
         m, k = x.shape
         x = _guarded(x, POISON)[1]
         a = b = 0
@@ -232,12 +288,22 @@ class EmulatedKernels:
             if not self.lib.fc_quantize_act_fused_supported(a, b, OPTIN_SMEM[self.arch]):
                 raise ValueError(f"factors {a} x {b}: the fused kernel does not handle them (the binding falls back "
                                  "to torch's transform)")
-        packed_raw, packed = _empty_guarded((m, (k + 1) // 2), torch.uint8)
+        codes_raw, codes = _empty_guarded(out_shape, out_dtype)
         scale_raw, scale = _empty_guarded((m,), torch.float32)
         self.lib.fc_emu_clear_log()
-        rc = self.lib.fc_quantize_act(_ptr(x), IN_CODES[x.dtype], m, k, _ptr(f32[0]), _ptr(f32[1]), a, _ptr(f32[2]),
-                                      b, _ptr(f32[3]), _ptr(packed), _ptr(scale), None)
-        self._check(rc, "fc_quantize_act")
-        _check_guard(packed_raw, "packed")
+        rc = getattr(self.lib, fn)(_ptr(x), IN_CODES[x.dtype], m, k, _ptr(f32[0]), _ptr(f32[1]), a, _ptr(f32[2]), b,
+                                   _ptr(f32[3]), _ptr(codes), _ptr(scale), None)
+        self._check(rc, fn)
+        _check_guard(codes_raw, "codes")
         _check_guard(scale_raw, "scale")
-        return packed.clone(), scale.clone()
+        return codes.clone(), scale.clone()
+
+    def quantize(self, x, left=None, right=None, diag=None, clip=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(packed uint8 [M, ceil(K/2)], scale fp32 [M])`` of ``fc_quantize_act`` (fused transform when
+        ``left``/``right`` are given; the emulated device must support it, else ``ValueError``)."""
+        m, k = x.shape
+        return self._quantize("fc_quantize_act", (m, (k + 1) // 2), torch.uint8, x, left, right, diag, clip)
+
+    def quantize_int8(self, x, left=None, right=None, diag=None, clip=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(codes int8 [M, K], scale fp32 [M])`` of ``fc_quantize_act_int8`` (as :meth:`quantize`)."""
+        return self._quantize("fc_quantize_act_int8", tuple(x.shape), torch.int8, x, left, right, diag, clip)
