@@ -160,7 +160,7 @@ class FairCalibHfQuantizer(VersionCompatHooks, HfQuantizer):
             logger.info("fair_calib: %s", self.calibration_report.summary())
         prepared = prepare_loaded_model(model)  # the CPU GEMM's weight layout (bit-identical; FAIR_CALIB_CPU_LAYOUT)
         if prepared:
-            logger.info("fair_calib: %d W4A4 linears hold the prepared CPU weight layout", prepared)
+            logger.info("fair_calib: %d int4-weight linears hold the prepared CPU weight layout", prepared)
         model.add_model_tags(MODEL_TAGS)
         install_save_compat(model)  # Dream's remote generation config breaks save_pretrained otherwise
         return model
