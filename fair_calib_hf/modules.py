@@ -25,14 +25,14 @@ then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the o
 
 **Prepared CPU layout** (int4 weights: W4A4 and W4A8, :class:`Int4ActQuantLinear`; the default after loading on a
 CPU with AVX-512 VNNI; :meth:`Int4ActQuantLinear.prepare_cpu_layout` or :func:`prepare_cpu_layout` for a whole
-model): the weight codes are held in the layout the GEMM reads
-directly instead of being regrouped at every call (faster at small token counts; bit-identical results). It
-replaces ``weight_packed`` in memory by the non-persistent buffer ``weight_prepared`` (uint8, 0.5 byte per weight
-plus padding to 64 channels × 128 codes; ``module.weight_packed`` is then ``None``,
-:meth:`Int4ActQuantLinear.packed_weight` rebuilds it); ``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict
-re-prepares, and a device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first
-(re-preparing when the module stays on the CPU). :func:`unprepare_cpu_layout` goes back to the packed layout;
-``FAIR_CALIB_CPU_LAYOUT=packed`` in the environment keeps loaded models packed.
+model): the weight codes are held in the layout the GEMM reads directly instead of being regrouped at every call
+(faster at small token counts; bit-identical results). It replaces ``weight_packed`` in memory by the
+non-persistent buffer ``weight_prepared`` (uint8, 0.5 byte per weight plus padding to 64 channels × 128 codes;
+``module.weight_packed`` is then ``None``, :meth:`Int4ActQuantLinear.packed_weight` rebuilds it);
+``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict re-prepares, and a
+device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first (re-preparing when the
+module stays on the CPU). :func:`unprepare_cpu_layout` goes back to the packed layout; ``FAIR_CALIB_CPU_LAYOUT=packed``
+in the environment keeps loaded models packed.
 
 **Dtype casts.** The float32 buffers above stay float32 whatever dtype the module or the model is cast to
 (``.to(torch.bfloat16)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``, a parent's ``.to(dtype)``):

@@ -204,6 +204,19 @@ torch::Tensor w4a8_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tenso
   return y;
 }
 
+// The fp32 epilogue on int32 accumulators [m, n], in place: returns acc's memory reinterpreted as fp32 (acc
+// itself is consumed).
+torch::Tensor int32_epilogue_(torch::Tensor acc, const torch::Tensor& sx, const torch::Tensor& sw,
+                              const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(acc.device().is_cpu() && acc.scalar_type() == torch::kInt32 && acc.dim() == 2 && acc.is_contiguous(),
+              "acc must be a contiguous 2-D int32 CPU tensor");
+  const Epilogue ep(sx, sw, bias, acc.size(0), acc.size(1));
+  auto y = acc.view(torch::kFloat32);
+  fair_calib::int32_epilogue_f32(acc.data_ptr<int32_t>(), ep.sx.data_ptr<float>(), ep.sw.data_ptr<float>(),
+                                 ep.bias_ptr(), y.data_ptr<float>(), acc.size(0), acc.size(1), at::get_num_threads());
+  return y;
+}
+
 std::tuple<torch::Tensor, torch::Tensor> quantize_int8(const torch::Tensor& x, double clip) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
   auto x32 = x.to(torch::kFloat32).contiguous();
@@ -276,6 +289,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8x4_matmul_int32_prepared", &int8x4_matmul_int32_prepared,
         "exact int32 accumulators of int8 x int4, prepared weights");
   m.def("w4a8_gemm_prepared_f32", &w4a8_gemm_prepared_f32, "W4A8 GEMM with the fp32 epilogue, prepared weights");
+  m.def("int32_epilogue_", &int32_epilogue_,
+        "fp32 epilogue (acc*sx)*sw (+bias) on int32 accumulators, in place (returns acc's memory as fp32)");
   m.def("quantize_int8", &quantize_int8, "per-row symmetric int8 quantization");
   m.def("transform_quantize_int8", &transform_quantize_int8,
         "fused online Kronecker transform (x*diag)(left kron right) + per-row int8 quantization");

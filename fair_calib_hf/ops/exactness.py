@@ -20,8 +20,8 @@ from ..packing import unpack_int4
 from .reference import quantize_act_int8_reference, quantize_act_reference
 
 SCALE_RTOL = 1e-5
-"""Relative tolerance on the per-token scales ``s = clip·max|x̃|/7`` (``/127`` for int8) (fp32 sums of ``a + b`` terms in another
-order: measured ≤ 8e-7 on random inputs with factors up to 128 × 148)."""
+"""Relative tolerance on the per-token scales ``s = clip·max|x̃|/7`` or ``/127`` (fp32 sums of ``a + b`` terms in
+another order: measured ≤ 8e-7 on random inputs with factors up to 128 × 148)."""
 TIE_ATOL = 1e-3
 """Distance (in units of the quantization step) to a rounding tie within which a code may differ by one."""
 

@@ -56,7 +56,8 @@ FC_AVX512_TARGET void quantize_int8_row_avx512(const float* row, int64_t k, floa
 
 // 8 int32 codes clamp(rint(p[j] / s), lo, hi).
 FC_AVX2_TARGET inline __m256i quantize8_avx2(__m256 vs, __m256 lo, __m256 hi, const float* p) {
-  const __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(p), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 q =
+      _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(p), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
 }
 
@@ -77,8 +78,10 @@ FC_AVX2_TARGET void quantize_int8_row_avx2(const float* row, int64_t k, float cl
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const int64_t k32 = k / 32 * 32;
   for (int64_t j = 0; j < k32; j += 32) {  // 32 codes per step; the packs never saturate (codes are clamped)
-    const __m256i p01 = _mm256_packs_epi32(quantize8_avx2(vs, lo, hi, row + j), quantize8_avx2(vs, lo, hi, row + j + 8));
-    const __m256i p23 = _mm256_packs_epi32(quantize8_avx2(vs, lo, hi, row + j + 16), quantize8_avx2(vs, lo, hi, row + j + 24));
+    const __m256i p01 =
+        _mm256_packs_epi32(quantize8_avx2(vs, lo, hi, row + j), quantize8_avx2(vs, lo, hi, row + j + 8));
+    const __m256i p23 =
+        _mm256_packs_epi32(quantize8_avx2(vs, lo, hi, row + j + 16), quantize8_avx2(vs, lo, hi, row + j + 24));
     // per 128-bit lane: 4 codes of each of the four groups; the dword permutation restores the row order
     const __m256i b = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), order);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + j), b);

@@ -407,6 +407,16 @@ void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* pr
   gemm_dispatch(int8_rows(xq, k), nullptr, prepared, m, n, (k + 1) / 2, threads, GemmOut{sx, sw, bias, y, nullptr});
 }
 
+void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
+                        int64_t n, int threads) {
+  if (threads <= 0) threads = default_threads();
+  const GemmOut out{sx, sw, bias, y, nullptr};
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) out.store(i, j, n, acc[i * n + j]);  // reads each entry before writing it
+  }
+}
+
 int current_isa_level() { return current_isa(); }
 
 int default_cpu_threads() { return default_threads(); }

@@ -50,6 +50,12 @@ void int8x4_gemm_acc_prepared(const int8_t* xq, const uint8_t* prepared, int32_t
 void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
                             const float* bias, float* y, int64_t m, int64_t n, int64_t k, int threads);
 
+// The fp32 epilogue alone on exact int32 accumulators acc [m, n] (e.g. from torch._int_mm, W8A8): y[m, n] =
+// (float(acc) * sx[m]) * sw[n] (+ bias[n]), in that order. y may be acc itself (in place: each entry is read
+// before it is written).
+void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
+                        int64_t n, int threads);
+
 // Per-row symmetric int8 quantization of x [m, k] (fp32, a8_quantize.cpp): codes [m, k], scale [m]
 // (s = (absmax * clip) / 127, 1 for a zero row; q = clamp(rint(x / s), -128, 127)).
 void quantize_int8_rows(const float* x, float clip, int8_t* codes, float* scale, int64_t m, int64_t k,
