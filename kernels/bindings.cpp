@@ -204,6 +204,35 @@ torch::Tensor w4a8_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tenso
   return y;
 }
 
+void check_w8a8(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_int8(xq, "x_q");
+  check_int8(wq, "w_int8");
+  TORCH_CHECK(xq.size(1) == wq.size(1), "widths differ: ", xq.size(1), " vs ", wq.size(1));
+  TORCH_CHECK(xq.size(1) <= (int64_t{1} << 17), "K=", xq.size(1), " > 2^17 could overflow the int32 accumulator");
+}
+
+// W8A8 for few tokens (AVX-512 VNNI only; ValueError under another instruction set).
+torch::Tensor w8a8_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_w8a8(xq, wq);
+  auto acc = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kInt32));
+  const int rc = fair_calib::w8a8_gemm_acc(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), acc.data_ptr<int32_t>(),
+                                           xq.size(0), wq.size(0), xq.size(1), at::get_num_threads());
+  TORCH_CHECK_VALUE(rc == 0, "the W8A8 kernel needs the avx512vnni instruction set");
+  return acc;
+}
+
+torch::Tensor w8a8_gemm_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& wq,
+                            const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias) {
+  check_w8a8(xq, wq);
+  const Epilogue ep(sx, sw, bias, xq.size(0), wq.size(0));
+  auto y = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kFloat32));
+  const int rc = fair_calib::w8a8_gemm_f32(xq.data_ptr<int8_t>(), ep.sx.data_ptr<float>(), wq.data_ptr<int8_t>(),
+                                           ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0),
+                                           wq.size(0), xq.size(1), at::get_num_threads());
+  TORCH_CHECK_VALUE(rc == 0, "the W8A8 kernel needs the avx512vnni instruction set");
+  return y;
+}
+
 // The fp32 epilogue on int32 accumulators [m, n], in place: returns acc's memory reinterpreted as fp32 (acc
 // itself is consumed).
 torch::Tensor int32_epilogue_(torch::Tensor acc, const torch::Tensor& sx, const torch::Tensor& sw,
@@ -289,6 +318,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8x4_matmul_int32_prepared", &int8x4_matmul_int32_prepared,
         "exact int32 accumulators of int8 x int4, prepared weights");
   m.def("w4a8_gemm_prepared_f32", &w4a8_gemm_prepared_f32, "W4A8 GEMM with the fp32 epilogue, prepared weights");
+  m.def("w8a8_matmul_int32", &w8a8_matmul_int32, "exact int32 accumulators of int8 x int8, few tokens (VNNI)");
+  m.def("w8a8_gemm_f32", &w8a8_gemm_f32, "W8A8 GEMM with the fp32 epilogue, few tokens (VNNI)");
   m.def("int32_epilogue_", &int32_epilogue_,
         "fp32 epilogue (acc*sx)*sw (+bias) on int32 accumulators, in place (returns acc's memory as fp32)");
   m.def("quantize_int8", &quantize_int8, "per-row symmetric int8 quantization");

@@ -13,7 +13,7 @@ import torch
 from fair_calib_hf import ops
 from fair_calib_hf.calibration.transforms import kronecker_factors
 from fair_calib_hf.modules import W4A8Linear, W8A8Linear, prepare_cpu_layout
-from fair_calib_hf.ops import cpu, reference
+from fair_calib_hf.ops import cpu, int8_cpu, reference
 from fair_calib_hf.ops.exactness import assert_quantize_act_close
 from fair_calib_hf.packing import pack_int4
 
@@ -161,6 +161,43 @@ def test_exactness_check_int8_rejects_real_errors():
         assert_quantize_act_close((codes, scale), x, bits=8)
     with pytest.raises(AssertionError, match="codes: got"):  # int4-packed codes handed to the int8 check
         assert_quantize_act_close(reference.quantize_act_reference(x), x, bits=8)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 5, 63), (2, 9, 65), (3, 70, 129), (4, 33, 4097), (5, 7, 200),
+                                   (8, 130, 301), (1, 3, 18944)])
+def test_w8a8_own_kernel_identical(m, n, k):
+    """The package's few-token W8A8 kernel (AVX-512 VNNI) against the reference: int32 accumulators with tails in
+    M, N and K and the extreme codes -128 / 127 on both sides (all-extreme rows: the unsigned offset's sums wrap
+    past 2^31 in the lanes, the result must not)."""
+    if "avx512vnni" not in cpu.supported_isas():
+        pytest.skip("the W8A8 kernel needs AVX-512 VNNI")
+    g = torch.Generator().manual_seed(m * n + k)
+    x = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    x[0], w[0] = -128, -128
+    if n > 1:
+        w[-1] = 127
+    previous = cpu.set_isa("avx512vnni")
+    try:
+        assert torch.equal(int8_cpu.own_matmul_int32(x, w), reference.int_matmul_int32(x, w, 8, 8))
+    finally:
+        cpu.set_isa(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("m", [1, int8_cpu.OWN_KERNEL_MAX_M, int8_cpu.OWN_KERNEL_MAX_M + 1, 40])
+def test_w8a8_gemm_output_identical(isa, dtype, with_bias, m):
+    """``w8a8_gemm`` on both CPU paths (the own kernel up to OWN_KERNEL_MAX_M tokens under VNNI, torch._int_mm with
+    the C++ epilogue otherwise) is bit-identical to the reference in every output dtype."""
+    n, k = 70, 301
+    g = torch.Generator().manual_seed(m)
+    x = torch.randint(-128, 128, (m, k), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
+    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    got = ops.w8a8_gemm(x, sx, w, sw, bias, dtype)
+    assert torch.equal(got, reference.w8a8_gemm_reference(x, sx, w, sw, bias, dtype))
 
 
 @pytest.mark.parametrize("cls", [W4A8Linear, W8A8Linear])

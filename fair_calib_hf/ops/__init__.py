@@ -20,7 +20,8 @@ Ops (namespace ``fair_calib``):
   the weights in the prepared layout of :func:`.cpu.prepare_weight` (the W4A4 one: the same int4 codes; CPU only)
 * ``w8a8_gemm(x_q int8 [M,K], x_scale, w_int8 [N,K], w_scale, bias?, out_dtype) -> [M, N]``: int8 × int8, exact
   int32 accumulation (``K ≤`` :data:`MAX_W8A8_K` so that it cannot overflow), the W4A4 epilogue; on the CPU it
-  runs PyTorch's own ``torch._int_mm`` (:mod:`.int8_cpu`, bit-identical)
+  runs PyTorch's own ``torch._int_mm`` with a fused C++ epilogue, and this package's AVX-512 VNNI kernel at a few
+  tokens (:mod:`.int8_cpu`, bit-identical)
 * ``weight_only_gemm(x [M,K], w_stored, w_scale [N,G], bias?, bits, group_size, k) -> [M, N]`` in ``x.dtype``:
   weight-only 4/8-bit (reference on every device). On the CPU a :class:`~fair_calib_hf.modules.WeightOnlyLinear`
   prepared for PyTorch's own int4 kernel calls :func:`.weight_only_cpu.int4pack_linear` instead (torch's op,

@@ -1,12 +1,19 @@
-"""PyTorch's own int8 × int8 GEMM for ``w8a8_gemm`` on the CPU.
+"""``w8a8_gemm`` on the CPU: PyTorch's own int8 × int8 GEMM, and this package's kernel for a few tokens.
 
-``torch._int_mm`` (``int8 [M, K] × int8 [K, N] → int32 [M, N]``, any shape on the CPU) returns the exact int32
-accumulators, so with the reference's fp32 epilogue (:func:`.reference.w4a4_epilogue`) the result is
-bit-identical to :func:`.reference.w8a8_gemm_reference`. It reads the weight ``[N, K]`` transposed in place
-(measured faster than a contiguous ``[K, N]`` copy on this project's CPUs). With the compiled extension the
-epilogue runs in one C++ pass in place on the accumulators (``_C.int32_epilogue_``, the same fp32 operations in
-the same order: bit-identical; the torch epilogue's three passes and allocations cost about as much as the GEMM
-at M ≥ 64 on an AMX CPU). ``FAIR_CALIB_BACKEND=reference`` keeps the reference.
+``torch._int_mm`` (``int8 [M, K] × int8 [K, N] → int32 [M, N]``, any shape on the CPU; oneDNN, AMX where the CPU
+has it) returns the exact int32 accumulators, so with the reference's fp32 epilogue (:func:`.reference.w4a4_epilogue`)
+the result is bit-identical to :func:`.reference.w8a8_gemm_reference`. It reads the weight ``[N, K]`` transposed in
+place (measured faster than a contiguous ``[K, N]`` copy on this project's CPUs). With the compiled extension:
+
+* the epilogue runs in one C++ pass in place on the accumulators (``_C.int32_epilogue_``: the same fp32 operations
+  in the same order, bit-identical; the torch epilogue's three passes and allocations cost as much as the GEMM at
+  M ≥ 64 on an AMX CPU);
+* up to :data:`OWN_KERNEL_MAX_M` tokens, when the CPU GEMM's instruction set is AVX-512 VNNI, the package's own
+  W8A8 kernel runs instead (``kernels/cpu/w8a8_avx512.cpp``: the weight rows streamed once, exact int32, the
+  epilogue fused): ``torch._int_mm`` is 2–4× slower there (its packing and blocking do not pay at a few tokens;
+  one thread, 4096² and the Dream-7B shapes, M ≤ 4), and faster from about 16 tokens on.
+
+``FAIR_CALIB_BACKEND=reference`` keeps the reference.
 """
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ from . import reference
 from .cpu import _C, FORCED_REFERENCE
 
 ENABLED = not FORCED_REFERENCE and hasattr(torch, "_int_mm")
+OWN_KERNEL_MAX_M = 8
+"""Token counts up to which the package's VNNI W8A8 kernel replaces ``torch._int_mm`` (the measured crossover is
+8–16 tokens on this project's AVX-512 / AMX CPU)."""
 
 
 def int8_matmul_int32(x_q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
@@ -23,8 +33,22 @@ def int8_matmul_int32(x_q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(x_q.contiguous(), w_int8.contiguous().t())
 
 
+def own_kernel_available() -> bool:
+    """Whether the package's W8A8 kernel can run now: the extension is built and the CPU GEMM's instruction set is
+    AVX-512 VNNI (:func:`.cpu.set_isa` / ``FAIR_CALIB_CPU_ISA`` select it)."""
+    return ENABLED and _C is not None and _C.gemm_isa() == "avx512vnni"
+
+
+def own_matmul_int32(x_q: torch.Tensor, w_int8: torch.Tensor) -> torch.Tensor:
+    """The package's exact int32 accumulators of ``x_q [M, K] · w_int8 [N, K]ᵀ`` (for exactness checks). Raises
+    ``ValueError`` when the instruction set is not AVX-512 VNNI, ``RuntimeError`` without the extension."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.w8a8_matmul_int32(x_q.contiguous(), w_int8.contiguous())
+
+
 def register(w8a8_op) -> None:
-    """Register ``torch._int_mm`` + the reference epilogue as the CPU kernel of ``w8a8_gemm``."""
+    """Register the CPU kernel of ``w8a8_gemm`` (module docstring)."""
     if not ENABLED:
         return
 
@@ -32,6 +56,9 @@ def register(w8a8_op) -> None:
     def _(x_q, x_scale, w_int8, w_scale, bias, out_dtype):
         if x_q.shape[1] > 1 << 17:
             raise ValueError(f"w8a8_gemm: K={x_q.shape[1]} > {1 << 17} could overflow the int32 accumulator")
+        if x_q.shape[0] <= OWN_KERNEL_MAX_M and own_kernel_available():
+            y = _C.w8a8_gemm_f32(x_q.contiguous(), x_scale, w_int8.contiguous(), w_scale.reshape(-1), bias)
+            return y.to(out_dtype)
         acc = int8_matmul_int32(x_q, w_int8)
         if _C is None:
             return reference.w4a4_epilogue(acc, x_scale, w_scale, bias, out_dtype)

@@ -407,6 +407,19 @@ void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* pr
   gemm_dispatch(int8_rows(xq, k), nullptr, prepared, m, n, (k + 1) / 2, threads, GemmOut{sx, sw, bias, y, nullptr});
 }
 
+int w8a8_gemm_acc(const int8_t* xq, const int8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k, int threads) {
+  if (current_isa() != kAvx512Vnni) return -2;
+  gemm_w8a8_avx512vnni(xq, wq, m, n, k, threads <= 0 ? default_threads() : threads, to_acc(acc));
+  return 0;
+}
+
+int w8a8_gemm_f32(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, const float* bias, float* y,
+                  int64_t m, int64_t n, int64_t k, int threads) {
+  if (current_isa() != kAvx512Vnni) return -2;
+  gemm_w8a8_avx512vnni(xq, wq, m, n, k, threads <= 0 ? default_threads() : threads, GemmOut{sx, sw, bias, y, nullptr});
+  return 0;
+}
+
 void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
                         int64_t n, int threads) {
   if (threads <= 0) threads = default_threads();

@@ -56,6 +56,13 @@ void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* pr
 void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
                         int64_t n, int threads);
 
+// W8A8 for few tokens on AVX-512 VNNI (w8a8_avx512.cpp): int8 xq [m, k] × int8 wq [n, k], exact int32
+// accumulators (acc) or with the fp32 epilogue (y). Return 0, or -2 (nothing written) when the GEMM's instruction
+// set is not AVX-512 VNNI (the caller then runs torch._int_mm).
+int w8a8_gemm_acc(const int8_t* xq, const int8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k, int threads);
+int w8a8_gemm_f32(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, const float* bias, float* y,
+                  int64_t m, int64_t n, int64_t k, int threads);
+
 // Per-row symmetric int8 quantization of x [m, k] (fp32, a8_quantize.cpp): codes [m, k], scale [m]
 // (s = (absmax * clip) / 127, 1 for a zero row; q = clamp(rint(x / s), -128, 127)).
 void quantize_int8_rows(const float* x, float clip, int8_t* codes, float* scale, int64_t m, int64_t k,

@@ -48,6 +48,11 @@ struct ActRows {
 void gemm_avx512vnni(const ActRows& x, const uint8_t* wq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
                      int threads, const GemmOut& out);
 
+// AVX-512 VNNI W8A8 GEMM for few tokens (w8a8_avx512.cpp): int8 xq [m, k] × int8 wq [n, k], result through `out`.
+// Call only when the CPU has AVX-512 VNNI.
+void gemm_w8a8_avx512vnni(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, int threads,
+                          const GemmOut& out);
+
 // The weights regrouped once for the VNNI GEMM (the layout gemm_vnni_impl regroups per call): per block of 64
 // output channels (the last block padded by repeating row n-1), per dword group g of packed bytes (codes
 // 8g .. 8g+7, groups padded to whole 64-byte chunks with w = 0), per 16-channel vector v: 16 channels × one
