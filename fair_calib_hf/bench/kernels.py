@@ -21,8 +21,8 @@ reference, dequantize + fp32 GEMM), fp32 inputs, and the bytes each stores again
 
 **8-bit activations** (``--act8`` times only these, at M 1 16 64 256 1024 on :data:`ACT8_SHAPES` unless
 ``--m`` / ``--shapes`` are given): fp32 and bf16 ``F.linear`` and torch's int8 dynamic linear (as above) against
-the whole :class:`~fair_calib_hf.modules.W8A8Linear` forward (the compiled int8 quantizer, ``torch._int_mm``, the
-fp32 epilogue) and :class:`~fair_calib_hf.modules.W4A8Linear` forward (int8 quantizer, the int4-weight GEMM with
+the whole :class:`~fair_calib_hf.modules.W8A8Linear` forward (the compiled int8 quantizer, ``torch._int_mm`` and
+the C++ epilogue, or this package's VNNI kernel up to ``int8_cpu.OWN_KERNEL_MAX_M`` tokens) and :class:`~fair_calib_hf.modules.W4A8Linear` forward (int8 quantizer, the int4-weight GEMM with
 int8 activations): packed, prepared (what loading gives on VNNI CPUs; the ratios use it where available), and
 prepared with a Stage II-shaped Kronecker transform and diagonal (``W4A8 +transform``). No transform in the other
 columns: torch's int8 linear has none. fp32 inputs and outputs.

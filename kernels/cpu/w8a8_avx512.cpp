@@ -1,5 +1,5 @@
 // AVX-512 VNNI W8A8 GEMM for few tokens: int8 activations [m, k] × int8 weights [n, k], exact int32, the fp32
-// epilogue fused. PyTorch's own torch._int_mm (oneDNN; AMX where the CPU has it) is faster from a few dozen
+// epilogue fused. PyTorch's own torch._int_mm (oneDNN's s8 GEMM) is faster from a few dozen
 // tokens on and is what fair_calib_hf/ops/int8_cpu.py runs there; at a few tokens it is slow (its packing and
 // blocking do not pay), and this kernel, which streams the weight rows once, replaces it.
 //
