@@ -23,15 +23,16 @@ Forward: ``x̃ = (x ⊙ diag)·(left ⊗ right)`` (identity when absent), per-to
 W8A8) quantization of ``x̃``,
 then ``y = (Q(x̃) · Q(W)ᵀ)·s_x·s_w + b`` in the input dtype, through the ops in :mod:`fair_calib_hf.ops`.
 
-**Prepared CPU layout** (the default after loading on a CPU with AVX-512 VNNI; :meth:`W4A4Linear.prepare_cpu_layout`
-or :func:`prepare_cpu_layout` for a whole model): the weight codes are held in the layout the GEMM reads
-directly instead of being regrouped at every call (faster at small token counts; bit-identical results). It
-replaces ``weight_packed`` in memory by the non-persistent buffer ``weight_prepared`` (uint8, 0.5 byte per weight
-plus padding to 64 channels × 128 codes; ``module.weight_packed`` is then ``None``, :meth:`W4A4Linear.packed_weight`
-rebuilds it); ``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict
-re-prepares, and a device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first
-(re-preparing when the module stays on the CPU). :func:`unprepare_cpu_layout` goes back to the packed layout;
-``FAIR_CALIB_CPU_LAYOUT=packed`` in the environment keeps loaded models packed.
+**Prepared CPU layout** (int4 weights: W4A4 and W4A8, :class:`Int4ActQuantLinear`; the default after loading on a
+CPU with AVX-512 VNNI; :meth:`Int4ActQuantLinear.prepare_cpu_layout` or :func:`prepare_cpu_layout` for a whole
+model): the weight codes are held in the layout the GEMM reads directly instead of being regrouped at every call
+(faster at small token counts; bit-identical results). It replaces ``weight_packed`` in memory by the
+non-persistent buffer ``weight_prepared`` (uint8, 0.5 byte per weight plus padding to 64 channels × 128 codes;
+``module.weight_packed`` is then ``None``, :meth:`Int4ActQuantLinear.packed_weight` rebuilds it);
+``state_dict()``/saving still produce the packed ``weight_packed`` entry, loading a state dict re-prepares, and a
+device or dtype move (``.to``, ``.cuda``, ``.half`` …) restores the packed buffer first (re-preparing when the
+module stays on the CPU). :func:`unprepare_cpu_layout` goes back to the packed layout; ``FAIR_CALIB_CPU_LAYOUT=packed``
+in the environment keeps loaded models packed.
 
 **Dtype casts.** The float32 buffers above stay float32 whatever dtype the module or the model is cast to
 (``.to(torch.bfloat16)``, ``.to(device, dtype)``, ``.half()``, ``.bfloat16()``, a parent's ``.to(dtype)``):
@@ -282,11 +283,13 @@ class ActQuantLinear(PackedLinear):
                 + (", prepared cpu layout" if self.is_prepared else ""))
 
 
-class W4A4Linear(ActQuantLinear):
-    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring), with the
-    prepared CPU layout of the AVX-512 VNNI GEMM."""
+class Int4ActQuantLinear(ActQuantLinear):
+    """Base of the linears with int4 weights and quantized activations (:class:`W4A4Linear`, :class:`W4A8Linear`):
+    the packed codes ``weight_packed`` and, on CPUs with AVX-512 VNNI, the prepared CPU layout of the int4-weight
+    GEMMs (:meth:`prepare_cpu_layout`; the same layout serves W4A4 and W4A8). A subclass sets ``a_bits`` and
+    :meth:`_matmul`, which runs the GEMM on ``weight_prepared`` when that is held and on ``weight_packed`` otherwise."""
 
-    bits, a_bits = 4, 4
+    bits = 4
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -334,6 +337,13 @@ class W4A4Linear(ActQuantLinear):
         finally:
             self._buffers["weight_packed"] = None
 
+
+class W4A4Linear(Int4ActQuantLinear):
+    """Linear layer with int4 weights and dynamically int4-quantized inputs (see the module docstring), with the
+    prepared CPU layout of the AVX-512 VNNI GEMM (:class:`Int4ActQuantLinear`)."""
+
+    bits, a_bits = 4, 4
+
     def _matmul(self, x2, left, right, diag):
         x_packed, x_scale = ops.quantize_act_int4(x2, left, right, diag, self.input_clip)
         if self.weight_prepared is not None:
@@ -343,14 +353,18 @@ class W4A4Linear(ActQuantLinear):
                              x2.dtype)
 
 
-class W4A8Linear(ActQuantLinear):
+class W4A8Linear(Int4ActQuantLinear):
     """Linear layer with int4 weights (the W4A4 byte layout) and dynamically int8-quantized inputs
-    (``s_x = c·max|x̃|/127`` per token; :func:`fair_calib_hf.ops.w4a8_gemm`)."""
+    (``s_x = c·max|x̃|/127`` per token; :func:`fair_calib_hf.ops.w4a8_gemm`), with the prepared CPU layout of the
+    AVX-512 VNNI GEMM (:class:`Int4ActQuantLinear`)."""
 
     bits, a_bits = 4, 8
 
     def _matmul(self, x2, left, right, diag):
         x_q, x_scale = ops.quantize_act_int8(x2, left, right, diag, self.input_clip)
+        if self.weight_prepared is not None:
+            return ops.w4a8_gemm_prepared(x_q, x_scale, self.weight_prepared, self.weight_scale, self.bias,
+                                          self.out_features, self.in_features, x2.dtype)
         return ops.w4a8_gemm(x_q, x_scale, self.weight_packed, self.weight_scale, self.bias, self.in_features,
                              x2.dtype)
 

@@ -1,4 +1,5 @@
-// Python bindings of the compiled W4A4 kernels. The two binding files (this one and cuda_bindings.cpp) are
+// Python bindings of the compiled CPU kernels (W4A4, W4A8 and the int8 activation quantizer) and, in a CUDA
+// build, of the CUDA W4A4 kernels. The two binding files (this one and cuda_bindings.cpp) are
 // the only translation units that include torch headers; the kernels take raw pointers. The ops themselves
 // are registered from Python (fair_calib_hf/ops/cpu.py, ops/cuda.py) on top of the reference ops.
 #include <torch/extension.h>
@@ -138,6 +139,150 @@ torch::Tensor w4a4_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tenso
   return y;
 }
 
+void check_int8(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == torch::kInt8, name, " must be int8, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous 2-D tensor");
+}
+
+// The fp32 epilogue's operands: x scale [m], w scale [n], bias [n] (optional), all as contiguous fp32.
+struct Epilogue {
+  torch::Tensor sx, sw, bias;
+  Epilogue(const torch::Tensor& sx_, const torch::Tensor& sw_, const c10::optional<torch::Tensor>& bias_, int64_t m,
+           int64_t n)
+      : sx(sx_.to(torch::kFloat32).contiguous()), sw(sw_.to(torch::kFloat32).contiguous()) {
+    TORCH_CHECK(sx.numel() == m && sw.numel() == n, "scale sizes do not match M and N");
+    if (bias_.has_value()) {
+      bias = bias_->to(torch::kFloat32).contiguous();
+      TORCH_CHECK(bias.numel() == n, "bias size does not match N");
+    }
+  }
+  const float* bias_ptr() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+};
+
+torch::Tensor int8x4_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_int8(xq, "x_q");
+  check_packed(wq, "w_packed");
+  TORCH_CHECK(wq.size(1) == (xq.size(1) + 1) / 2, "packed weight width ", wq.size(1), " does not hold K=", xq.size(1));
+  auto acc = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kInt32));
+  fair_calib::int8x4_gemm_acc(xq.data_ptr<int8_t>(), wq.data_ptr<uint8_t>(), acc.data_ptr<int32_t>(), xq.size(0),
+                              wq.size(0), xq.size(1), at::get_num_threads());
+  return acc;
+}
+
+torch::Tensor w4a8_gemm_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& wq,
+                            const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias) {
+  check_int8(xq, "x_q");
+  check_packed(wq, "w_packed");
+  TORCH_CHECK(wq.size(1) == (xq.size(1) + 1) / 2, "packed weight width ", wq.size(1), " does not hold K=", xq.size(1));
+  const Epilogue ep(sx, sw, bias, xq.size(0), wq.size(0));
+  auto y = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kFloat32));
+  fair_calib::w4a8_gemm_f32(xq.data_ptr<int8_t>(), ep.sx.data_ptr<float>(), wq.data_ptr<uint8_t>(),
+                            ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0), wq.size(0),
+                            xq.size(1), at::get_num_threads());
+  return y;
+}
+
+torch::Tensor int8x4_matmul_int32_prepared(const torch::Tensor& xq, const torch::Tensor& prepared, int64_t n) {
+  check_int8(xq, "x_q");
+  check_prepared(prepared, n, (xq.size(1) + 1) / 2);
+  auto acc = torch::empty({xq.size(0), n}, torch::dtype(torch::kInt32));
+  fair_calib::int8x4_gemm_acc_prepared(xq.data_ptr<int8_t>(), prepared.data_ptr<uint8_t>(), acc.data_ptr<int32_t>(),
+                                       xq.size(0), n, xq.size(1), at::get_num_threads());
+  return acc;
+}
+
+torch::Tensor w4a8_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& prepared,
+                                     const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias, int64_t n) {
+  check_int8(xq, "x_q");
+  check_prepared(prepared, n, (xq.size(1) + 1) / 2);
+  const Epilogue ep(sx, sw, bias, xq.size(0), n);
+  auto y = torch::empty({xq.size(0), n}, torch::dtype(torch::kFloat32));
+  fair_calib::w4a8_gemm_prepared_f32(xq.data_ptr<int8_t>(), ep.sx.data_ptr<float>(), prepared.data_ptr<uint8_t>(),
+                                     ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0), n,
+                                     xq.size(1), at::get_num_threads());
+  return y;
+}
+
+void check_w8a8(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_int8(xq, "x_q");
+  check_int8(wq, "w_int8");
+  TORCH_CHECK(xq.size(1) == wq.size(1), "widths differ: ", xq.size(1), " vs ", wq.size(1));
+  TORCH_CHECK(xq.size(1) <= (int64_t{1} << 17), "K=", xq.size(1), " > 2^17 could overflow the int32 accumulator");
+}
+
+// W8A8 for few tokens (AVX-512 VNNI only; ValueError under another instruction set).
+torch::Tensor w8a8_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
+  check_w8a8(xq, wq);
+  auto acc = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kInt32));
+  const int rc = fair_calib::w8a8_gemm_acc(xq.data_ptr<int8_t>(), wq.data_ptr<int8_t>(), acc.data_ptr<int32_t>(),
+                                           xq.size(0), wq.size(0), xq.size(1), at::get_num_threads());
+  TORCH_CHECK_VALUE(rc == 0, "the W8A8 kernel needs the avx512vnni instruction set");
+  return acc;
+}
+
+torch::Tensor w8a8_gemm_f32(const torch::Tensor& xq, const torch::Tensor& sx, const torch::Tensor& wq,
+                            const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias) {
+  check_w8a8(xq, wq);
+  const Epilogue ep(sx, sw, bias, xq.size(0), wq.size(0));
+  auto y = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kFloat32));
+  const int rc = fair_calib::w8a8_gemm_f32(xq.data_ptr<int8_t>(), ep.sx.data_ptr<float>(), wq.data_ptr<int8_t>(),
+                                           ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0),
+                                           wq.size(0), xq.size(1), at::get_num_threads());
+  TORCH_CHECK_VALUE(rc == 0, "the W8A8 kernel needs the avx512vnni instruction set");
+  return y;
+}
+
+// The fp32 epilogue on int32 accumulators [m, n], in place: returns acc's memory reinterpreted as fp32 (acc
+// itself is consumed).
+torch::Tensor int32_epilogue_(torch::Tensor acc, const torch::Tensor& sx, const torch::Tensor& sw,
+                              const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(acc.device().is_cpu() && acc.scalar_type() == torch::kInt32 && acc.dim() == 2 && acc.is_contiguous(),
+              "acc must be a contiguous 2-D int32 CPU tensor");
+  const Epilogue ep(sx, sw, bias, acc.size(0), acc.size(1));
+  auto y = acc.view(torch::kFloat32);
+  fair_calib::int32_epilogue_f32(acc.data_ptr<int32_t>(), ep.sx.data_ptr<float>(), ep.sw.data_ptr<float>(),
+                                 ep.bias_ptr(), y.data_ptr<float>(), acc.size(0), acc.size(1), at::get_num_threads());
+  return y;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> quantize_int8(const torch::Tensor& x, double clip) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
+  auto x32 = x.to(torch::kFloat32).contiguous();
+  const int64_t m = x32.size(0), k = x32.size(1);
+  auto codes = torch::empty({m, k}, torch::dtype(torch::kInt8));
+  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
+  fair_calib::quantize_int8_rows(x32.data_ptr<float>(), static_cast<float>(clip), codes.data_ptr<int8_t>(),
+                                 scale.data_ptr<float>(), m, k, at::get_num_threads());
+  return {codes, scale};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> transform_quantize_int8(const torch::Tensor& x, const torch::Tensor& left,
+                                                                const torch::Tensor& right,
+                                                                const c10::optional<torch::Tensor>& diag,
+                                                                double clip) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
+  auto x32 = x.to(torch::kFloat32).contiguous();
+  auto l32 = left.to(torch::kFloat32).contiguous();
+  auto r32 = right.to(torch::kFloat32).contiguous();
+  const int64_t m = x32.size(0), k = x32.size(1), a = l32.size(0), b = r32.size(0);
+  TORCH_CHECK(l32.dim() == 2 && l32.size(1) == a && r32.dim() == 2 && r32.size(1) == b,
+              "left and right must be square matrices");
+  TORCH_CHECK(a * b == k, "Kronecker factors ", a, "x", b, " do not multiply to the input width ", k);
+  torch::Tensor d32;
+  if (diag.has_value()) {
+    d32 = diag->to(torch::kFloat32).contiguous();
+    TORCH_CHECK(d32.numel() == k, "diag has ", d32.numel(), " entries, expected ", k);
+  }
+  auto codes = torch::empty({m, k}, torch::dtype(torch::kInt8));
+  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
+  fair_calib::transform_quantize_rows_int8(x32.data_ptr<float>(), m, a, b, l32.data_ptr<float>(),
+                                           r32.data_ptr<float>(), diag.has_value() ? d32.data_ptr<float>() : nullptr,
+                                           static_cast<float>(clip), codes.data_ptr<int8_t>(), scale.data_ptr<float>(),
+                                           at::get_num_threads());
+  return {codes, scale};
+}
+
 std::vector<std::string> supported_isas() {
   const char* names[8];
   const int count = std::min(fair_calib::supported_gemm_isas(names, 8), 8);
@@ -168,6 +313,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("unprepare_weight", &unprepare_weight, "prepared layout -> the packed int4 weights [N, K/2], exactly");
   m.def("int4_matmul_int32_prepared", &int4_matmul_int32_prepared, "exact int32 accumulators, prepared weights");
   m.def("w4a4_gemm_prepared_f32", &w4a4_gemm_prepared_f32, "W4A4 GEMM with the fp32 epilogue, prepared weights");
+  m.def("int8x4_matmul_int32", &int8x4_matmul_int32, "exact int32 accumulators of int8 x packed int4 (W4A8)");
+  m.def("w4a8_gemm_f32", &w4a8_gemm_f32, "W4A8 GEMM with the fp32 epilogue (acc*sx)*sw (+bias)");
+  m.def("int8x4_matmul_int32_prepared", &int8x4_matmul_int32_prepared,
+        "exact int32 accumulators of int8 x int4, prepared weights");
+  m.def("w4a8_gemm_prepared_f32", &w4a8_gemm_prepared_f32, "W4A8 GEMM with the fp32 epilogue, prepared weights");
+  m.def("w8a8_matmul_int32", &w8a8_matmul_int32, "exact int32 accumulators of int8 x int8, few tokens (VNNI)");
+  m.def("w8a8_gemm_f32", &w8a8_gemm_f32, "W8A8 GEMM with the fp32 epilogue, few tokens (VNNI)");
+  m.def("int32_epilogue_", &int32_epilogue_,
+        "fp32 epilogue (acc*sx)*sw (+bias) on int32 accumulators, in place (returns acc's memory as fp32)");
+  m.def("quantize_int8", &quantize_int8, "per-row symmetric int8 quantization");
+  m.def("transform_quantize_int8", &transform_quantize_int8,
+        "fused online Kronecker transform (x*diag)(left kron right) + per-row int8 quantization");
   m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the CPU GEMM now");
   m.def("supported_isas", &supported_isas, "CPU GEMM instruction sets this CPU can run, best last");
   m.def("set_isa", &set_isa, "force the CPU GEMM instruction set by name, or 'auto'");

@@ -12,6 +12,24 @@ CALIB_TEXTS = [
 ]
 
 
+CPU_ISAS = ["scalar", "avx2", "avx512vnni"]
+"""The compiled CPU GEMM's instruction sets (``fair_calib_hf.ops.cpu.set_isa``)."""
+
+
+@pytest.fixture(params=CPU_ISAS)
+def isa(request):
+    """Run the test with the CPU GEMM (and the quantizer, which follows it) forced to one instruction set (skipped
+    if this CPU lacks it; only for tests of the compiled kernels, which skip without the extension)."""
+    from fair_calib_hf.ops import cpu
+
+    if request.param not in cpu.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels (supported: {cpu.supported_isas()})")
+    previous = cpu.set_isa(request.param)
+    assert cpu.backend_name() == request.param
+    yield request.param
+    cpu.set_isa(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     """A tiny random checkpoint per reference family, written once per session."""

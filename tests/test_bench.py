@@ -108,3 +108,13 @@ def test_kernel_bench_weight_only_rows(tmp_path):
     from fair_calib_hf.ops import weight_only_cpu
 
     assert row["w4a16_g128_torch_int4_kernel"] == weight_only_cpu.available()
+
+
+def test_kernel_bench_act8_rows(tmp_path):
+    """`--act8` times only the 8-bit-activation layers, one row per shape and token count, in one JSON record."""
+    kernels.main(["--act8", "--shapes", "4096x4096", "--m", "2", "--repeats", "1", "--json", str(tmp_path / "a.json")])
+    record = json.load(open(tmp_path / "a.json"))
+    (row,) = record["act8"]
+    assert row["M"] == 2 and "layers" not in record and "weight_only" not in record
+    assert min(row[key] for key in ("fp32_ms", "bf16_ms", "int8_ms", "w8a8_ms", "w4a8_ms", "w4a8_transform_ms")) > 0
+    assert row["int8_over_w8a8"] > 0 and row["fp32_over_w4a8"] > 0

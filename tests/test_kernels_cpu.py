@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import CPU_ISAS as ISAS
 
 from fair_calib_hf import W4A4Linear, ops
 from fair_calib_hf.calibration.transforms import kronecker_factors
@@ -22,18 +23,8 @@ if cpu._C is None:
 
 SHAPES = [(1, 1, 1), (1, 7, 64), (3, 5, 7), (17, 9, 64), (5, 33, 257), (4, 8, 4096), (4, 8, 4226), (2, 3, 9000),
           (33, 130, 200), (7, 6, 127), (9, 5, 129), (70, 3, 255), (1, 37, 130), (150, 37, 333)]
-ISAS = ["scalar", "avx2", "avx512vnni"]
 
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Run the test with the CPU GEMM forced to one instruction set (skipped if this CPU lacks it)."""
-    if request.param not in cpu.supported_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels (supported: {cpu.supported_isas()})")
-    previous = cpu.set_isa(request.param)
-    assert cpu.backend_name() == request.param
-    yield request.param
-    cpu.set_isa(previous)
+# the `isa` fixture (conftest.py) runs a test once per instruction set this CPU supports
 
 
 def _codes(shape, seed):

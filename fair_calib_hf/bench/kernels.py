@@ -19,6 +19,14 @@
 scales: torch's CPU int4 kernel up to ``INT4PACK_MAX_TOKENS`` tokens, dequantize + fp32 GEMM above; W8A16: the
 reference, dequantize + fp32 GEMM), fp32 inputs, and the bytes each stores against bf16 weights.
 
+**8-bit activations** (``--act8`` times only these, at M 1 16 64 256 1024 on :data:`ACT8_SHAPES` unless
+``--m`` / ``--shapes`` are given): fp32 and bf16 ``F.linear`` and torch's int8 dynamic linear (as above) against
+the whole :class:`~fair_calib_hf.modules.W8A8Linear` forward (the compiled int8 quantizer, ``torch._int_mm`` and
+the C++ epilogue, or this package's VNNI kernel up to ``int8_cpu.OWN_KERNEL_MAX_M`` tokens) and :class:`~fair_calib_hf.modules.W4A8Linear` forward (int8 quantizer, the int4-weight GEMM with
+int8 activations): packed, prepared (what loading gives on VNNI CPUs; the ratios use it where available), and
+prepared with a Stage II-shaped Kronecker transform and diagonal (``W4A8 +transform``). No transform in the other
+columns: torch's int8 linear has none. fp32 inputs and outputs.
+
 **Denoising step.** One forward of a whole model over ``batch × (prompt + answer)`` tokens with the answer
 masked (what each diffusion step runs), float32 against the same model calibrated with FAIR-Calib (packed
 W4A4 linears with their online transforms; embeddings, norms, attention and head stay float), in the packed
@@ -66,7 +74,14 @@ SHAPES = {  # name: (N, K)
     "4096x14336": (4096, 14336),
     "dream 18944x3584": (18944, 3584),
     "llada 4096x12288": (4096, 12288),
+    "llada 12288x4096": (12288, 4096),
+    "dream 3584x18944": (3584, 18944),
 }
+DEFAULT_SHAPES = ("4096x4096", "14336x4096", "4096x14336", "dream 18944x3584", "llada 4096x12288")
+"""The W4A4 and weight-only tables' shapes (``--shapes`` picks others)."""
+ACT8_SHAPES = ("4096x4096", "llada 4096x12288", "llada 12288x4096", "dream 18944x3584", "dream 3584x18944")
+"""The ``--act8`` table's shapes: 4096² and the LLaDA-8B / Dream-7B MLP shapes both ways."""
+ACT8_M = (1, 16, 64, 256, 1024)
 WIDE_LLADA = dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=2, mlp_hidden_size=12288)
 """``wide-llada``: the LLaDA-style architecture at LLaMA-8B width, 2 blocks (random weights)."""
 WIDE_TOKENS = 256
@@ -90,16 +105,22 @@ def int8_dynamic_linear(weight: torch.Tensor) -> torch.nn.Module:
 def transformed_w4a4_linear(weight: torch.Tensor, generator: torch.Generator):
     """A :class:`W4A4Linear` of ``weight`` with a random orthogonal Kronecker transform and a diagonal near 1,
     shaped as Stage II builds it (the speed does not depend on the values)."""
-    from fair_calib_hf.calibration.transforms import kronecker_factors, random_orthogonal, transform_weight
     from fair_calib_hf.modules import W4A4Linear
+
+    return transformed_linear(weight, generator, W4A4Linear)
+
+
+def transformed_linear(weight: torch.Tensor, generator: torch.Generator, cls):
+    """A packed linear of class ``cls`` (:class:`~fair_calib_hf.modules.ActQuantLinear`) of ``weight`` with a random
+    orthogonal Kronecker transform and a diagonal near 1, as :func:`transformed_w4a4_linear` builds it."""
+    from fair_calib_hf.calibration.transforms import kronecker_factors, random_orthogonal, transform_weight
 
     k = weight.shape[1]
     a, b = kronecker_factors(k)
     left, right = random_orthogonal(a, generator).float(), random_orthogonal(b, generator).float()
     diag = 0.9 + 0.2 * torch.rand(k, generator=generator)
     linear = torch.nn.Linear(k, weight.shape[0], bias=False)
-    return W4A4Linear.from_linear(linear, weight=transform_weight(weight, left, right, diag),
-                                  transform=(left, right, diag))
+    return cls.from_linear(linear, weight=transform_weight(weight, left, right, diag), transform=(left, right, diag))
 
 
 PEER_ISA_VARIABLES = ("FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
@@ -156,6 +177,54 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
                     finally:
                         if previous is not None:
                             cpu.set_isa(previous)
+    return rows
+
+
+def act8_rows(shapes, ms, repeats) -> list[dict]:
+    """Per shape and token count: fp32 / bf16 ``F.linear`` and torch's int8 dynamic linear vs the W8A8 and W4A8
+    layers (module docstring, ``--act8``)."""
+    from fair_calib_hf import ops
+    from fair_calib_hf.modules import W4A8Linear, W8A8Linear
+
+    rows = []
+    for name in shapes:
+        n, k = SHAPES[name]
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(n, k, generator=g) / k ** 0.5
+        w_bf16 = w.bfloat16()
+        linear = torch.nn.Linear(k, n, bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(w)
+        int8 = int8_dynamic_linear(w)
+        w8a8 = W8A8Linear.from_linear(linear)
+        w4a8 = W4A8Linear.from_linear(linear)  # packed layout
+        w4a8_prepared = copy.deepcopy(w4a8)
+        if not w4a8_prepared.prepare_cpu_layout():
+            w4a8_prepared = None
+        w4a8_tr = transformed_linear(w, g, W4A8Linear)
+        w4a8_tr.prepare_cpu_layout()
+        del linear
+        for m in ms:
+            x = torch.randn(m, k, generator=g)
+            with torch.no_grad():
+                t = {"fp32": best_time(lambda: F.linear(x, w), repeats),
+                     "bf16": best_time(lambda: F.linear(x.bfloat16(), w_bf16), repeats),
+                     "int8": best_time(lambda: int8(x), repeats),
+                     "w8a8": best_time(lambda: w8a8(x), repeats),
+                     "w4a8": best_time(lambda: w4a8(x), repeats),
+                     "w4a8_prepared": (best_time(lambda: w4a8_prepared(x), repeats)
+                                       if w4a8_prepared is not None else None),
+                     "w4a8_transform": best_time(lambda: w4a8_tr(x), repeats)}
+            w4a8_best = t["w4a8_prepared"] or t["w4a8"]  # what loading gives (prepared where available)
+            row = {"shape": name, "M": m, "isa": ops.active_backend("cpu")}
+            row.update({f"{key}_ms": None if v is None else round(v * 1e3, 3) for key, v in t.items()})
+            row.update({"int8_over_w8a8": round(t["int8"] / t["w8a8"], 2),
+                        "int8_over_w4a8": round(t["int8"] / w4a8_best, 2),
+                        "fp32_over_w8a8": round(t["fp32"] / t["w8a8"], 2),
+                        "fp32_over_w4a8": round(t["fp32"] / w4a8_best, 2),
+                        "bf16_over_w8a8": round(t["bf16"] / t["w8a8"], 2),
+                        "bf16_over_w4a8": round(t["bf16"] / w4a8_best, 2)})
+            rows.append(row)
     return rows
 
 
@@ -318,11 +387,37 @@ def main(argv=None) -> None:
     parser.add_argument("--weight-only", action="store_true",
                         help="time only the weight-only layers (W4A16 g128 / per-channel, W8A16), at M 1 4 16 32 64 256 "
                              "unless --m is given")
+    parser.add_argument("--act8", action="store_true",
+                        help="time only the 8-bit-activation layers (W8A8, W4A8) against fp32 / bf16 F.linear and "
+                             "torch's int8 dynamic linear, at M 1 16 64 256 1024 on the LLaDA-8B / Dream-7B shapes "
+                             "unless --m / --shapes are given")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from fair_calib_hf import ops
 
-    shapes = args.shapes or (["4096x4096"] if args.quick else list(SHAPES))
+    if args.act8:
+        repeats = args.repeats or (2 if args.quick else 5)
+        act8 = act8_rows(args.shapes or (["4096x4096"] if args.quick else list(ACT8_SHAPES)),
+                         args.m or ([16, 64] if args.quick else list(ACT8_M)), repeats)
+        report(f"CPU 8-bit-activation layers (fp32 inputs): fp32 / bf16 F.linear and torch's int8 dynamic linear vs "
+               f"W8A8 and W4A8 (whole forward); backend {ops.active_backend('cpu')}; peers: {peers_isa()}; torch "
+               f"{torch.__version__}, {torch.get_num_threads()} threads, best of {repeats}",
+               {"N×K": lambda r: r["shape"], "M": lambda r: r["M"], "fp32 ms": lambda r: r["fp32_ms"],
+                "bf16 ms": lambda r: r["bf16_ms"], "int8 dyn. ms": lambda r: r["int8_ms"],
+                "W8A8 ms": lambda r: r["w8a8_ms"], "W4A8 ms": lambda r: r["w4a8_ms"],
+                "W4A8 prepared ms": lambda r: "-" if r["w4a8_prepared_ms"] is None else r["w4a8_prepared_ms"],
+                "W4A8 +transform ms": lambda r: r["w4a8_transform_ms"],
+                "int8/W8A8": lambda r: r["int8_over_w8a8"], "int8/W4A8": lambda r: r["int8_over_w4a8"],
+                "fp32/W8A8": lambda r: r["fp32_over_w8a8"], "fp32/W4A8": lambda r: r["fp32_over_w4a8"],
+                "bf16/W8A8": lambda r: r["bf16_over_w8a8"], "bf16/W4A8": lambda r: r["bf16_over_w4a8"]}, act8)
+        if args.json:
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump({"backend": ops.active_backend("cpu"), "peers": peers_isa(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "act8": act8}, f, indent=2)
+        return
+    shapes = args.shapes or (["4096x4096"] if args.quick else list(DEFAULT_SHAPES))
     ms = args.m or ([16, 64] if args.quick else [16, 64, 256, 1024])
     repeats = args.repeats or (2 if args.quick else 5)
     if args.models is not None and [m.lower() for m in args.models] == ["none"]:

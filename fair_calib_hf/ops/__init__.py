@@ -16,9 +16,12 @@ Ops (namespace ``fair_calib``):
   online transform, per-token symmetric int8 (``s = clip·max|x̃|/127``) for W4A8 / W8A8
 * ``w4a8_gemm(x_q int8 [M,K], x_scale, w_packed uint8 [N, ceil(K/2)], w_scale, bias?, k, out_dtype) -> [M, N]``:
   int8 activations × int4 weights, exact int32 accumulation, the W4A4 epilogue
+* ``w4a8_gemm_prepared(x_q, x_scale, w_prepared, w_scale, bias?, n, k, out_dtype) -> [M, N]``: the same GEMM on
+  the weights in the prepared layout of :func:`.cpu.prepare_weight` (the W4A4 one: the same int4 codes; CPU only)
 * ``w8a8_gemm(x_q int8 [M,K], x_scale, w_int8 [N,K], w_scale, bias?, out_dtype) -> [M, N]``: int8 × int8, exact
   int32 accumulation (``K ≤`` :data:`MAX_W8A8_K` so that it cannot overflow), the W4A4 epilogue; on the CPU it
-  runs PyTorch's own ``torch._int_mm`` (:mod:`.int8_cpu`, bit-identical)
+  runs PyTorch's own ``torch._int_mm`` with a fused C++ epilogue, and this package's AVX-512 VNNI kernel at a few
+  tokens (:mod:`.int8_cpu`, bit-identical)
 * ``weight_only_gemm(x [M,K], w_stored, w_scale [N,G], bias?, bits, group_size, k) -> [M, N]`` in ``x.dtype``:
   weight-only 4/8-bit (reference on every device). On the CPU a :class:`~fair_calib_hf.modules.WeightOnlyLinear`
   prepared for PyTorch's own int4 kernel calls :func:`.weight_only_cpu.int4pack_linear` instead (torch's op,
@@ -34,11 +37,11 @@ import torch
 from ..packing import packed_width
 from . import cpu, cuda, int8_cpu, reference, weight_only_cpu
 
-__all__ = ["quantize_act_int4", "w4a4_gemm", "w4a4_gemm_prepared", "quantize_act_int8", "w4a8_gemm", "w8a8_gemm",
+__all__ = ["quantize_act_int4", "w4a4_gemm", "w4a4_gemm_prepared", "quantize_act_int8", "w4a8_gemm",
+           "w4a8_gemm_prepared", "w8a8_gemm",
            "weight_only_gemm", "active_backend"]
 
-MAX_W8A8_K = 1 << 17
-"""Largest ``K`` for which an int32 accumulator of int8 × int8 products cannot overflow (``2^17 · 2^14 = 2^31``)."""
+MAX_W8A8_K = reference.MAX_W8A8_K
 
 
 @torch.library.custom_op("fair_calib::quantize_act_int4", mutates_args=())
@@ -137,6 +140,28 @@ def _(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype):
     return x_q.new_empty((x_q.shape[0], w_packed.shape[0]), dtype=out_dtype)
 
 
+@torch.library.custom_op("fair_calib::w4a8_gemm_prepared", mutates_args=())
+def w4a8_gemm_prepared(
+    x_q: torch.Tensor,
+    x_scale: torch.Tensor,
+    w_prepared: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    n: int,
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``w4a8_gemm`` with the weights in the prepared layout (1-D uint8 from :func:`.cpu.prepare_weight` of the
+    packed ``[n, ceil(k/2)]`` codes); the result is bit-identical to ``w4a8_gemm`` on the packed codes."""
+    w_packed = cpu.unprepare_weight(w_prepared, n, packed_width(k))
+    return reference.w4a8_gemm_reference(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype)
+
+
+@w4a8_gemm_prepared.register_fake
+def _(x_q, x_scale, w_prepared, w_scale, bias, n, k, out_dtype):
+    return x_q.new_empty((x_q.shape[0], n), dtype=out_dtype)
+
+
 @torch.library.custom_op("fair_calib::w8a8_gemm", mutates_args=())
 def w8a8_gemm(
     x_q: torch.Tensor,
@@ -177,6 +202,7 @@ def _(x, w_stored, w_scale, bias, bits, group_size, k):
 
 
 cpu.register(quantize_act_int4, w4a4_gemm, w4a4_gemm_prepared)
+cpu.register_a8(quantize_act_int8, w4a8_gemm, w4a8_gemm_prepared)
 weight_only_cpu.register(weight_only_gemm)
 int8_cpu.register(w8a8_gemm)
 cuda.register(quantize_act_int4, w4a4_gemm)

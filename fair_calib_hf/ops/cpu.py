@@ -1,4 +1,6 @@
-"""Compiled CPU kernels (``fair_calib_hf._C``), registered on top of the reference ops when built.
+"""Compiled CPU kernels (``fair_calib_hf._C``), registered on top of the reference ops when built: W4A4
+(:func:`register`) and the 8-bit-activation ops (:func:`register_a8`: the int8 quantizer and the W4A8 GEMM;
+``w8a8_gemm`` runs PyTorch's own ``torch._int_mm``, :mod:`.int8_cpu`).
 
 The quantize op with a Kronecker transform runs one fused C++ kernel per token (``x ⊙ diag``, ``Lᵀ·X·R`` as two
 small register-tiled fp32 GEMMs in cache, then quantization and packing); without one it multiplies by the
@@ -6,7 +8,8 @@ diagonal in torch and quantizes and packs in C++ (bit-identical to the reference
 another order than the reference's torch matmuls, so it meets the reference within the tolerance stated in
 :mod:`.reference` (checked by :func:`fair_calib_hf.ops.exactness.assert_quantize_act_close`). The GEMM runs
 the best int4 kernel this CPU supports (AVX-512 VNNI ``vpdpbusd``, AVX2 ``vpmaddubsw``, or scalar), chosen at
-run time, with the reference's fp32 epilogue order; it is bit-exact.
+run time, with the reference's fp32 epilogue order; it is bit-exact. The int8 quantizer and the W4A8 GEMM
+(int8 activations × the same int4 weights, same kernels and prepared layout) follow the same rules.
 
 Environment: ``FAIR_CALIB_BACKEND=reference`` keeps the reference ops; ``FAIR_CALIB_CPU_ISA=avx512vnni|avx2|
 scalar`` forces the instruction set of the GEMM and the fused transform (one the CPU lacks is refused with a
@@ -109,6 +112,51 @@ def register(quantize_op, gemm_op, gemm_prepared_op) -> None:
     def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
         y = _C.w4a4_gemm_f32(x_packed.contiguous(), x_scale, w_packed.contiguous(), w_scale.reshape(-1), bias)
         return y.to(out_dtype)
+
+
+def register_a8(quantize_int8_op, w4a8_op, w4a8_prepared_op) -> None:
+    """Register the compiled CPU implementations of the 8-bit-activation ops (no-op without the extension): the
+    int8 quantizer (fused C++ transform with a Kronecker transform, like ``quantize_act_int4``; without one the
+    diagonal in torch, then the C++ quantizer, bit-identical) and the W4A8 GEMM (the int4-weight kernels above
+    with int8 activations, bit-exact), also on the prepared layout."""
+    if not ENABLED:
+        return
+
+    @quantize_int8_op.register_kernel("cpu")
+    def _(x, left, right, diag, clip):
+        clip = 1.0 if clip is None else float(clip)
+        if left is not None:
+            return _C.transform_quantize_int8(x, left, right, diag, clip)
+        return _C.quantize_int8(reference.apply_input_transform(x, None, None, diag), clip)
+
+    @w4a8_op.register_kernel("cpu")
+    def _(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype):
+        if x_q.shape[1] != k:
+            raise ValueError(f"w4a8_gemm: x_q has {x_q.shape[1]} columns, expected k={k}")
+        y = _C.w4a8_gemm_f32(x_q.contiguous(), x_scale, w_packed.contiguous(), w_scale.reshape(-1), bias)
+        return y.to(out_dtype)
+
+    @w4a8_prepared_op.register_kernel("cpu")
+    def _(x_q, x_scale, w_prepared, w_scale, bias, n, k, out_dtype):
+        if x_q.shape[1] != k:
+            raise ValueError(f"w4a8_gemm_prepared: x_q has {x_q.shape[1]} columns, expected k={k}")
+        y = _C.w4a8_gemm_prepared_f32(x_q.contiguous(), x_scale, w_prepared, w_scale.reshape(-1), bias, n)
+        return y.to(out_dtype)
+
+
+def int8x4_matmul_int32(x_q: torch.Tensor, w_packed: torch.Tensor) -> torch.Tensor:
+    """The compiled exact int32 accumulators of int8 activations ``[M, K]`` × packed int4 weights
+    ``[N, ceil(K/2)]`` (W4A8), for exactness checks against the reference."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.int8x4_matmul_int32(x_q.contiguous(), w_packed.contiguous())
+
+
+def int8x4_matmul_int32_prepared(x_q: torch.Tensor, w_prepared: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`int8x4_matmul_int32` on prepared weights (:func:`prepare_weight`), for exactness checks."""
+    if _C is None:
+        raise RuntimeError("fair_calib_hf was installed without its native extension")
+    return _C.int8x4_matmul_int32_prepared(x_q.contiguous(), w_prepared, n)
 
 
 def int4_matmul_int32_prepared(x_packed: torch.Tensor, w_prepared: torch.Tensor, n: int) -> torch.Tensor:

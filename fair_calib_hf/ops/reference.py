@@ -29,6 +29,12 @@ one an integer exactly representable in fp32, so an fp32 GEMM over one chunk is 
 Wider codes take proportionally shorter chunks (:func:`exact_chunk`)."""
 
 
+MAX_W8A8_K = (1 << 17) - 1
+"""Largest ``K`` for which an int32 accumulator of int8 × int8 products cannot overflow: every product is at most
+``(−128)² = 2^14``, so ``K`` of them sum to at most ``K · 2^14 ≤ 2^31 − 2^14 < 2^31``; ``K = 2^17`` codes all at
+−128 would reach exactly ``2^31`` (clipped activations do clamp to −128)."""
+
+
 def exact_chunk(x_bits: int, w_bits: int) -> int:
     """K-chunk over which an fp32 GEMM of ``x_bits`` × ``w_bits`` signed codes is exact: the largest ``c`` with
     ``c · 2^(x_bits-1) · 2^(w_bits-1) ≤ 2^24`` (2^18 for int4 × int4, 2^14 for int8 × int4, 2^10 for int8 ×

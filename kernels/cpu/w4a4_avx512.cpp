@@ -1,4 +1,4 @@
-// AVX-512 VNNI int4 GEMM (vpdpbusd). Compiled with function-level target attributes only, so this
+// AVX-512 VNNI GEMM with int4 weights (vpdpbusd), on packed int4 activations (W4A4) or int8 activations (W4A8). Compiled with function-level target attributes only, so this
 // translation unit builds with the default flags and the extension still loads on AVX2-only CPUs; it is
 // called only after a runtime check (w4a4_cpu.cpp).
 //
@@ -17,9 +17,15 @@
 // transpose, then nibble split) and the activations are unpacked to signed bytes in the same quad order
 // (unpack_activations), so both operands pair up code for code.
 //
+// int8 activations (W4A8) take the same kernels: only the per-call activation buffers are filled differently
+// (gather_activations_int8 / gather_activations_dot_int8 put the int8 codes in the order the unpacked int4 codes
+// have), so the weight side, the register tiles, the prepared layout and the epilogue are shared.
+//
 // Exactness. vpdpbusd multiplies unsigned bytes by signed bytes and adds groups of four products straight
 // into int32 lanes (no int16 stage, no saturation in the non-"s" form). Weights are the unsigned operand,
-// offset by 8 (nibble ^ 0x8 = w + 8 in [0, 15]); activations are signed. The offset is removed exactly:
+// offset by 8 (nibble ^ 0x8 = w + 8 in [0, 15]); activations are signed (int4 or int8 codes: a group of four
+// products is at most 4 · 15 · 128 in magnitude, and a row sum stays far below 2^31 for any real K). The offset
+// is removed exactly:
 // sum (w + 8) a = sum w a + 8 sum a, with sum a over the whole row. The K tail is zero-padded to a whole
 // dword of packed bytes: padding activation codes are 0, so their products are 0 whatever the weight. The
 // fp32 epilogue is (float(acc) * sx[m]) * sw[n] (+ bias[n]) in that order, as the reference (setup.py builds
@@ -77,6 +83,33 @@ FC_AVX512_TARGET void unpack_activations(const uint8_t* xq, int64_t kb, int64_t 
         _mm512_storeu_si512(reinterpret_cast<void*>(dst + 2 * k), codes);
       } else {
         _mm512_mask_storeu_epi8(dst + 2 * k, (1ULL << out_bytes) - 1, codes);
+      }
+    }
+    xsum[i] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
+// unpack_activations for int8 codes (W4A8): rows [i0, i1) of x (x.k codes each) into xs in the same order (per
+// dword group g of packed weight bytes: codes 8g, 8g+2, 8g+4, 8g+6, then 8g+1, 8g+3, 8g+5, 8g+7), padding 0.
+FC_AVX512_TARGET void gather_activations_int8(const ActRows& x, int64_t i0, int64_t i1, int8_t* xs, int64_t xstride,
+                                              int32_t* xsum) {
+  const __m512i order = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15));
+  const __m512i ones = _mm512_set1_epi8(1);
+  const int64_t k = x.k;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int8_t* src = x.codes + i * k;
+    int8_t* dst = xs + i * xstride;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t j = 0; j < xstride; j += 64) {
+      const int64_t left = k - j;
+      const __mmask64 mask = left >= 64 ? ~0ULL : (left <= 0 ? 0ULL : (1ULL << left) - 1);
+      const __m512i codes = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask, src + j), order);
+      sum = _mm512_dpbusd_epi32(sum, ones, codes);
+      const int64_t out_bytes = std::min<int64_t>(64, xstride - j);
+      if (out_bytes == 64) {
+        _mm512_storeu_si512(reinterpret_cast<void*>(dst + j), codes);
+      } else {
+        _mm512_mask_storeu_epi8(dst + j, (1ULL << out_bytes) - 1, codes);
       }
     }
     xsum[i] = _mm512_reduce_add_epi32(sum);
@@ -220,6 +253,34 @@ FC_AVX512_TARGET void unpack_activations_dot(const uint8_t* xq, int64_t kb, int6
   }
 }
 
+// unpack_activations_dot for int8 codes (W4A8): per 128 codes, the 64 even codes then the 64 odd ones (the
+// order of the weight rows' low and high nibbles), padding 0.
+FC_AVX512_TARGET void gather_activations_dot_int8(const ActRows& x, int64_t i0, int64_t i1, int8_t* xd,
+                                                  int64_t dstride, int32_t* xsum) {
+  // per 16-byte lane: the 8 even bytes, then the 8 odd ones; then the even / odd qwords of two vectors
+  const __m512i split = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+  const __m512i evens = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odds = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  const __m512i ones = _mm512_set1_epi8(1);
+  const int64_t k = x.k;
+  auto mask_at = [k](int64_t j) -> __mmask64 {
+    const int64_t left = k - j;
+    return left >= 64 ? ~0ULL : (left <= 0 ? 0ULL : (1ULL << left) - 1);
+  };
+  for (int64_t i = i0; i < i1; ++i) {
+    const int8_t* src = x.codes + i * k;
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t j = 0; j < dstride; j += 128) {
+      const __m512i a = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask_at(j), src + j), split);
+      const __m512i b = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask_at(j + 64), src + j + 64), split);
+      sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sum, ones, a), ones, b);
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + j), _mm512_permutex2var_epi64(a, evens, b));
+      _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + j + 64), _mm512_permutex2var_epi64(a, odds, b));
+    }
+    xsum[i] = _mm512_reduce_add_epi32(sum);
+  }
+}
+
 template <int TT>
 FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m, int64_t i0,
                                const uint8_t* wq, int64_t n, int64_t n0, int64_t kb, const GemmOut& ep) {
@@ -266,7 +327,7 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t*
 }
 
 // prepared: the weights already regrouped (vnni_prepack), or nullptr to regroup them per call from wq.
-FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const uint8_t* prepared, int64_t m,
+FC_AVX512_TARGET void gemm_vnni_impl(const ActRows& x, const uint8_t* wq, const uint8_t* prepared, int64_t m,
                                      int64_t n, int64_t kb, int threads, const GemmOut& ep) {
   if (m <= kSmallM && prepared == nullptr) {
     const int64_t dstride = 2 * ((kb + 63) / 64 * 64);
@@ -278,7 +339,13 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
-      for (int64_t i = 0; i < m; i += 4) unpack_activations_dot(xq, kb, i, std::min(m, i + 4), xd, dstride, xsum);
+      for (int64_t i = 0; i < m; i += 4) {
+        if (x.packed != nullptr) {
+          unpack_activations_dot(x.packed, kb, i, std::min(m, i + 4), xd, dstride, xsum);
+        } else {
+          gather_activations_dot_int8(x, i, std::min(m, i + 4), xd, dstride, xsum);
+        }
+      }
 #pragma omp for schedule(static)
       for (int64_t s = 0; s < strips; ++s)
         for (int64_t i0 = 0; i0 < m; i0 += kDt) {
@@ -303,7 +370,13 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < m; i += 16) unpack_activations(xq, kb, i, std::min(m, i + 16), xs, xstride, xsum);
+    for (int64_t i = 0; i < m; i += 16) {
+      if (x.packed != nullptr) {
+        unpack_activations(x.packed, kb, i, std::min(m, i + 16), xs, xstride, xsum);
+      } else {
+        gather_activations_int8(x, i, std::min(m, i + 16), xs, xstride, xsum);
+      }
+    }
     static thread_local std::vector<uint8_t> wb_buf;
     uint8_t* own = prepared == nullptr ? grow_buffer(wb_buf, static_cast<size_t>(wgroups * kNv * 64)) : nullptr;
 #pragma omp for schedule(static)
@@ -331,18 +404,10 @@ FC_AVX512_TARGET void gemm_vnni_impl(const uint8_t* xq, const uint8_t* wq, const
 
 }  // namespace
 
-void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
-                     int threads) {
+void gemm_avx512vnni(const ActRows& x, const uint8_t* wq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
+                     int threads, const GemmOut& out) {
   if (m == 0 || n == 0) return;
-  const GemmOut ep{nullptr, nullptr, nullptr, nullptr, acc};
-  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
-}
-
-void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
-                         const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
-  if (m == 0 || n == 0) return;
-  const GemmOut ep{sx, sw, bias, y, nullptr};
-  gemm_vnni_impl(xq, wq, nullptr, m, n, kb, threads, ep);
+  gemm_vnni_impl(x, wq, prepared, m, n, kb, threads, out);
 }
 
 int64_t vnni_prepared_bytes(int64_t n, int64_t kb) {
@@ -362,12 +427,6 @@ void vnni_unprepack(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq)
     const uint8_t* block = prepared + (c / kNb) * wgroups * kNv * 64 + ((c % kNb) / 16) * 64 + (c % 16) * 4;
     for (int64_t j = 0; j < kb; ++j) wq[c * kb + j] = block[(j / 4) * kNv * 64 + j % 4] ^ 0x88;
   }
-}
-
-void gemm_avx512vnni_prepared(const uint8_t* xq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
-                              int threads, const GemmOut& out) {
-  if (m == 0 || n == 0) return;
-  gemm_vnni_impl(xq, nullptr, prepared, m, n, kb, threads, out);
 }
 
 }  // namespace fair_calib

@@ -1,5 +1,6 @@
-// CPU W4A4 kernels: int4 GEMMs for AVX-512 VNNI (w4a4_avx512.cpp), AVX2 and scalar, chosen at run time
-// (best the CPU supports, or the one forced with set_gemm_isa), and per-row quantization.
+// CPU GEMMs with int4 weights: W4A4 (packed int4 activations) and W4A8 (int8 activations) for AVX-512 VNNI
+// (w4a4_avx512.cpp), AVX2 and scalar, chosen at run time (best the CPU supports, or the one forced with
+// set_gemm_isa), and per-row int4 quantization.
 //
 // Exactness. vpmaddubsw multiplies an unsigned byte by a signed byte and adds adjacent pairs into int16
 // (saturating). The weights are the unsigned operand, offset by 8 (nibble ^ 0x08 = w + 8 in [0, 15]); the
@@ -7,7 +8,9 @@
 // most 15 * 8 = 120 in magnitude, each pair 240, and a 32-byte chunk adds two pairs per lane (480), so 64
 // chunks (4096 codes) fit an int16 lane (30720 < 32767) before widening to int32. The offset is removed
 // exactly: sum (w + 8) a = sum w a + 8 sum a. Low and high nibbles of the two operands pair up directly
-// because both use the same layout (code 2j low, 2j+1 high).
+// because both use the same layout (code 2j low, 2j+1 high). int8 activations (W4A8) are split per 64 codes
+// into their 32 even and 32 odd codes (the weights' low / high nibbles): products up to 15 * 128 = 1920, a chunk
+// adds 4 of them per int16 lane (7680), so the accumulators widen every 4 chunks instead of 64.
 #include "w4a4_cpu.h"
 
 #include <immintrin.h>
@@ -32,6 +35,7 @@ namespace {
 
 constexpr int64_t kChunk = 32;            // bytes per AVX2 vector (64 codes)
 constexpr int64_t kChunksPerWiden = 64;   // int16-safe chunks between widenings (see above)
+constexpr int64_t kChunksPerWiden8 = 4;   // the same with int8 activations: 4 · 2 · 2 · 15 · 128 = 30720
 
 int32_t dot_scalar(const uint8_t* x, const uint8_t* w, int64_t from, int64_t to) {
   int32_t s = 0;
@@ -41,11 +45,21 @@ int32_t dot_scalar(const uint8_t* x, const uint8_t* w, int64_t from, int64_t to)
   return s;
 }
 
-void gemm_scalar(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
-                 int threads) {
+int32_t dot_scalar_int8(const int8_t* x, const uint8_t* w, int64_t k) {
+  int32_t s = 0;
+  for (int64_t j = 0; j < k; ++j) s += x[j] * (j % 2 == 0 ? low_code(w[j / 2]) : high_code(w[j / 2]));
+  return s;
+}
+
+void gemm_scalar(const ActRows& x, const uint8_t* wq, int64_t m, int64_t n, int64_t kb, int threads,
+                 const GemmOut& out) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t i = 0; i < m; ++i) acc[i * n + j] = dot_scalar(xq + i * kb, wq + j * kb, 0, kb);
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t a = x.packed != nullptr ? dot_scalar(x.packed + i * kb, wq + j * kb, 0, kb)
+                                            : dot_scalar_int8(x.codes + i * x.k, wq + j * kb, x.k);
+      out.store(i, j, n, a);
+    }
   }
 }
 
@@ -94,7 +108,43 @@ __attribute__((target("avx2"))) void unpack_activations_avx2(const uint8_t* xq, 
 }
 
 
-template <int TT>
+// unpack_activations_avx2 for int8 codes (W4A8): per 64 codes, the 32 even codes then the 32 odd ones (the
+// order of the weight rows' low and high nibbles), padding 0.
+__attribute__((target("avx2"))) void gather_activations_int8_avx2(const ActRows& x, int64_t i, int8_t* xd,
+                                                                  int64_t dstride, int32_t* xsum) {
+  // per 16-byte lane: the 8 even bytes, then the 8 odd ones
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                         0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const int64_t k = x.k;
+  const int8_t* row = x.codes + i * k;
+  __m256i sum = _mm256_setzero_si256();
+  alignas(32) int8_t tail[2 * kChunk];
+  for (int64_t j = 0; j < dstride; j += 2 * kChunk) {
+    const int8_t* src = row + j;
+    if (j + 2 * kChunk > k) {  // zero-padded copy of the row's last codes: padding codes are 0
+      std::memset(tail, 0, sizeof(tail));
+      if (k > j) std::memcpy(tail, src, static_cast<size_t>(k - j));
+      src = tail;
+    }
+    // qwords (even 0-7 | odd 0-7 | even 8-15 | odd 8-15) of each 32 codes -> (evens | odds)
+    const __m256i a = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)), split), 0xD8);
+    const __m256i b = _mm256_permute4x64_epi64(
+        _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + kChunk)), split), 0xD8);
+    const __m256i even = _mm256_permute2x128_si256(a, b, 0x20), odd = _mm256_permute2x128_si256(a, b, 0x31);
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, even), _mm256_maddubs_epi16(ones8, odd));
+    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones16));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xd + i * dstride + j), even);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xd + i * dstride + j + kChunk), odd);
+  }
+  xsum[i] = hsum_epi32(sum);
+}
+
+// WIDEN: chunks between widenings of the int16 accumulators (kChunksPerWiden for int4 activations,
+// kChunksPerWiden8 for int8 ones).
+template <int TT, int64_t WIDEN>
 __attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m,
                                                int64_t i0, const uint8_t* wq, int64_t n, int64_t n0, int64_t kb,
                                                const GemmOut& out) {
@@ -112,8 +162,8 @@ __attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride
 #pragma GCC unroll 2
     for (int j = 0; j < kAvx2Cn; ++j) c32[t][j] = _mm256_setzero_si256();
   const int64_t chunks = (kb + kChunk - 1) / kChunk;
-  for (int64_t c0 = 0; c0 < chunks; c0 += kChunksPerWiden) {
-    const int64_t c1 = std::min(chunks, c0 + kChunksPerWiden);
+  for (int64_t c0 = 0; c0 < chunks; c0 += WIDEN) {
+    const int64_t c1 = std::min(chunks, c0 + WIDEN);
     __m256i c16[TT][kAvx2Cn];
 #pragma GCC unroll 4
     for (int t = 0; t < TT; ++t)
@@ -161,7 +211,21 @@ __attribute__((target("avx2"))) void avx2_tile(const int8_t* xd, int64_t dstride
   }
 }
 
-__attribute__((target("avx2"))) void gemm_avx2(const uint8_t* xq, const uint8_t* wq, int64_t m, int64_t n,
+template <int64_t WIDEN>
+__attribute__((target("avx2"))) void avx2_tiles(const int8_t* xd, int64_t dstride, const int32_t* xsum, int64_t m,
+                                                const uint8_t* wq, int64_t n, int64_t kb, int64_t tb, int64_t s,
+                                                const GemmOut& out) {
+  const int64_t t_end = std::min(m, (tb + 1) * kAvx2Mb);
+  for (int64_t i0 = tb * kAvx2Mb; i0 < t_end; i0 += kAvx2Tt) {
+    switch (std::min<int64_t>(kAvx2Tt, t_end - i0)) {
+      case 1: avx2_tile<1, WIDEN>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
+      case 2: avx2_tile<2, WIDEN>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
+      default: avx2_tile<kAvx2Tt, WIDEN>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out);
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void gemm_avx2(const ActRows& x, const uint8_t* wq, int64_t m, int64_t n,
                                                int64_t kb, int threads, const GemmOut& out) {
   if (m == 0 || n == 0) return;
   const int64_t dstride = 2 * ((kb + kChunk - 1) / kChunk * kChunk);
@@ -170,20 +234,24 @@ __attribute__((target("avx2"))) void gemm_avx2(const uint8_t* xq, const uint8_t*
   int8_t* xd = grow_buffer(xd_buf, static_cast<size_t>(m * dstride));
   int32_t* xsum = grow_buffer(xsum_buf, static_cast<size_t>(m));
   const int64_t tblocks = (m + kAvx2Mb - 1) / kAvx2Mb, strips = (n + kAvx2Cn - 1) / kAvx2Cn;
+  const bool int8 = x.packed == nullptr;
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < m; ++i) unpack_activations_avx2(xq, kb, i, xd, dstride, xsum);
+    for (int64_t i = 0; i < m; ++i) {
+      if (int8) {
+        gather_activations_int8_avx2(x, i, xd, dstride, xsum);
+      } else {
+        unpack_activations_avx2(x.packed, kb, i, xd, dstride, xsum);
+      }
+    }
 #pragma omp for collapse(2) schedule(static)
     for (int64_t tb = 0; tb < tblocks; ++tb) {
       for (int64_t s = 0; s < strips; ++s) {
-        const int64_t t_end = std::min(m, (tb + 1) * kAvx2Mb);
-        for (int64_t i0 = tb * kAvx2Mb; i0 < t_end; i0 += kAvx2Tt) {
-          switch (std::min<int64_t>(kAvx2Tt, t_end - i0)) {
-            case 1: avx2_tile<1>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
-            case 2: avx2_tile<2>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out); break;
-            default: avx2_tile<kAvx2Tt>(xd, dstride, xsum, t_end, i0, wq, n, s * kAvx2Cn, kb, out);
-          }
+        if (int8) {
+          avx2_tiles<kChunksPerWiden8>(xd, dstride, xsum, m, wq, n, kb, tb, s, out);
+        } else {
+          avx2_tiles<kChunksPerWiden>(xd, dstride, xsum, m, wq, n, kb, tb, s, out);
         }
       }
     }
@@ -255,41 +323,45 @@ int set_gemm_isa(const char* name) {
   return -1;
 }
 
+namespace {
+
+// The GEMM on the current instruction set, with the weights packed (prepared == nullptr) or prepared (VNNI reads
+// them directly; the others unprepare a temporary copy).
+void gemm_dispatch(const ActRows& x, const uint8_t* wq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
+                   int threads, const GemmOut& out) {
+  if (threads <= 0) threads = default_threads();
+  const int isa = current_isa();
+  if (isa == kAvx512Vnni) {
+    gemm_avx512vnni(x, wq, prepared, m, n, kb, threads, out);
+    return;
+  }
+  std::vector<uint8_t> copy;
+  if (prepared != nullptr) {
+    copy.resize(static_cast<size_t>(n * kb));
+    vnni_unprepack(prepared, n, kb, copy.data());
+    wq = copy.data();
+  }
+  if (isa == kAvx2) {
+    gemm_avx2(x, wq, m, n, kb, threads, out);
+  } else {
+    gemm_scalar(x, wq, m, n, kb, threads, out);
+  }
+}
+
+ActRows packed_rows(const uint8_t* xq) { return ActRows{xq, nullptr, 0}; }
+ActRows int8_rows(const int8_t* xq, int64_t k) { return ActRows{nullptr, xq, k}; }
+GemmOut to_acc(int32_t* acc) { return GemmOut{nullptr, nullptr, nullptr, nullptr, acc}; }
+
+}  // namespace
+
 void int4_gemm_acc(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
                    int threads) {
-  if (threads <= 0) threads = default_threads();
-  switch (current_isa()) {
-    case kAvx512Vnni:
-      gemm_avx512vnni(xq, wq, acc, m, n, kb, threads);
-      break;
-    case kAvx2: {
-      const GemmOut out{nullptr, nullptr, nullptr, nullptr, acc};
-      gemm_avx2(xq, wq, m, n, kb, threads, out);
-      break;
-    }
-    default:
-      gemm_scalar(xq, wq, acc, m, n, kb, threads);
-  }
+  gemm_dispatch(packed_rows(xq), wq, nullptr, m, n, kb, threads, to_acc(acc));
 }
 
 void w4a4_gemm_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
                    float* y, int64_t m, int64_t n, int64_t kb, int threads) {
-  if (threads <= 0) threads = default_threads();
-  if (current_isa() == kAvx512Vnni) {  // epilogue fused into the GEMM's register tiles
-    gemm_avx512vnni_f32(xq, sx, wq, sw, bias, y, m, n, kb, threads);
-    return;
-  }
-  const GemmOut out{sx, sw, bias, y, nullptr};
-  if (current_isa() == kAvx2) {
-    gemm_avx2(xq, wq, m, n, kb, threads, out);
-    return;
-  }
-  std::unique_ptr<int32_t[]> acc(new int32_t[static_cast<size_t>(m * n)]);  // every entry is written
-  int4_gemm_acc(xq, wq, acc.get(), m, n, kb, threads);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < n; ++j) out.store(i, j, n, acc[i * n + j]);
-  }
+  gemm_dispatch(packed_rows(xq), wq, nullptr, m, n, kb, threads, GemmOut{sx, sw, bias, y, nullptr});
 }
 
 int64_t prepared_weight_bytes(int64_t n, int64_t kb) { return vnni_prepared_bytes(n, kb); }
@@ -307,26 +379,55 @@ void unprepare_weight(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* w
 
 void int4_gemm_acc_prepared(const uint8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
                             int64_t kb, int threads) {
-  if (threads <= 0) threads = default_threads();
-  if (current_isa() == kAvx512Vnni) {
-    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{nullptr, nullptr, nullptr, nullptr, acc});
-    return;
-  }
-  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
-  vnni_unprepack(prepared, n, kb, wq.data());
-  int4_gemm_acc(xq, wq.data(), acc, m, n, kb, threads);
+  gemm_dispatch(packed_rows(xq), nullptr, prepared, m, n, kb, threads, to_acc(acc));
 }
 
 void w4a4_gemm_prepared_f32(const uint8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
                             const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads) {
+  gemm_dispatch(packed_rows(xq), nullptr, prepared, m, n, kb, threads, GemmOut{sx, sw, bias, y, nullptr});
+}
+
+void int8x4_gemm_acc(const int8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k,
+                     int threads) {
+  gemm_dispatch(int8_rows(xq, k), wq, nullptr, m, n, (k + 1) / 2, threads, to_acc(acc));
+}
+
+void w4a8_gemm_f32(const int8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
+                   float* y, int64_t m, int64_t n, int64_t k, int threads) {
+  gemm_dispatch(int8_rows(xq, k), wq, nullptr, m, n, (k + 1) / 2, threads, GemmOut{sx, sw, bias, y, nullptr});
+}
+
+void int8x4_gemm_acc_prepared(const int8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
+                              int64_t k, int threads) {
+  gemm_dispatch(int8_rows(xq, k), nullptr, prepared, m, n, (k + 1) / 2, threads, to_acc(acc));
+}
+
+void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
+                            const float* bias, float* y, int64_t m, int64_t n, int64_t k, int threads) {
+  gemm_dispatch(int8_rows(xq, k), nullptr, prepared, m, n, (k + 1) / 2, threads, GemmOut{sx, sw, bias, y, nullptr});
+}
+
+int w8a8_gemm_acc(const int8_t* xq, const int8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k, int threads) {
+  if (current_isa() != kAvx512Vnni) return -2;
+  gemm_w8a8_avx512vnni(xq, wq, m, n, k, threads <= 0 ? default_threads() : threads, to_acc(acc));
+  return 0;
+}
+
+int w8a8_gemm_f32(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, const float* bias, float* y,
+                  int64_t m, int64_t n, int64_t k, int threads) {
+  if (current_isa() != kAvx512Vnni) return -2;
+  gemm_w8a8_avx512vnni(xq, wq, m, n, k, threads <= 0 ? default_threads() : threads, GemmOut{sx, sw, bias, y, nullptr});
+  return 0;
+}
+
+void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
+                        int64_t n, int threads) {
   if (threads <= 0) threads = default_threads();
-  if (current_isa() == kAvx512Vnni) {
-    gemm_avx512vnni_prepared(xq, prepared, m, n, kb, threads, GemmOut{sx, sw, bias, y, nullptr});
-    return;
+  const GemmOut out{sx, sw, bias, y, nullptr};
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) out.store(i, j, n, acc[i * n + j]);  // reads each entry before writing it
   }
-  std::vector<uint8_t> wq(static_cast<size_t>(n * kb));
-  vnni_unprepack(prepared, n, kb, wq.data());
-  w4a4_gemm_f32(xq, sx, wq.data(), sw, bias, y, m, n, kb, threads);
 }
 
 int current_isa_level() { return current_isa(); }

@@ -1,5 +1,5 @@
-// CPU W4A4 kernels: plain C++ entry points on raw pointers (row-major, contiguous). `threads` <= 0 means
-// the OpenMP default.
+// CPU kernels with int4 weights (W4A4, W4A8) and the int8 activation quantizer (W4A8, W8A8): plain C++ entry
+// points on raw pointers (row-major, contiguous). `threads` <= 0 means the OpenMP default.
 #pragma once
 #include <cstdint>
 
@@ -37,6 +37,41 @@ void int4_gemm_acc_prepared(const uint8_t* xq, const uint8_t* prepared, int32_t*
                             int64_t kb, int threads);
 void w4a4_gemm_prepared_f32(const uint8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
                             const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads);
+
+// W4A8: int8 activation codes xq [m, k] (one signed byte each) × packed int4 weights wq [n, ceil(k/2)]; the
+// same kernels, accumulators and epilogue as the W4A4 GEMM (exact int32, then (acc * sx[m]) * sw[n] (+ bias)).
+void int8x4_gemm_acc(const int8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k,
+                     int threads);
+void w4a8_gemm_f32(const int8_t* xq, const float* sx, const uint8_t* wq, const float* sw, const float* bias,
+                   float* y, int64_t m, int64_t n, int64_t k, int threads);
+// The same on weights in the prepared layout (prepare_weight of the packed [n, ceil(k/2)] codes).
+void int8x4_gemm_acc_prepared(const int8_t* xq, const uint8_t* prepared, int32_t* acc, int64_t m, int64_t n,
+                              int64_t k, int threads);
+void w4a8_gemm_prepared_f32(const int8_t* xq, const float* sx, const uint8_t* prepared, const float* sw,
+                            const float* bias, float* y, int64_t m, int64_t n, int64_t k, int threads);
+
+// The fp32 epilogue alone on exact int32 accumulators acc [m, n] (e.g. from torch._int_mm, W8A8): y[m, n] =
+// (float(acc) * sx[m]) * sw[n] (+ bias[n]), in that order. y may be acc itself (in place: each entry is read
+// before it is written).
+void int32_epilogue_f32(const int32_t* acc, const float* sx, const float* sw, const float* bias, float* y, int64_t m,
+                        int64_t n, int threads);
+
+// W8A8 for few tokens on AVX-512 VNNI (w8a8_avx512.cpp): int8 xq [m, k] × int8 wq [n, k], exact int32
+// accumulators (acc) or with the fp32 epilogue (y). Return 0, or -2 (nothing written) when the GEMM's instruction
+// set is not AVX-512 VNNI (the caller then runs torch._int_mm).
+int w8a8_gemm_acc(const int8_t* xq, const int8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t k, int threads);
+int w8a8_gemm_f32(const int8_t* xq, const float* sx, const int8_t* wq, const float* sw, const float* bias, float* y,
+                  int64_t m, int64_t n, int64_t k, int threads);
+
+// Per-row symmetric int8 quantization of x [m, k] (fp32, a8_quantize.cpp): codes [m, k], scale [m]
+// (s = (absmax * clip) / 127, 1 for a zero row; q = clamp(rint(x / s), -128, 127)).
+void quantize_int8_rows(const float* x, float clip, int8_t* codes, float* scale, int64_t m, int64_t k,
+                        int threads);
+
+// transform_quantize_rows with int8 codes (quantize_int8_rows) in place of packed int4 codes.
+void transform_quantize_rows_int8(const float* x, int64_t m, int64_t a, int64_t b, const float* left,
+                                  const float* right, const float* diag, float clip, int8_t* codes, float* scale,
+                                  int threads);
 
 // Name of the instruction set the GEMM uses ("avx512vnni", "avx2" or "scalar"): the best this CPU
 // supports unless another one was forced with set_gemm_isa.

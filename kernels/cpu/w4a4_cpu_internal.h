@@ -34,13 +34,24 @@ T* grow_buffer(std::vector<T>& v, size_t size) {
   return v.data();
 }
 
-// AVX-512 VNNI GEMM (w4a4_avx512.cpp). Call only when cpu_has_avx512vnni() is true.
-void gemm_avx512vnni(const uint8_t* xq, const uint8_t* wq, int32_t* acc, int64_t m, int64_t n, int64_t kb,
-                     int threads);
+// The activation operand of a GEMM with int4 weights: packed int4 codes (W4A4: `packed`, kb bytes per row, the
+// weights' packed width) or int8 codes (W4A8: `codes`, k bytes per row, kb = ceil(k/2)); the other is null.
+struct ActRows {
+  const uint8_t* packed;
+  const int8_t* codes;
+  int64_t k;  // codes per row of `codes` (unused for packed rows)
+};
 
-// The same GEMM with the fp32 epilogue fused: y[m, n] = (float(acc) * sx[m]) * sw[n] (+ bias[n]).
-void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, const float* sw,
-                         const float* bias, float* y, int64_t m, int64_t n, int64_t kb, int threads);
+// AVX-512 VNNI GEMM (w4a4_avx512.cpp), result through `out` (int32 accumulators or the fused fp32 epilogue), on
+// the packed weights wq [n, kb] or, when `prepared` is not null, on the prepared layout (vnni_prepack). Call
+// only when the CPU has AVX-512 VNNI.
+void gemm_avx512vnni(const ActRows& x, const uint8_t* wq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
+                     int threads, const GemmOut& out);
+
+// AVX-512 VNNI W8A8 GEMM for few tokens (w8a8_avx512.cpp): int8 xq [m, k] × int8 wq [n, k], result through `out`.
+// Call only when the CPU has AVX-512 VNNI.
+void gemm_w8a8_avx512vnni(const int8_t* xq, const int8_t* wq, int64_t m, int64_t n, int64_t k, int threads,
+                          const GemmOut& out);
 
 // The weights regrouped once for the VNNI GEMM (the layout gemm_vnni_impl regroups per call): per block of 64
 // output channels (the last block padded by repeating row n-1), per dword group g of packed bytes (codes
@@ -51,8 +62,6 @@ void gemm_avx512vnni_f32(const uint8_t* xq, const float* sx, const uint8_t* wq, 
 int64_t vnni_prepared_bytes(int64_t n, int64_t kb);
 void vnni_prepack(const uint8_t* wq, int64_t n, int64_t kb, uint8_t* out, int threads);
 void vnni_unprepack(const uint8_t* prepared, int64_t n, int64_t kb, uint8_t* wq);
-void gemm_avx512vnni_prepared(const uint8_t* xq, const uint8_t* prepared, int64_t m, int64_t n, int64_t kb,
-                              int threads, const GemmOut& out);
 
 // The GEMM's instruction set now: 0 scalar, 1 AVX2, 2 AVX-512 VNNI (w4a4_cpu.cpp); the transform follows it.
 int current_isa_level();
@@ -63,5 +72,9 @@ int default_cpu_threads();
 // Symmetric int4 quantization and packing of one fp32 row of k values: packed[ceil(k/2)], *scale
 // (w4a4_quantize.cpp; vectorized for the current instruction set, bit-identical to the scalar rule).
 void quantize_pack_row(const float* row, int64_t k, float clip, uint8_t* packed, float* scale);
+
+// Symmetric int8 quantization of one fp32 row of k values: codes[k], *scale (a8_quantize.cpp; vectorized for
+// the current instruction set, bit-identical to the scalar rule).
+void quantize_int8_row(const float* row, int64_t k, float clip, int8_t* codes, float* scale);
 
 }  // namespace fair_calib

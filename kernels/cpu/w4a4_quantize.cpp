@@ -1,5 +1,6 @@
 // Activation side of the CPU W4A4 layer: per-token int4 quantization and packing, and the fused online
-// Kronecker transform + quantization, one token at a time with everything in cache:
+// Kronecker transform + quantization (int4 for W4A4, int8 for W4A8 / W8A8: the int8 row quantizer is in
+// a8_quantize.cpp), one token at a time with everything in cache:
 //
 //   X = row reshaped row-major to [a, b] (times diag, if any);  T = X · R;  Z = Lᵀ · T;  quantize vec(Z).
 //
@@ -248,11 +249,14 @@ void quantize_pack_row(const float* row, int64_t k, float clip, uint8_t* packed,
   }
 }
 
-void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, const float* left,
-                             const float* right, const float* diag, float clip, uint8_t* packed, float* scale,
-                             int threads) {
+namespace {
+
+// The fused transform for every row of x, then quantize(i, z) on the transformed row z (k fp32 values).
+template <class Quantize>
+void transform_rows(const float* x, int64_t m, int64_t a, int64_t b, const float* left, const float* right,
+                    const float* diag, int threads, Quantize quantize) {
   if (threads <= 0) threads = default_cpu_threads();
-  const int64_t k = a * b, kb = (k + 1) / 2;
+  const int64_t k = a * b;
   const int isa = current_isa_level();
   const SmallGemm gemm = isa >= 2 ? small_gemm_avx512 : (isa == 1 ? small_gemm_avx2 : small_gemm_scalar);
 #pragma omp parallel num_threads(threads)
@@ -271,9 +275,27 @@ void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, co
       }
       gemm(row, b, 1, right, t, a, b, b);     // T = X · R       (A(i, p) = X[i, p])
       gemm(left, 1, a, t, z, a, a, b);  // Z = Lᵀ · T      (A(i, p) = L[p, i])
-      quantize_pack_row(z, k, clip, packed + i * kb, scale + i);
+      quantize(i, z);
     }
   }
+}
+
+}  // namespace
+
+void transform_quantize_rows(const float* x, int64_t m, int64_t a, int64_t b, const float* left,
+                             const float* right, const float* diag, float clip, uint8_t* packed, float* scale,
+                             int threads) {
+  const int64_t k = a * b, kb = (k + 1) / 2;
+  transform_rows(x, m, a, b, left, right, diag, threads,
+                 [=](int64_t i, const float* z) { quantize_pack_row(z, k, clip, packed + i * kb, scale + i); });
+}
+
+void transform_quantize_rows_int8(const float* x, int64_t m, int64_t a, int64_t b, const float* left,
+                                  const float* right, const float* diag, float clip, int8_t* codes, float* scale,
+                                  int threads) {
+  const int64_t k = a * b;
+  transform_rows(x, m, a, b, left, right, diag, threads,
+                 [=](int64_t i, const float* z) { quantize_int8_row(z, k, clip, codes + i * k, scale + i); });
 }
 
 }  // namespace fair_calib
