@@ -19,6 +19,50 @@ void check_packed(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous 2-D tensor");
 }
 
+// The fp32 epilogue's operands: x scale [m], w scale [n], bias [n] (optional), all as contiguous fp32.
+struct Epilogue {
+  torch::Tensor sx, sw, bias;
+  Epilogue(const torch::Tensor& sx_, const torch::Tensor& sw_, const c10::optional<torch::Tensor>& bias_, int64_t m,
+           int64_t n)
+      : sx(sx_.to(torch::kFloat32).contiguous()), sw(sw_.to(torch::kFloat32).contiguous()) {
+    TORCH_CHECK(sx.numel() == m && sw.numel() == n, "scale sizes do not match M and N");
+    if (bias_.has_value()) {
+      bias = bias_->to(torch::kFloat32).contiguous();
+      TORCH_CHECK(bias.numel() == n, "bias size does not match N");
+    }
+  }
+  const float* bias_ptr() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+};
+
+// The activation rows [m, k] to quantize, as contiguous fp32, and the fused online transform's operands when
+// there is one: left [a, a], right [b, b] with a·b == k, diag [k] (optional), all as contiguous fp32.
+struct QuantInput {
+  torch::Tensor x, left, right, diag;
+  int64_t m, k, a = 0, b = 0;
+  explicit QuantInput(const torch::Tensor& x_) {
+    TORCH_CHECK(x_.device().is_cpu() && x_.dim() == 2, "x must be a 2-D CPU tensor");
+    x = x_.to(torch::kFloat32).contiguous();
+    m = x.size(0);
+    k = x.size(1);
+  }
+  QuantInput(const torch::Tensor& x_, const torch::Tensor& left_, const torch::Tensor& right_,
+             const c10::optional<torch::Tensor>& diag_)
+      : QuantInput(x_) {
+    left = left_.to(torch::kFloat32).contiguous();
+    right = right_.to(torch::kFloat32).contiguous();
+    a = left.size(0);
+    b = right.size(0);
+    TORCH_CHECK(left.dim() == 2 && left.size(1) == a && right.dim() == 2 && right.size(1) == b,
+                "left and right must be square matrices");
+    TORCH_CHECK(a * b == k, "Kronecker factors ", a, "x", b, " do not multiply to the input width ", k);
+    if (diag_.has_value()) {
+      diag = diag_->to(torch::kFloat32).contiguous();
+      TORCH_CHECK(diag.numel() == k, "diag has ", diag.numel(), " entries, expected ", k);
+    }
+  }
+  const float* diag_ptr() const { return diag.defined() ? diag.data_ptr<float>() : nullptr; }
+};
+
 torch::Tensor int4_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
   check_packed(xq, "x_packed");
   check_packed(wq, "w_packed");
@@ -34,29 +78,20 @@ torch::Tensor w4a4_gemm_f32(const torch::Tensor& xq, const torch::Tensor& sx, co
   check_packed(xq, "x_packed");
   check_packed(wq, "w_packed");
   TORCH_CHECK(xq.size(1) == wq.size(1), "packed widths differ: ", xq.size(1), " vs ", wq.size(1));
-  auto sx32 = sx.to(torch::kFloat32).contiguous();
-  auto sw32 = sw.to(torch::kFloat32).contiguous();
-  TORCH_CHECK(sx32.numel() == xq.size(0) && sw32.numel() == wq.size(0), "scale sizes do not match M and N");
-  torch::Tensor b32;
-  if (bias.has_value()) {
-    b32 = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(b32.numel() == wq.size(0), "bias size does not match N");
-  }
+  const Epilogue ep(sx, sw, bias, xq.size(0), wq.size(0));
   auto y = torch::empty({xq.size(0), wq.size(0)}, torch::dtype(torch::kFloat32));
-  fair_calib::w4a4_gemm_f32(xq.data_ptr<uint8_t>(), sx32.data_ptr<float>(), wq.data_ptr<uint8_t>(),
-                            sw32.data_ptr<float>(), bias.has_value() ? b32.data_ptr<float>() : nullptr,
-                            y.data_ptr<float>(), xq.size(0), wq.size(0), xq.size(1), at::get_num_threads());
+  fair_calib::w4a4_gemm_f32(xq.data_ptr<uint8_t>(), ep.sx.data_ptr<float>(), wq.data_ptr<uint8_t>(),
+                            ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0), wq.size(0),
+                            xq.size(1), at::get_num_threads());
   return y;
 }
 
 std::tuple<torch::Tensor, torch::Tensor> quantize_pack(const torch::Tensor& x, double clip) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
-  auto x32 = x.to(torch::kFloat32).contiguous();
-  const int64_t m = x32.size(0), k = x32.size(1);
-  auto packed = torch::empty({m, (k + 1) / 2}, torch::dtype(torch::kUInt8));
-  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
-  fair_calib::quantize_pack_rows(x32.data_ptr<float>(), static_cast<float>(clip), packed.data_ptr<uint8_t>(),
-                                 scale.data_ptr<float>(), m, k, at::get_num_threads());
+  const QuantInput in(x);
+  auto packed = torch::empty({in.m, (in.k + 1) / 2}, torch::dtype(torch::kUInt8));
+  auto scale = torch::empty({in.m}, torch::dtype(torch::kFloat32));
+  fair_calib::quantize_pack_rows(in.x.data_ptr<float>(), static_cast<float>(clip), packed.data_ptr<uint8_t>(),
+                                 scale.data_ptr<float>(), in.m, in.k, at::get_num_threads());
   return {packed, scale};
 }
 
@@ -64,23 +99,11 @@ std::tuple<torch::Tensor, torch::Tensor> transform_quantize_pack(const torch::Te
                                                                 const torch::Tensor& right,
                                                                 const c10::optional<torch::Tensor>& diag,
                                                                 double clip) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
-  auto x32 = x.to(torch::kFloat32).contiguous();
-  auto l32 = left.to(torch::kFloat32).contiguous();
-  auto r32 = right.to(torch::kFloat32).contiguous();
-  const int64_t m = x32.size(0), k = x32.size(1), a = l32.size(0), b = r32.size(0);
-  TORCH_CHECK(l32.dim() == 2 && l32.size(1) == a && r32.dim() == 2 && r32.size(1) == b,
-              "left and right must be square matrices");
-  TORCH_CHECK(a * b == k, "Kronecker factors ", a, "x", b, " do not multiply to the input width ", k);
-  torch::Tensor d32;
-  if (diag.has_value()) {
-    d32 = diag->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(d32.numel() == k, "diag has ", d32.numel(), " entries, expected ", k);
-  }
-  auto packed = torch::empty({m, (k + 1) / 2}, torch::dtype(torch::kUInt8));
-  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
-  fair_calib::transform_quantize_rows(x32.data_ptr<float>(), m, a, b, l32.data_ptr<float>(), r32.data_ptr<float>(),
-                                      diag.has_value() ? d32.data_ptr<float>() : nullptr, static_cast<float>(clip),
+  const QuantInput in(x, left, right, diag);
+  auto packed = torch::empty({in.m, (in.k + 1) / 2}, torch::dtype(torch::kUInt8));
+  auto scale = torch::empty({in.m}, torch::dtype(torch::kFloat32));
+  fair_calib::transform_quantize_rows(in.x.data_ptr<float>(), in.m, in.a, in.b, in.left.data_ptr<float>(),
+                                      in.right.data_ptr<float>(), in.diag_ptr(), static_cast<float>(clip),
                                       packed.data_ptr<uint8_t>(), scale.data_ptr<float>(), at::get_num_threads());
   return {packed, scale};
 }
@@ -124,18 +147,11 @@ torch::Tensor w4a4_gemm_prepared_f32(const torch::Tensor& xq, const torch::Tenso
                                      const torch::Tensor& sw, const c10::optional<torch::Tensor>& bias, int64_t n) {
   check_packed(xq, "x_packed");
   check_prepared(prepared, n, xq.size(1));
-  auto sx32 = sx.to(torch::kFloat32).contiguous();
-  auto sw32 = sw.to(torch::kFloat32).contiguous();
-  TORCH_CHECK(sx32.numel() == xq.size(0) && sw32.numel() == n, "scale sizes do not match M and N");
-  torch::Tensor b32;
-  if (bias.has_value()) {
-    b32 = bias->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(b32.numel() == n, "bias size does not match N");
-  }
+  const Epilogue ep(sx, sw, bias, xq.size(0), n);
   auto y = torch::empty({xq.size(0), n}, torch::dtype(torch::kFloat32));
-  fair_calib::w4a4_gemm_prepared_f32(xq.data_ptr<uint8_t>(), sx32.data_ptr<float>(), prepared.data_ptr<uint8_t>(),
-                                     sw32.data_ptr<float>(), bias.has_value() ? b32.data_ptr<float>() : nullptr,
-                                     y.data_ptr<float>(), xq.size(0), n, xq.size(1), at::get_num_threads());
+  fair_calib::w4a4_gemm_prepared_f32(xq.data_ptr<uint8_t>(), ep.sx.data_ptr<float>(), prepared.data_ptr<uint8_t>(),
+                                     ep.sw.data_ptr<float>(), ep.bias_ptr(), y.data_ptr<float>(), xq.size(0), n,
+                                     xq.size(1), at::get_num_threads());
   return y;
 }
 
@@ -144,21 +160,6 @@ void check_int8(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == torch::kInt8, name, " must be int8, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous 2-D tensor");
 }
-
-// The fp32 epilogue's operands: x scale [m], w scale [n], bias [n] (optional), all as contiguous fp32.
-struct Epilogue {
-  torch::Tensor sx, sw, bias;
-  Epilogue(const torch::Tensor& sx_, const torch::Tensor& sw_, const c10::optional<torch::Tensor>& bias_, int64_t m,
-           int64_t n)
-      : sx(sx_.to(torch::kFloat32).contiguous()), sw(sw_.to(torch::kFloat32).contiguous()) {
-    TORCH_CHECK(sx.numel() == m && sw.numel() == n, "scale sizes do not match M and N");
-    if (bias_.has_value()) {
-      bias = bias_->to(torch::kFloat32).contiguous();
-      TORCH_CHECK(bias.numel() == n, "bias size does not match N");
-    }
-  }
-  const float* bias_ptr() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
-};
 
 torch::Tensor int8x4_matmul_int32(const torch::Tensor& xq, const torch::Tensor& wq) {
   check_int8(xq, "x_q");
@@ -247,13 +248,11 @@ torch::Tensor int32_epilogue_(torch::Tensor acc, const torch::Tensor& sx, const 
 }
 
 std::tuple<torch::Tensor, torch::Tensor> quantize_int8(const torch::Tensor& x, double clip) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
-  auto x32 = x.to(torch::kFloat32).contiguous();
-  const int64_t m = x32.size(0), k = x32.size(1);
-  auto codes = torch::empty({m, k}, torch::dtype(torch::kInt8));
-  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
-  fair_calib::quantize_int8_rows(x32.data_ptr<float>(), static_cast<float>(clip), codes.data_ptr<int8_t>(),
-                                 scale.data_ptr<float>(), m, k, at::get_num_threads());
+  const QuantInput in(x);
+  auto codes = torch::empty({in.m, in.k}, torch::dtype(torch::kInt8));
+  auto scale = torch::empty({in.m}, torch::dtype(torch::kFloat32));
+  fair_calib::quantize_int8_rows(in.x.data_ptr<float>(), static_cast<float>(clip), codes.data_ptr<int8_t>(),
+                                 scale.data_ptr<float>(), in.m, in.k, at::get_num_threads());
   return {codes, scale};
 }
 
@@ -261,25 +260,12 @@ std::tuple<torch::Tensor, torch::Tensor> transform_quantize_int8(const torch::Te
                                                                 const torch::Tensor& right,
                                                                 const c10::optional<torch::Tensor>& diag,
                                                                 double clip) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "x must be a 2-D CPU tensor");
-  auto x32 = x.to(torch::kFloat32).contiguous();
-  auto l32 = left.to(torch::kFloat32).contiguous();
-  auto r32 = right.to(torch::kFloat32).contiguous();
-  const int64_t m = x32.size(0), k = x32.size(1), a = l32.size(0), b = r32.size(0);
-  TORCH_CHECK(l32.dim() == 2 && l32.size(1) == a && r32.dim() == 2 && r32.size(1) == b,
-              "left and right must be square matrices");
-  TORCH_CHECK(a * b == k, "Kronecker factors ", a, "x", b, " do not multiply to the input width ", k);
-  torch::Tensor d32;
-  if (diag.has_value()) {
-    d32 = diag->to(torch::kFloat32).contiguous();
-    TORCH_CHECK(d32.numel() == k, "diag has ", d32.numel(), " entries, expected ", k);
-  }
-  auto codes = torch::empty({m, k}, torch::dtype(torch::kInt8));
-  auto scale = torch::empty({m}, torch::dtype(torch::kFloat32));
-  fair_calib::transform_quantize_rows_int8(x32.data_ptr<float>(), m, a, b, l32.data_ptr<float>(),
-                                           r32.data_ptr<float>(), diag.has_value() ? d32.data_ptr<float>() : nullptr,
-                                           static_cast<float>(clip), codes.data_ptr<int8_t>(), scale.data_ptr<float>(),
-                                           at::get_num_threads());
+  const QuantInput in(x, left, right, diag);
+  auto codes = torch::empty({in.m, in.k}, torch::dtype(torch::kInt8));
+  auto scale = torch::empty({in.m}, torch::dtype(torch::kFloat32));
+  fair_calib::transform_quantize_rows_int8(in.x.data_ptr<float>(), in.m, in.a, in.b, in.left.data_ptr<float>(),
+                                           in.right.data_ptr<float>(), in.diag_ptr(), static_cast<float>(clip),
+                                           codes.data_ptr<int8_t>(), scale.data_ptr<float>(), at::get_num_threads());
   return {codes, scale};
 }
 

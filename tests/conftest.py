@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,17 @@ CALIB_TEXTS = [
 
 CPU_ISAS = ["scalar", "avx2", "avx512vnni"]
 """The compiled CPU GEMM's instruction sets (``fair_calib_hf.ops.cpu.set_isa``)."""
+
+
+def skip_without_cpu_extension():
+    """Skip the calling test module when ``fair_calib_hf._C`` is not built; an error instead under
+    FAIR_CALIB_REQUIRE_EXT=1 (set by tests/run.sh, so CI fails if the build silently fell back)."""
+    from fair_calib_hf.ops import cpu
+
+    if cpu._C is None:
+        if os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
+            raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1 but fair_calib_hf._C is not built")
+        pytest.skip("native extension not built", allow_module_level=True)
 
 
 @pytest.fixture(params=CPU_ISAS)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CPU_ISAS as ISAS
+from conftest import CPU_ISAS as ISAS, skip_without_cpu_extension
 
 from fair_calib_hf import W4A4Linear, ops
 from fair_calib_hf.calibration.transforms import kronecker_factors
@@ -16,10 +16,7 @@ from fair_calib_hf.ops import cpu, reference
 from fair_calib_hf.ops.exactness import assert_quantize_act_close
 from fair_calib_hf.packing import pack_int4, unpack_int4
 
-if cpu._C is None:
-    if os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
-        raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1 but fair_calib_hf._C is not built")
-    pytest.skip("native extension not built", allow_module_level=True)
+skip_without_cpu_extension()
 
 SHAPES = [(1, 1, 1), (1, 7, 64), (3, 5, 7), (17, 9, 64), (5, 33, 257), (4, 8, 4096), (4, 8, 4226), (2, 3, 9000),
           (33, 130, 200), (7, 6, 127), (9, 5, 129), (70, 3, 255), (1, 37, 130), (150, 37, 333)]

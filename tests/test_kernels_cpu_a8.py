@@ -5,10 +5,10 @@ instruction set this CPU can run, with tails in M, N and K and the extreme codes
 both modules end to end. Skipped when the package was installed without its native extension, unless
 FAIR_CALIB_REQUIRE_EXT=1 (tests/run.sh)."""
 import copy
-import os
 
 import pytest
 import torch
+from conftest import skip_without_cpu_extension
 
 from fair_calib_hf import ops
 from fair_calib_hf.calibration.transforms import kronecker_factors
@@ -17,10 +17,7 @@ from fair_calib_hf.ops import cpu, int8_cpu, reference
 from fair_calib_hf.ops.exactness import assert_quantize_act_close
 from fair_calib_hf.packing import pack_int4
 
-if cpu._C is None:
-    if os.environ.get("FAIR_CALIB_REQUIRE_EXT") == "1":
-        raise RuntimeError("FAIR_CALIB_REQUIRE_EXT=1 but fair_calib_hf._C is not built")
-    pytest.skip("native extension not built", allow_module_level=True)
+skip_without_cpu_extension()
 
 # the `isa` fixture (conftest.py) runs a test once per instruction set this CPU supports
 

@@ -202,6 +202,31 @@ def test_cuda_extreme_tiles(m, value):
     assert int(got[0, 0]) == value * -8 * k
 
 
+def _epilogue_operands(g, m, n, dtype, with_bias):
+    """The GEMM epilogue's operands drawn from ``g``: scales sx [m] and sw [n, 1] (positive), a bias [n] in ``dtype``
+    or None."""
+    sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
+    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    return sx, sw, bias
+
+
+def _on_cuda(*tensors):
+    return [t.cuda() if t is not None else None for t in tensors]
+
+
+def _assert_identical_on_cuda(got, ref, dtype):
+    assert got.is_cuda and got.dtype == dtype
+    assert torch.equal(got.cpu(), ref)
+
+
+def _identity_inputs(m, k, dtype):
+    """x [m, k] over a wide range in ``dtype`` with a zero first row (scale 1), and a diagonal near 1."""
+    g = torch.Generator().manual_seed(m * k)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
+    x[0] = 0.0  # zero row: scale 1
+    return x, torch.rand(k, generator=g) + 0.5
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -210,23 +235,18 @@ def test_cuda_extreme_tiles(m, value):
 def test_cuda_gemm_output_identical(dtype, with_bias, m, n, k):
     g = torch.Generator().manual_seed(m + n + k)
     xp, wp = pack_int4(_codes((m, k), 1)), pack_int4(_codes((n, k), 2))
-    sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
-    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    sx, sw, bias = _epilogue_operands(g, m, n, dtype, with_bias)
     ref = reference.w4a4_gemm_reference(xp, sx, wp, sw, bias, k, dtype)
-    dev = [t.cuda() if t is not None else None for t in (xp, sx, wp, sw, bias)]
+    dev = _on_cuda(xp, sx, wp, sw, bias)
     got = ops.w4a4_gemm(*dev, k, dtype)
-    assert got.is_cuda and got.dtype == dtype
-    assert torch.equal(got.cpu(), ref)
+    _assert_identical_on_cuda(got, ref, dtype)
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (64, 96), (7, 4097), (300, 4096), (3, 18944)])
 def test_cuda_quantize_identity_identical(dtype, m, k):
-    g = torch.Generator().manual_seed(m * k)
-    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
-    x[0] = 0.0  # zero row: scale 1
-    diag = torch.rand(k, generator=g) + 0.5
+    x, diag = _identity_inputs(m, k, dtype)
     clip = torch.tensor(0.93)
     for d in (None, diag):
         ref = reference.quantize_act_reference(x, None, None, d, clip)
@@ -342,27 +362,22 @@ def test_cuda_a8_extreme_tiles(m, precision, xv, wv):
 def test_cuda_a8_gemm_output_identical(precision, dtype, with_bias, m, n, k):
     g = torch.Generator().manual_seed(m + n + k)
     x, _, stored = _a8_operands(precision, m, n, k, 1)
-    sx, sw = torch.rand(m, generator=g) + 1e-3, torch.rand(n, 1, generator=g) + 1e-3
-    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
-    dev = [t.cuda() if t is not None else None for t in (x, sx, stored, sw, bias)]
+    sx, sw, bias = _epilogue_operands(g, m, n, dtype, with_bias)
+    dev = _on_cuda(x, sx, stored, sw, bias)
     if precision == "w4a8":
         ref = reference.w4a8_gemm_reference(x, sx, stored, sw, bias, k, dtype)
         got = ops.w4a8_gemm(*dev, k, dtype)
     else:
         ref = reference.w8a8_gemm_reference(x, sx, stored, sw, bias, dtype)
         got = ops.w8a8_gemm(*dev, dtype)
-    assert got.is_cuda and got.dtype == dtype
-    assert torch.equal(got.cpu(), ref)
+    _assert_identical_on_cuda(got, ref, dtype)
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (64, 96), (7, 4097), (300, 4096), (3, 18944)])
 def test_cuda_quantize_int8_identity_identical(dtype, m, k):
-    g = torch.Generator().manual_seed(m * k)
-    x = (torch.randn(m, k, generator=g) * torch.logspace(-2, 2, k)[None]).to(dtype)
-    x[0] = 0.0
-    diag = torch.rand(k, generator=g) + 0.5
+    x, diag = _identity_inputs(m, k, dtype)
     for d, c in ((None, None), (None, torch.tensor(0.93)), (diag, torch.tensor(0.93))):
         ref = reference.quantize_act_int8_reference(x, None, None, d, c)
         got = ops.quantize_act_int8(x.cuda(), None, None, None if d is None else d.cuda(),

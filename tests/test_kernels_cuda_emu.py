@@ -161,20 +161,41 @@ def _activations(m, k, dtype, seed, qmax=7):
     return x.to(dtype)
 
 
+def _assert_identity_quantize(quantize, kernels, reference_quantize, x):
+    """``quantize`` (an emulated quantizer of ``kernels``) without a transform, bit-identical to
+    ``reference_quantize`` (same codes dtype and shape) with no diagonal and clip, a clip, and a diagonal and a
+    clip, under every schedule order, in one identity-kernel launch; returns the reference of the last case."""
+    k = x.shape[1]
+    diag = torch.rand(k, generator=torch.Generator().manual_seed(k)) + 0.5
+    clip = torch.tensor(0.93)
+    for d, c in ((None, None), (None, clip), (diag, clip)):
+        ref = reference_quantize(x, None, None, d, c)
+        for order in ORDERS:
+            kernels.set_schedule(order)
+            got = quantize(x, None, None, d, c)
+            assert got[0].dtype == ref[0].dtype and got[0].shape == ref[0].shape
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), f"{order}, diag={d is not None}"
+            assert [(r["kernel"], r["smem"]) for r in kernels.launches()] == [("quant_identity_kernel", 0)]
+    return ref
+
+
+def _transform_inputs(a, b, m, dtype):
+    """x [m, a·b] over a moderate range in ``dtype``, random Kronecker factors ``left`` [a, a] and ``right``
+    [b, b], a diagonal near 1 and clip 0.9, from a generator seeded ``a·b + m``."""
+    k = a * b
+    g = torch.Generator().manual_seed(k + m)
+    x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).to(dtype)
+    left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
+    diag = torch.rand(k, generator=g) + 0.5
+    return x, left, right, diag, torch.tensor(0.9)
+
+
 @pytest.mark.parametrize("arch", driver.ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (17, 96), (3, 4097), (64, 300)])
 def test_emulated_quantize_identity_identical(emu, arch, dtype, m, k):
-    x = _activations(m, k, dtype, m * k)
-    diag = torch.rand(k, generator=torch.Generator().manual_seed(k)) + 0.5
-    clip = torch.tensor(0.93)
-    for d, c in ((None, None), (None, clip), (diag, clip)):
-        ref = reference.quantize_act_reference(x, None, None, d, c)
-        for order in ORDERS:
-            emu[arch].set_schedule(order)
-            got = emu[arch].quantize(x, None, None, d, c)
-            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), f"{order}, diag={d is not None}"
-            assert [(r["kernel"], r["smem"]) for r in emu[arch].launches()] == [("quant_identity_kernel", 0)]
+    _assert_identity_quantize(emu[arch].quantize, emu[arch], reference.quantize_act_reference,
+                              _activations(m, k, dtype, m * k))
 
 
 @pytest.mark.parametrize("arch", driver.ARCHS)
@@ -184,11 +205,7 @@ def test_emulated_quantize_with_transform(emu, arch, dtype, a, b, m):
     """Fused Kronecker transform + quantization, within the transform tolerance of the reference; the
     scales also against a float64 transform. 96 x 136 needs 51 KB of shared memory: the opt-in launch."""
     k = a * b
-    g = torch.Generator().manual_seed(k + m)
-    x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).to(dtype)
-    left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
-    diag = torch.rand(k, generator=g) + 0.5
-    clip = torch.tensor(0.9)
+    x, left, right, diag, clip = _transform_inputs(a, b, m, dtype)
     for order in ORDERS:
         emu[arch].set_schedule(order)
         got = emu[arch].quantize(x, left, right, diag, clip)
@@ -310,17 +327,9 @@ def test_emulated_a8_gemm_output_identical(emu, arch, precision, dtype, m, n, k,
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 13), (17, 96), (3, 4097), (64, 300)])
 def test_emulated_quantize_int8_identity_identical(emu, arch, dtype, m, k):
     """int8 codes and scales bit-identical; clip < 1 saturates codes at -128 and 127."""
-    x = _activations(m, k, dtype, m * k, qmax=127)
-    diag = torch.rand(k, generator=torch.Generator().manual_seed(k)) + 0.5
-    clip = torch.tensor(0.93)
-    for d, c in ((None, None), (None, clip), (diag, clip)):
-        ref = reference.quantize_act_int8_reference(x, None, None, d, c)
-        for order in ORDERS:
-            emu[arch].set_schedule(order)
-            got = emu[arch].quantize_int8(x, None, None, d, c)
-            assert got[0].dtype == torch.int8 and got[0].shape == (m, k)
-            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), f"{order}, diag={d is not None}"
-            assert [(r["kernel"], r["smem"]) for r in emu[arch].launches()] == [("quant_identity_kernel", 0)]
+    ref = _assert_identity_quantize(emu[arch].quantize_int8, emu[arch], reference.quantize_act_int8_reference,
+                                    _activations(m, k, dtype, m * k, qmax=127))
+    assert ref[0].dtype == torch.int8 and ref[0].shape == (m, k)
     if m * k > 100:
         assert int(ref[0].min()) == -128 and int(ref[0].max()) == 127
 
@@ -351,11 +360,7 @@ def test_emulated_quantize_int8_with_transform(emu, arch, dtype, a, b, m):
     """The fused Kronecker transform with int8 codes (the transform code is the int4 kernel's, tested there in
     every dtype); 96 x 136 takes the opt-in shared memory."""
     k = a * b
-    g = torch.Generator().manual_seed(k + m)
-    x = (torch.randn(m, k, generator=g) * torch.logspace(-1, 1, k)[None]).to(dtype)
-    left, right = torch.randn(a, a, generator=g) / a ** 0.5, torch.randn(b, b, generator=g) / b ** 0.5
-    diag = torch.rand(k, generator=g) + 0.5
-    clip = torch.tensor(0.9)
+    x, left, right, diag, clip = _transform_inputs(a, b, m, dtype)
     for order in ORDERS:
         emu[arch].set_schedule(order)
         got = emu[arch].quantize_int8(x, left, right, diag, clip)

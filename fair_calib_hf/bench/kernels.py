@@ -90,13 +90,27 @@ STEP_CALIBRATION = dict(num_samples=4, epochs=1, n_probe=4, probe_batch_size=4, 
 long Stage II runs."""
 
 
+def shape_weight(name: str):
+    """The layer tables' weight for shape ``name``: ``(n, k, generator, w)`` with ``w = randn(n, k) / sqrt(k)``
+    drawn from a generator seeded 0, which the caller keeps drawing from (transforms, inputs)."""
+    n, k = SHAPES[name]
+    g = torch.Generator().manual_seed(0)
+    return n, k, g, torch.randn(n, k, generator=g) / k ** 0.5
+
+
+def linear_of(weight: torch.Tensor) -> torch.nn.Linear:
+    """A bias-free ``nn.Linear`` holding ``weight`` ([N, K])."""
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return linear
+
+
 def int8_dynamic_linear(weight: torch.Tensor) -> torch.nn.Module:
     """torch's dynamically quantized int8 linear holding ``weight`` ([N, K])."""
     from torch.ao.quantization import quantize_dynamic
 
-    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
+    linear = linear_of(weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 marks the quantized tensor types deprecated
         return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)[0]
@@ -140,9 +154,7 @@ def layer_rows(shapes, ms, repeats, isas=(None,)) -> list[dict]:
 
     rows = []
     for name in shapes:
-        n, k = SHAPES[name]
-        g = torch.Generator().manual_seed(0)
-        w = torch.randn(n, k, generator=g) / k ** 0.5
+        n, k, g, w = shape_weight(name)
         wp, ws = quantize_weight_per_channel(w)
         int8 = int8_dynamic_linear(w)
         layer = transformed_w4a4_linear(w, g)
@@ -188,13 +200,9 @@ def act8_rows(shapes, ms, repeats) -> list[dict]:
 
     rows = []
     for name in shapes:
-        n, k = SHAPES[name]
-        g = torch.Generator().manual_seed(0)
-        w = torch.randn(n, k, generator=g) / k ** 0.5
+        n, k, g, w = shape_weight(name)
         w_bf16 = w.bfloat16()
-        linear = torch.nn.Linear(k, n, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(w)
+        linear = linear_of(w)
         int8 = int8_dynamic_linear(w)
         w8a8 = W8A8Linear.from_linear(linear)
         w4a8 = W4A8Linear.from_linear(linear)  # packed layout
@@ -237,13 +245,9 @@ def weight_only_rows(shapes, ms, repeats) -> list[dict]:
 
     rows = []
     for name in shapes:
-        n, k = SHAPES[name]
-        g = torch.Generator().manual_seed(0)
-        w = torch.randn(n, k, generator=g) / k ** 0.5
+        n, k, g, w = shape_weight(name)
         w_bf16 = w.bfloat16()
-        linear = torch.nn.Linear(k, n, bias=False)
-        with torch.no_grad():
-            linear.weight.copy_(w)
+        linear = linear_of(w)
         layers = {"w4a16_g128": WeightOnlyLinear.from_linear(linear, 4, 128),
                   "w4a16_channel": WeightOnlyLinear.from_linear(linear, 4, None),
                   "w8a16": WeightOnlyLinear.from_linear(linear, 8, None)}

@@ -91,6 +91,19 @@ def unprepare_weight(w_prepared: torch.Tensor, n: int, packed_k: int) -> torch.T
     return _C.unprepare_weight(w_prepared, n, packed_k)
 
 
+def _quantize_kernel(fused, plain):
+    """The CPU kernel of an activation quantize op: with a Kronecker transform, ``fused(x, left, right, diag,
+    clip)`` (the C++ transform + quantizer); without one, the diagonal in torch, then ``plain(x, clip)``."""
+
+    def kernel(x, left, right, diag, clip):
+        clip = 1.0 if clip is None else float(clip)
+        if left is not None:
+            return fused(x, left, right, diag, clip)
+        return plain(reference.apply_input_transform(x, None, None, diag), clip)
+
+    return kernel
+
+
 def register(quantize_op, gemm_op, gemm_prepared_op) -> None:
     """Register the compiled CPU implementations of the ops (no-op without the extension)."""
     if not ENABLED:
@@ -101,12 +114,7 @@ def register(quantize_op, gemm_op, gemm_prepared_op) -> None:
         y = _C.w4a4_gemm_prepared_f32(x_packed.contiguous(), x_scale, w_prepared, w_scale.reshape(-1), bias, n)
         return y.to(out_dtype)
 
-    @quantize_op.register_kernel("cpu")
-    def _(x, left, right, diag, clip):
-        clip = 1.0 if clip is None else float(clip)
-        if left is not None:
-            return _C.transform_quantize_pack(x, left, right, diag, clip)
-        return _C.quantize_pack(reference.apply_input_transform(x, None, None, diag), clip)
+    quantize_op.register_kernel("cpu", _quantize_kernel(_C.transform_quantize_pack, _C.quantize_pack))
 
     @gemm_op.register_kernel("cpu")
     def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
@@ -122,12 +130,7 @@ def register_a8(quantize_int8_op, w4a8_op, w4a8_prepared_op) -> None:
     if not ENABLED:
         return
 
-    @quantize_int8_op.register_kernel("cpu")
-    def _(x, left, right, diag, clip):
-        clip = 1.0 if clip is None else float(clip)
-        if left is not None:
-            return _C.transform_quantize_int8(x, left, right, diag, clip)
-        return _C.quantize_int8(reference.apply_input_transform(x, None, None, diag), clip)
+    quantize_int8_op.register_kernel("cpu", _quantize_kernel(_C.transform_quantize_int8, _C.quantize_int8))
 
     @w4a8_op.register_kernel("cpu")
     def _(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype):

@@ -59,16 +59,24 @@ def backend_name(device: torch.device | int | None = None) -> str:
     return "cuda-int8-mma" if _capability(index) >= (9, 0) else "cuda-int4-mma"
 
 
+def _quantize_kernel(compiled, fallback):
+    """The CUDA kernel of an activation quantize op: ``compiled(x, left, right, diag, clip)``, or the reference
+    ``fallback`` on an unsupported GPU, for an input dtype other than fp32/bf16/fp16, and for ``K = 0``."""
+
+    def kernel(x, left, right, diag, clip):
+        if not device_supported(x.device) or x.dtype not in OUT_DTYPES or x.shape[1] == 0:
+            return fallback(x, left, right, diag, clip)
+        return compiled(x, left, right, diag, clip)
+
+    return kernel
+
+
 def register(quantize_op, gemm_op) -> None:
     """Register the compiled CUDA implementations of the two ops (no-op without CUDA kernels)."""
     if not ENABLED:
         return
 
-    @quantize_op.register_kernel("cuda")
-    def _(x, left, right, diag, clip):
-        if not device_supported(x.device) or x.dtype not in OUT_DTYPES or x.shape[1] == 0:
-            return reference.quantize_act_reference(x, left, right, diag, clip)
-        return _C.cuda_quantize_act(x, left, right, diag, clip)
+    quantize_op.register_kernel("cuda", _quantize_kernel(_C.cuda_quantize_act, reference.quantize_act_reference))
 
     @gemm_op.register_kernel("cuda")
     def _(x_packed, x_scale, w_packed, w_scale, bias, k, out_dtype):
@@ -85,11 +93,8 @@ def register_a8(quantize_int8_op, w4a8_op, w8a8_op, max_w8a8_k: int) -> None:
     if not ENABLED:
         return
 
-    @quantize_int8_op.register_kernel("cuda")
-    def _(x, left, right, diag, clip):
-        if not device_supported(x.device) or x.dtype not in OUT_DTYPES or x.shape[1] == 0:
-            return reference.quantize_act_int8_reference(x, left, right, diag, clip)
-        return _C.cuda_quantize_act_int8(x, left, right, diag, clip)
+    quantize_int8_op.register_kernel("cuda", _quantize_kernel(_C.cuda_quantize_act_int8,
+                                                              reference.quantize_act_int8_reference))
 
     @w4a8_op.register_kernel("cuda")
     def _(x_q, x_scale, w_packed, w_scale, bias, k, out_dtype):

@@ -17,6 +17,7 @@
 #include "../w4a4_common.h"
 #include "w4a4_cpu.h"
 #include "w4a4_cpu_internal.h"
+#include "simd_common.h"
 
 #define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define FC_AVX2_TARGET __attribute__((target("avx2")))
@@ -25,53 +26,31 @@ namespace fair_calib {
 namespace {
 
 void quantize_int8_row_scalar(const float* row, int64_t k, float clip, int8_t* codes, float* scale) {
-  float amax = 0.0f;
-  for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-  const float s = symmetric_scale(amax, clip, kQMax8);
+  const float s = symmetric_scale(simd::absmax_scalar(row, k), clip, kQMax8);
   *scale = s;
   for (int64_t j = 0; j < k; ++j) codes[j] = static_cast<int8_t>(quantize_code(row[j], s, kQMin8, kQMax8));
 }
 
 FC_AVX512_TARGET void quantize_int8_row_avx512(const float* row, int64_t k, float clip, int8_t* codes,
                                                float* scale) {
-  const int64_t kv = k / 16 * 16;
-  __m512 vmax = _mm512_setzero_ps();
-  for (int64_t j = 0; j < kv; j += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + j)));
-  if (kv < k) {  // masked tail: the lanes past k load 0, which cannot raise the maximum
-    const __mmask16 tail = static_cast<__mmask16>((1u << (k - kv)) - 1);
-    vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, row + kv)));
-  }
-  const float s = symmetric_scale(_mm512_reduce_max_ps(vmax), clip, kQMax8);
+  const float s = symmetric_scale(simd::absmax_avx512(row, k), clip, kQMax8);
   *scale = s;
   const __m512 vs = _mm512_set1_ps(s);
   const __m512 lo = _mm512_set1_ps(static_cast<float>(kQMin8)), hi = _mm512_set1_ps(static_cast<float>(kQMax8));
   for (int64_t j = 0; j < k; j += 16) {  // 16 codes per step, the last one masked
     const __mmask16 mask = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (k - j)) - 1);
-    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(mask, row + j), vs),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-    _mm_mask_storeu_epi8(codes + j, mask, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+    const __m512i q = simd::round_clamp_avx512(_mm512_maskz_loadu_ps(mask, row + j), vs, lo, hi);
+    _mm_mask_storeu_epi8(codes + j, mask, _mm512_cvtepi32_epi8(q));
   }
 }
 
 // 8 int32 codes clamp(rint(p[j] / s), lo, hi).
 FC_AVX2_TARGET inline __m256i quantize8_avx2(__m256 vs, __m256 lo, __m256 hi, const float* p) {
-  const __m256 q =
-      _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(p), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, lo), hi));
+  return simd::round_clamp_avx2(_mm256_loadu_ps(p), vs, lo, hi);
 }
 
 FC_AVX2_TARGET void quantize_int8_row_avx2(const float* row, int64_t k, float clip, int8_t* codes, float* scale) {
-  const int64_t kv = k / 8 * 8;
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 vmax = _mm256_setzero_ps();
-  for (int64_t j = 0; j < kv; j += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(row + j), absmask));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (float v : lanes) amax = std::max(amax, v);
-  for (int64_t j = kv; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-  const float s = symmetric_scale(amax, clip, kQMax8);
+  const float s = symmetric_scale(simd::absmax_avx2(row, k), clip, kQMax8);
   *scale = s;
   const __m256 vs = _mm256_set1_ps(s);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(kQMin8)), hi = _mm256_set1_ps(static_cast<float>(kQMax8));

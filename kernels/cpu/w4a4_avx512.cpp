@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "../w4a4_common.h"
+#include "simd_common.h"
 #include "w4a4_cpu_internal.h"
 
 #define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -101,8 +102,7 @@ FC_AVX512_TARGET void gather_activations_int8(const ActRows& x, int64_t i0, int6
     int8_t* dst = xs + i * xstride;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t j = 0; j < xstride; j += 64) {
-      const int64_t left = k - j;
-      const __mmask64 mask = left >= 64 ? ~0ULL : (left <= 0 ? 0ULL : (1ULL << left) - 1);
+      const __mmask64 mask = simd::load_mask64(k - j);
       const __m512i codes = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask, src + j), order);
       sum = _mm512_dpbusd_epi32(sum, ones, codes);
       const int64_t out_bytes = std::min<int64_t>(64, xstride - j);
@@ -149,10 +149,9 @@ FC_AVX512_TARGET void repack_block(const uint8_t* wq, int64_t n, int64_t kb, int
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
   for (int v = 0; v < kNv; ++v) {
     const uint8_t* rows[16];
-    for (int j = 0; j < 16; ++j) rows[j] = wq + std::min<int64_t>(n0 + 16 * v + j, n - 1) * kb;
+    simd::tile_rows(rows, wq, n0 + 16 * v, n - 1, kb);
     for (int64_t k = 0; k < kb; k += 64) {  // 64 packed bytes = 16 dword groups per row
-      const int64_t left = kb - k;
-      const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+      const __mmask64 mask = simd::tail_mask64(kb - k);
       __m512i r[16];
       for (int j = 0; j < 16; ++j) {
         _mm_prefetch(reinterpret_cast<const char*>(rows[j] + k + kPrefetch), _MM_HINT_T0);
@@ -241,8 +240,7 @@ FC_AVX512_TARGET void unpack_activations_dot(const uint8_t* xq, int64_t kb, int6
   for (int64_t i = i0; i < i1; ++i) {
     __m512i sum = _mm512_setzero_si512();
     for (int64_t k = 0, c = 0; k < kb; k += 64, ++c) {
-      const int64_t left = kb - k;
-      const __m512i b = _mm512_maskz_loadu_epi8(left >= 64 ? ~0ULL : (1ULL << left) - 1, xq + i * kb + k);
+      const __m512i b = _mm512_maskz_loadu_epi8(simd::tail_mask64(kb - k), xq + i * kb + k);
       const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(b, low4));  // padding: code 0
       const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(b, 4), low4));
       sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sum, ones, lo), ones, hi);
@@ -263,16 +261,13 @@ FC_AVX512_TARGET void gather_activations_dot_int8(const ActRows& x, int64_t i0, 
   const __m512i odds = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
   const __m512i ones = _mm512_set1_epi8(1);
   const int64_t k = x.k;
-  auto mask_at = [k](int64_t j) -> __mmask64 {
-    const int64_t left = k - j;
-    return left >= 64 ? ~0ULL : (left <= 0 ? 0ULL : (1ULL << left) - 1);
-  };
   for (int64_t i = i0; i < i1; ++i) {
     const int8_t* src = x.codes + i * k;
     __m512i sum = _mm512_setzero_si512();
     for (int64_t j = 0; j < dstride; j += 128) {
-      const __m512i a = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask_at(j), src + j), split);
-      const __m512i b = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(mask_at(j + 64), src + j + 64), split);
+      const __m512i a = _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(simd::load_mask64(k - j), src + j), split);
+      const __m512i b =
+          _mm512_shuffle_epi8(_mm512_maskz_loadu_epi8(simd::load_mask64(k - j - 64), src + j + 64), split);
       sum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(sum, ones, a), ones, b);
       _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + j), _mm512_permutex2var_epi64(a, evens, b));
       _mm512_storeu_si512(reinterpret_cast<void*>(xd + i * dstride + j + 64), _mm512_permutex2var_epi64(a, odds, b));
@@ -288,16 +283,12 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t*
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
   const uint8_t* wr[kDn];
   const int8_t* xr[TT];
-  for (int j = 0; j < kDn; ++j) wr[j] = wq + std::min<int64_t>(n0 + j, n - 1) * kb;
-  for (int t = 0; t < TT; ++t) xr[t] = xd + std::min<int64_t>(i0 + t, m - 1) * dstride;
+  simd::tile_rows(wr, wq, n0, n - 1, kb);
+  simd::tile_rows(xr, xd, i0, m - 1, dstride);
   __m512i c[TT][kDn];
-#pragma GCC unroll 4
-  for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 4
-    for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_setzero_si512();
+  simd::zero_tile(c);
   for (int64_t k = 0, ch = 0; k < kb; k += 64, ++ch) {
-    const int64_t left = kb - k;
-    const __mmask64 mask = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+    const __mmask64 mask = simd::tail_mask64(kb - k);
     __m512i wl[kDn], wh[kDn];
 #pragma GCC unroll 4
     for (int j = 0; j < kDn; ++j) {
@@ -314,16 +305,7 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xd, int64_t dstride, const int32_t*
       for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c[t][j], wl[j], xl), wh[j], xh);
     }
   }
-  const int64_t tn = std::min<int64_t>(TT, m - i0), jn = std::min<int64_t>(kDn, n - n0);
-#pragma GCC unroll 4
-  for (int t = 0; t < TT; ++t) {
-#pragma GCC unroll 4
-    for (int j = 0; j < kDn; ++j) {
-      if (t >= tn || j >= jn) continue;
-      const int64_t i = i0 + t, col = n0 + j;
-      ep.store(i, col, n, _mm512_reduce_add_epi32(c[t][j]) - 8 * xsum[i]);
-    }
-  }
+  simd::store_tile(c, m, i0, n, n0, ep, [xsum](int64_t i, int32_t sum) { return sum - 8 * xsum[i]; });
 }
 
 // prepared: the weights already regrouped (vnni_prepack), or nullptr to regroup them per call from wq.

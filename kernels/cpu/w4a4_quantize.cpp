@@ -23,6 +23,7 @@
 #include "../w4a4_common.h"
 #include "w4a4_cpu.h"
 #include "w4a4_cpu_internal.h"
+#include "simd_common.h"
 
 #define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw")))
 #define FC_AVX2_TARGET __attribute__((target("avx2,fma")))
@@ -160,9 +161,7 @@ FC_AVX2_TARGET void small_gemm_avx2(const float* A, int64_t sai, int64_t sap, co
 // round-half-to-even like nearbyint in the default rounding mode; the clamp and the nibble packing are exact.
 void quantize_row_scalar(const float* row, int64_t k, float clip, uint8_t* packed, float* scale) {
   const int64_t kb = (k + 1) / 2;
-  float amax = 0.0f;
-  for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-  const float s = symmetric_scale(amax, clip);
+  const float s = symmetric_scale(simd::absmax_scalar(row, k), clip);
   *scale = s;
   for (int64_t j = 0; j < kb; ++j) {
     const int lo = quantize_code(row[2 * j], s);
@@ -174,20 +173,14 @@ void quantize_row_scalar(const float* row, int64_t k, float clip, uint8_t* packe
 FC_AVX512_TARGET void quantize_row_avx512(const float* row, int64_t k, float clip, uint8_t* packed,
                                           float* scale) {
   const int64_t kv = k / 16 * 16;
-  __m512 vmax = _mm512_setzero_ps();
-  for (int64_t j = 0; j < kv; j += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + j)));
-  float amax = _mm512_reduce_max_ps(vmax);
-  for (int64_t j = kv; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-  const float s = symmetric_scale(amax, clip);
+  const float s = symmetric_scale(simd::absmax_avx512(row, k), clip);
   *scale = s;
   const __m512 vs = _mm512_set1_ps(s);
   const __m512 lo = _mm512_set1_ps(static_cast<float>(kQMin)), hi = _mm512_set1_ps(static_cast<float>(kQMax));
   const __m512i nib = _mm512_set1_epi32(0x0F);
   for (int64_t j = 0; j < kv; j += 16) {  // 16 codes -> 8 bytes
-    __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + j), vs),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm512_min_ps(_mm512_max_ps(q, lo), hi);
-    const __m512i c = _mm512_and_si512(_mm512_cvtps_epi32(q), nib);  // code 2t in lane 2t, 2t+1 in 2t+1
+    const __m512i q = simd::round_clamp_avx512(_mm512_loadu_ps(row + j), vs, lo, hi);
+    const __m512i c = _mm512_and_si512(q, nib);  // code 2t in lane 2t, 2t+1 in 2t+1
     const __m512i pair = _mm512_or_si512(c, _mm512_srli_epi64(c, 28));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(packed + j / 2), _mm512_cvtepi64_epi8(pair));
   }
@@ -200,15 +193,7 @@ FC_AVX512_TARGET void quantize_row_avx512(const float* row, int64_t k, float cli
 
 FC_AVX2_TARGET void quantize_row_avx2(const float* row, int64_t k, float clip, uint8_t* packed, float* scale) {
   const int64_t kv = k / 8 * 8;
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  __m256 vmax = _mm256_setzero_ps();
-  for (int64_t j = 0; j < kv; j += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(row + j), absmask));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (float v : lanes) amax = std::max(amax, v);
-  for (int64_t j = kv; j < k; ++j) amax = std::max(amax, std::fabs(row[j]));
-  const float s = symmetric_scale(amax, clip);
+  const float s = symmetric_scale(simd::absmax_avx2(row, k), clip);
   *scale = s;
   const __m256 vs = _mm256_set1_ps(s);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(kQMin)), hi = _mm256_set1_ps(static_cast<float>(kQMax));
@@ -217,10 +202,7 @@ FC_AVX2_TARGET void quantize_row_avx2(const float* row, int64_t k, float clip, u
   const __m256i gather = _mm256_setr_epi8(0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                           0, 8, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
   for (int64_t j = 0; j < kv; j += 8) {  // 8 codes -> 4 bytes
-    __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(row + j), vs),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm256_min_ps(_mm256_max_ps(q, lo), hi);
-    const __m256i c = _mm256_and_si256(_mm256_cvtps_epi32(q), nib);
+    const __m256i c = _mm256_and_si256(simd::round_clamp_avx2(_mm256_loadu_ps(row + j), vs, lo, hi), nib);
     const __m256i pair = _mm256_shuffle_epi8(_mm256_or_si256(c, _mm256_srli_epi64(c, 28)),
                                              gather);
     const uint32_t bytes = static_cast<uint32_t>(_mm256_extract_epi16(pair, 0)) |

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "simd_common.h"
 #include "w4a4_cpu_internal.h"
 
 #define FC_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -29,16 +30,12 @@ constexpr int kDn = 4;  // channels per register tile
 constexpr int kDt = 4;  // tokens per register tile (at most): 16 accumulators + 4 weight vectors
 constexpr int64_t kPrefetch = 1024;
 
-FC_AVX512_TARGET inline __mmask64 tail_mask(int64_t left) {
-  return left >= 64 ? ~0ULL : (1ULL << left) - 1;
-}
-
 FC_AVX512_TARGET void row_sums(const int8_t* xq, int64_t m, int64_t k, int32_t* xsum) {
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t i = 0; i < m; ++i) {
     __m512i sum = _mm512_setzero_si512();
     for (int64_t j = 0; j < k; j += 64)
-      sum = _mm512_dpbusd_epi32(sum, ones, _mm512_maskz_loadu_epi8(tail_mask(k - j), xq + i * k + j));
+      sum = _mm512_dpbusd_epi32(sum, ones, _mm512_maskz_loadu_epi8(simd::tail_mask64(k - j), xq + i * k + j));
     xsum[i] = _mm512_reduce_add_epi32(sum);
   }
 }
@@ -49,15 +46,12 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xq, const int32_t* xsum, int64_t m,
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const int8_t* wr[kDn];
   const int8_t* xr[TT];
-  for (int j = 0; j < kDn; ++j) wr[j] = wq + std::min<int64_t>(n0 + j, n - 1) * k;
-  for (int t = 0; t < TT; ++t) xr[t] = xq + std::min<int64_t>(i0 + t, m - 1) * k;
+  simd::tile_rows(wr, wq, n0, n - 1, k);
+  simd::tile_rows(xr, xq, i0, m - 1, k);
   __m512i c[TT][kDn];
-#pragma GCC unroll 4
-  for (int t = 0; t < TT; ++t)
-#pragma GCC unroll 4
-    for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_setzero_si512();
+  simd::zero_tile(c);
   for (int64_t p = 0; p < k; p += 64) {
-    const __mmask64 mask = tail_mask(k - p);
+    const __mmask64 mask = simd::tail_mask64(k - p);
     __m512i w[kDn];
 #pragma GCC unroll 4
     for (int j = 0; j < kDn; ++j) {
@@ -71,18 +65,10 @@ FC_AVX512_TARGET void dot_tile(const int8_t* xq, const int32_t* xsum, int64_t m,
       for (int j = 0; j < kDn; ++j) c[t][j] = _mm512_dpbusd_epi32(c[t][j], w[j], x);
     }
   }
-  const int64_t tn = std::min<int64_t>(TT, m - i0), jn = std::min<int64_t>(kDn, n - n0);
-#pragma GCC unroll 4
-  for (int t = 0; t < TT; ++t) {
-#pragma GCC unroll 4
-    for (int j = 0; j < kDn; ++j) {
-      if (t >= tn || j >= jn) continue;
-      const int64_t i = i0 + t;
-      const uint32_t a = static_cast<uint32_t>(_mm512_reduce_add_epi32(c[t][j])) -
-                         128u * static_cast<uint32_t>(xsum[i]);  // modulo 2^32, exact (see above)
-      ep.store(i, n0 + j, n, static_cast<int32_t>(a));
-    }
-  }
+  simd::store_tile(c, m, i0, n, n0, ep, [xsum](int64_t i, int32_t sum) {
+    // modulo 2^32, exact (see above)
+    return static_cast<int32_t>(static_cast<uint32_t>(sum) - 128u * static_cast<uint32_t>(xsum[i]));
+  });
 }
 
 }  // namespace
