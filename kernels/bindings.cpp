@@ -209,7 +209,7 @@ void check_w8a8(const torch::Tensor& xq, const torch::Tensor& wq) {
   check_int8(xq, "x_q");
   check_int8(wq, "w_int8");
   TORCH_CHECK(xq.size(1) == wq.size(1), "widths differ: ", xq.size(1), " vs ", wq.size(1));
-  TORCH_CHECK(xq.size(1) <= (int64_t{1} << 17), "K=", xq.size(1), " > 2^17 could overflow the int32 accumulator");
+  TORCH_CHECK(xq.size(1) < (int64_t{1} << 17), "K=", xq.size(1), " >= 2^17 could overflow the int32 accumulator");
 }
 
 // W8A8 for few tokens (AVX-512 VNNI only; ValueError under another instruction set).
