@@ -10,7 +10,7 @@ from ._compat import check_transformers_version
 check_transformers_version()
 
 from .config import FairCalibConfig  # noqa: E402
-from .modules import W4A4Linear, WeightOnlyLinear  # noqa: E402
+from .modules import W4A4Linear, W4A8Linear, W8A8Linear, WeightOnlyLinear  # noqa: E402
 from .quantizer import FairCalibHfQuantizer, register  # noqa: E402
 from .version import __version__  # noqa: E402
 
@@ -28,4 +28,5 @@ def __getattr__(name: str):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["FairCalibConfig", "FairCalibHfQuantizer", "W4A4Linear", "WeightOnlyLinear", "__version__"]
+__all__ = ["FairCalibConfig", "FairCalibHfQuantizer", "W4A4Linear", "W4A8Linear", "W8A8Linear", "WeightOnlyLinear",
+           "__version__"]
