@@ -118,3 +118,39 @@ def test_kernel_bench_act8_rows(tmp_path):
     assert row["M"] == 2 and "layers" not in record and "weight_only" not in record
     assert min(row[key] for key in ("fp32_ms", "bf16_ms", "int8_ms", "w8a8_ms", "w4a8_ms", "w4a8_transform_ms")) > 0
     assert row["int8_over_w8a8"] > 0 and row["fp32_over_w4a8"] > 0
+
+
+def test_contention_bench_times_a_workload_alone_and_beside_the_neighbour(tmp_path, monkeypatch):
+    """The contention benchmark (issue 32) runs the workload alone and beside its neighbour process, reports both
+    sides' rates, and leaves no neighbour running, also when the workload fails."""
+    import subprocess
+
+    from fair_calib_hf.bench import contention
+
+    out = tmp_path / "c.json"
+    contention.main(["--quick", "--workloads", "quantize", "--neighbour-seconds", "0.5", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["workload"] == "quantize" and row["alone_s"] > 0 and row["beside_s"] > 0
+    assert row["ratio"] == round(row["beside_s"] / row["alone_s"], 2)
+    assert row["neighbour_alone_per_s"] > 0 and row["neighbour_beside_per_s"] > 0
+    started = []
+    real_popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(contention.subprocess, "Popen", spy)
+    flag = tmp_path / "ran-once"  # the run alone succeeds, the run beside the neighbour fails
+    code = f"import os, sys; p = {str(flag)!r}; sys.exit(3) if os.path.exists(p) else open(p, 'w').close()"
+    monkeypatch.setattr(contention, "workload_commands",
+                        lambda quick, out: {"quantize": [contention.sys.executable, "-c", code]})
+    try:
+        contention.main(["--workloads", "quantize", "--neighbour-seconds", "0.1"])
+    except RuntimeError as err:
+        assert "failed (3)" in str(err)
+    else:
+        raise AssertionError("a failing workload must raise")
+    neighbours = [p for p in started if "set_num_threads" in str(p.args)]
+    assert flag.exists() and len(neighbours) == 2  # the rate alone, then the run beside
+    assert all(p.poll() is not None for p in neighbours)  # every neighbour stopped

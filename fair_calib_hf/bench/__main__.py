@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("decode", "calibrate", "kernels", "quality", "budget", "summary", "gpu")
+BENCHMARKS = ("decode", "calibrate", "kernels", "quality", "budget", "summary", "gpu", "contention")
 
 
 def main() -> None:
