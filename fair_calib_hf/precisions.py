@@ -73,7 +73,8 @@ def valid_combinations() -> str:
 def find_precision(w_bits, a_bits) -> Precision | None:
     """The :class:`Precision` of ``(w_bits, a_bits)``, or ``None`` when this release has none."""
     for p in PRECISIONS.values():
-        if (p.w_bits, p.a_bits) == (w_bits, a_bits) and not isinstance(w_bits, bool) and not isinstance(a_bits, bool):
+        if (p.w_bits, p.a_bits) == (w_bits, a_bits) and all(
+                isinstance(b, int) and not isinstance(b, bool) for b in (w_bits, a_bits)):  # 8.0 is not a width
             return p
     return None
 

@@ -214,4 +214,14 @@ def test_cli_precision_conflicting_with_set_is_refused_before_loading(tiny_dirs,
     assert not os.path.exists(tmp_path / "x")
     code = main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "y"), "--method", "flatquant",
                  "--precision", "w4a16", "--no-progress"])
-    assert code != 0 and "W4A16" in capsys.readouterr().err and not os.path.exists(tmp_path / "y")
+    assert code != 0 and "--method flatquant does not support --precision w4a16: pass --method rtn or gptq" in \
+        capsys.readouterr().err and not os.path.exists(tmp_path / "y")
+    code = main(["quantize", tiny_dirs["llada"], "--out", str(tmp_path / "z"), "--precision", "w4a16",
+                 "--no-progress"])
+    assert code != 0 and "--method fair_calib (the CLI's default) does not support" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bits", [(4.0, 8.0), (4, 8.0), ("4", 8)])
+def test_bit_widths_must_be_integers(bits):
+    with pytest.raises(ValueError, match="w_bits/a_bits"):
+        FairCalibConfig(w_bits=bits[0], a_bits=bits[1])

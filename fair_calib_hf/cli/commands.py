@@ -240,6 +240,10 @@ def build_config(args, path: str, is_zoo: bool, method: str, tokenizer=None):
         from ..precisions import PRECISIONS
 
         precision = PRECISIONS[args.precision]
+        if method not in precision.methods:
+            default = " (the CLI's default)" if method == "fair_calib" else ""
+            raise ValueError(f"--method {method}{default} does not support --precision {args.precision}: pass "
+                             f"--method {' or '.join(precision.methods)}")
         for field, value in (("w_bits", precision.w_bits), ("a_bits", precision.a_bits)):
             if field in settings and settings[field] != value:
                 raise ValueError(f"--precision {args.precision} sets {field}={value} but --set {field}="
