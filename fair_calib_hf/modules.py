@@ -102,6 +102,28 @@ class PackedLinear(nn.Module):
 
     FLOAT32_BUFFERS: tuple[str, ...] = ("weight_scale",)
     is_prepared = False
+    bits: int = 4  # weight bits: the stored codes' width (GPTQ reads ``bits`` / ``group_size`` of every packed linear)
+
+    @property
+    def codes_name(self) -> str:
+        """The state-dict name of the stored codes: ``weight_packed`` (4-bit) or ``weight_int8`` (8-bit)."""
+        return "weight_packed" if self.bits == 4 else "weight_int8"
+
+    def _codes_spec(self, in_features: int, out_features: int):
+        """``(shape, dtype)`` of the stored codes: ``uint8 [out, ceil(in/2)]`` (4-bit) or ``int8 [out, in]``."""
+        if self.bits == 4:
+            return (out_features, packed_width(in_features)), torch.uint8
+        return (out_features, in_features), torch.int8
+
+    @torch.no_grad()
+    def set_weight_codes(self, codes: torch.Tensor) -> None:
+        """Replace the weight codes (int8 ``[out, in]`` on this module's grid) keeping the scales (GPTQ's
+        rounding on the RTN grid)."""
+        prepared = self.is_prepared
+        self.unprepare_cpu_layout()
+        self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
+        if prepared:
+            self.prepare_cpu_layout()
 
     def prepare_cpu_layout(self) -> bool:
         return False
@@ -139,7 +161,6 @@ class ActQuantLinear(PackedLinear):
     ``bias`` follows them."""
 
     FLOAT32_BUFFERS = ("weight_scale", "input_clip")
-    bits: int = 4  # weight bits (GPTQ reads ``bits`` / ``group_size`` the same way for every packed linear)
     a_bits: int = 4
     group_size = None
 
@@ -168,29 +189,9 @@ class ActQuantLinear(PackedLinear):
         else:
             self.input_transform = None
 
-    @property
-    def codes_name(self) -> str:
-        """The state-dict name of the stored codes: ``weight_packed`` (4-bit) or ``weight_int8`` (8-bit)."""
-        return "weight_packed" if self.bits == 4 else "weight_int8"
-
-    def _codes_spec(self, in_features: int, out_features: int):
-        if self.bits == 4:
-            return (out_features, packed_width(in_features)), torch.uint8
-        return (out_features, in_features), torch.int8
-
     def stored_codes(self) -> torch.Tensor:
         """The stored weight codes (``uint8 [out, ceil(in/2)]`` packed int4 or ``int8 [out, in]``)."""
         return self._buffers[self.codes_name]
-
-    @torch.no_grad()
-    def set_weight_codes(self, codes: torch.Tensor) -> None:
-        """Replace the weight codes (int8 ``[out, in]`` on this module's grid) keeping the scales (GPTQ's
-        rounding on the RTN grid)."""
-        prepared = self.is_prepared
-        self.unprepare_cpu_layout()
-        self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
-        if prepared:
-            self.prepare_cpu_layout()
 
     @classmethod
     def from_linear(
@@ -451,12 +452,8 @@ class WeightOnlyLinear(PackedLinear):
         if bits not in (4, 8):
             raise ValueError(f"WeightOnlyLinear: bits={bits!r}; allowed: 4, 8")
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
-        if bits == 4:
-            self.register_buffer("weight_packed", torch.zeros(out_features, packed_width(in_features),
-                                                              dtype=torch.uint8, device=device))
-        else:
-            self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8,
-                                                            device=device))
+        codes_shape, codes_dtype = self._codes_spec(in_features, out_features)
+        self.register_buffer(self.codes_name, torch.zeros(codes_shape, dtype=codes_dtype, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, group_count(in_features, group_size),
                                                         dtype=torch.float32, device=device))
         if bias:
@@ -465,11 +462,6 @@ class WeightOnlyLinear(PackedLinear):
             self.bias = None
         self.register_buffer("weight_int4pack", None, persistent=False)
         self.register_buffer("scales_and_zeros", None, persistent=False)
-
-    @property
-    def codes_name(self) -> str:
-        """The state-dict name of the stored codes: ``weight_packed`` (4-bit) or ``weight_int8`` (8-bit)."""
-        return "weight_packed" if self.bits == 4 else "weight_int8"
 
     @property
     def is_prepared(self) -> bool:
@@ -534,20 +526,9 @@ class WeightOnlyLinear(PackedLinear):
             module.bias.copy_(linear.bias.detach())
         return module
 
-    @torch.no_grad()
-    def set_weight_codes(self, codes: torch.Tensor) -> None:
-        """Replace the weight codes (int8 ``[out, in]`` on this module's grid) keeping the scales."""
-        prepared = self.is_prepared
-        self.unprepare_cpu_layout()
-        self._buffers[self.codes_name].copy_(store_codes(codes, self.bits))
-        if prepared:
-            self.prepare_cpu_layout()
-
     def expected_buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
         """``{state-dict name: (shape, dtype)}`` of every buffer; ``dtype None`` = any floating dtype."""
-        codes = ((self.out_features, packed_width(self.in_features)), torch.uint8) if self.bits == 4 else \
-            ((self.out_features, self.in_features), torch.int8)
-        spec = {self.codes_name: codes,
+        spec = {self.codes_name: self._codes_spec(self.in_features, self.out_features),
                 "weight_scale": ((self.out_features, group_count(self.in_features, self.group_size)), torch.float32)}
         if self.bias is not None:
             spec["bias"] = ((self.out_features,), None)
