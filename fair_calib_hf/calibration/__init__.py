@@ -20,6 +20,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from ..architectures import get_adapter, max_positions
+from .. import cpu_threads
 from ..config import IMPLEMENTED_METHODS, PRIOR_HASH_PREFIX
 from ..modules import PackedLinear
 from ..targets import block_targets
@@ -179,7 +180,7 @@ def calibrate(model: nn.Module, config, hub_options: dict | None = None) -> Cali
     model, data, config and seed; the caller's global RNG state is left untouched. ``hub_options``: the
     ``revision`` / ``cache_dir`` / ... the model was loaded with (:mod:`fair_calib_hf.hub`), for its tokenizer."""
     check_method_implemented(config.method)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), cpu_threads.adaptive_threads():
         torch.manual_seed(config.seed)
         return _calibrate(model, config, hub_options)
 

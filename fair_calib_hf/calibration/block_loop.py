@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
+from .. import cpu_threads
+
 
 class _StopForward(Exception):
     """Raised by the capture hook to end the forward at block 0."""
@@ -201,9 +203,11 @@ def run_block(block: nn.Module, inp: BlockInput) -> torch.Tensor:
 def block_batches(inputs: list[BlockInput], batch: int):
     """The calls to run for ``inputs`` in order, ``batch`` samples per call where they stack
     (:func:`stack_block_inputs`; a chunk that does not stack is yielded one input at a time). Splitting each
-    call's output along dimension 0 gives the per-sample outputs in the order of ``inputs``."""
+    call's output along dimension 0 gives the per-sample outputs in the order of ``inputs``. Each call is a step
+    boundary of the thread policy (:func:`..cpu_threads.rebalance`)."""
     step = max(1, batch)
     for start in range(0, len(inputs), step):
+        cpu_threads.rebalance()
         chunk = inputs[start:start + step]
         stacked = stack_block_inputs(chunk)
         yield from [stacked] if stacked is not None else chunk

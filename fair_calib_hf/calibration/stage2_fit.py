@@ -30,6 +30,7 @@ import zlib
 import torch
 from torch import nn
 
+from .. import cpu_threads
 from ..architectures import ModelAdapter
 from ..packing import QMAX, QMIN, code_range
 from ..targets import set_submodule
@@ -359,6 +360,7 @@ def fit_block(block: nn.Module, block_path: str, inputs: list[BlockInput], targe
             order = torch.randperm(len(inputs), generator=order_gen).tolist()
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]
+                cpu_threads.rebalance()
                 invert_factors_together(params)
                 step_weights = weights[idx] if weights is not None and weights.dim() == 2 else weights
                 loss = _batched_loss(block, [inputs[i] for i in idx], [targets[i] for i in idx], step_weights)

@@ -5,9 +5,12 @@ transform of an ``n``-wide activation costs ``2(a + b)·n`` FLOP per token inste
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
+
+from ..cpu_threads import single_threaded
 
 from ..ops.reference import kron_apply  # noqa: F401  (re-exported: one definition, with the op)
 
@@ -38,16 +41,52 @@ def transform_weight(weight: torch.Tensor, left: torch.Tensor, right: torch.Tens
     return (apply or kron_apply)(w, *inverses_t)
 
 
+class _KronApplyGemms(torch.autograd.Function):
+    """:func:`kron_apply_gemms` with a hand-written backward whose factor gradients do not depend on the CPU
+    thread count: ``∂right = Xᵀ·∂Z`` and ``∂left = Z·∂Yᵀ`` are GEMMs with a tiny output (``[b, b]``, ``[a, a]``)
+    and a long inner dimension (rows × a or b), which MKL splits across threads, summing the parts in an order
+    that changes with the thread count. They run on one thread (:func:`..cpu_threads.single_threaded`; they are
+    a small share of a step's work), the input gradient (large output, never split) on all."""
+
+    @staticmethod
+    def forward(ctx, x, left, right):
+        a, b = left.shape[0], right.shape[0]
+        xm = x.reshape(-1, b)
+        zt = (xm @ right).view(-1, a, b).transpose(0, 1).reshape(a, -1)  # Z = X·right, as [a, rows·b]
+        ctx.save_for_backward(xm if ctx.needs_input_grad[2] else None,
+                              zt if ctx.needs_input_grad[1] else None, left, right)
+        ctx.shape = x.shape
+        return (left.t() @ zt).view(a, -1, b).transpose(0, 1).reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        xm, zt, left, right = ctx.saved_tensors
+        a, b = left.shape[0], right.shape[0]
+        gy = g.reshape(-1, a, b).transpose(0, 1).reshape(a, -1)  # ∂Y as [a, rows·b]
+        grad_x = grad_left = grad_right = None
+        gz = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            gz = (left @ gy).view(a, -1, b).transpose(0, 1).reshape(-1, b)  # ∂Z [rows·a, b]
+        if ctx.needs_input_grad[0]:
+            grad_x = (gz @ right.t()).view(ctx.shape)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            with single_threaded() if g.device.type == "cpu" else contextlib.nullcontext():
+                if ctx.needs_input_grad[1]:
+                    grad_left = zt @ gy.t()
+                if ctx.needs_input_grad[2]:
+                    grad_right = xm.t() @ gz
+        return grad_x, grad_left, grad_right
+
+
 def kron_apply_gemms(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """``x [..., a·b] · (left ⊗ right)`` as two GEMMs over all rows at once: ``Z = X·right`` with every row's
     ``[a, b]`` block stacked (``[rows·a, b] @ [b, b]``), then ``leftᵀ`` applied to all of them together
     (``[a, a] @ [a, rows·b]``, two transposing copies). The same product as :func:`kron_apply` (which runs
     ``leftᵀ·X`` as many small matmuls first); only the fp32 summation order differs (agreement to about
     1e-6 relative). Used while fitting (Stage II), where it is about a third cheaper on CPU with autograd;
-    packing and the kernels' reference keep :func:`kron_apply`."""
-    a, b = left.shape[0], right.shape[0]
-    z = (x.reshape(-1, b) @ right).view(-1, a, b)
-    return (left.t() @ z.transpose(0, 1).reshape(a, -1)).view(a, -1, b).transpose(0, 1).reshape(x.shape)
+    packing and the kernels' reference keep :func:`kron_apply`. Differentiable in all three arguments; its
+    gradients are the same bits at any CPU thread count (:class:`_KronApplyGemms`)."""
+    return _KronApplyGemms.apply(x, left, right)
 
 
 def _is_prime(q: int) -> bool:

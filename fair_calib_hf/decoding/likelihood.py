@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from .. import cpu_threads
 from ..architectures import ModelAdapter, get_adapter
 
 
 @torch.no_grad()
+@cpu_threads.adaptive_threads()
 def mc_log_likelihood(model, prompt_ids: torch.Tensor, answer_ids: torch.Tensor, mc_num: int = 128,
                       batch_size: int = 16, seed: int = 0, adapter: ModelAdapter | None = None) -> float:
     """Estimate ``log p(answer | prompt)`` for 1-D ``prompt_ids`` and ``answer_ids`` (see module docstring)."""
@@ -39,6 +41,7 @@ def mc_log_likelihood(model, prompt_ids: torch.Tensor, answer_ids: torch.Tensor,
             masked[row, torch.randperm(a, generator=gen)[:ell]] = True
         masked = masked.to(device)
         x[:, p:][masked] = mask_id
+        cpu_threads.rebalance()
         logits = model(input_ids=x).logits
         lo = p - adapter.logits_shift
         logits = logits[:, lo:lo + a].float()

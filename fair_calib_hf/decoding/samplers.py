@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import cpu_threads
 from ..architectures import ModelAdapter, get_adapter
 from .trajectory import Trajectory, position_stats
 
@@ -127,9 +128,11 @@ class WindowLogits:
     def _forward(self, canvas):
         kwargs = {"attention_mask": self.attention_mask} if self.attention_mask is not None else {}
         self.nfe += 1
+        cpu_threads.rebalance()
         return self.model(input_ids=canvas, **kwargs).logits[:, self.lo:self.hi]
 
     @torch.no_grad()
+    @cpu_threads.adaptive_threads()  # a job of its own where it is called outside diffusion_generate (replays)
     def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
         cond = self._forward(canvas)
         if self.cfg_scale > 0:
@@ -232,6 +235,7 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+@cpu_threads.adaptive_threads()
 def diffusion_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                        config: DecodeConfig | None = None, adapter: ModelAdapter | None = None,
                        mask_token_id: int | None = None) -> DecodeResult:
