@@ -6,8 +6,9 @@ process doing float32 matrix multiplies (``--neighbour-size``² × ``--neighbour
 threads, 2 by default), started by the benchmark right before the workload and stopped right after it. The ratio
 *beside / alone* is printed per workload, and the neighbour's own throughput beside the workload against its
 throughput alone (measured for ``--neighbour-seconds`` before the workloads), so both sides of the sharing are
-visible. With ``--repeats R`` each workload runs R times alone and R times beside, alternating, and the best time
-of each is kept.
+visible. With ``--repeats R`` each workload runs R times alone and R times beside, alternating; the best time
+of each gives the ratio, and every run's time is printed (a shared or throttled machine varies by tens of percent
+from run to run).
 
 Workloads (``--workloads``):
 
@@ -130,6 +131,7 @@ def measure(workloads: dict[str, list[str]], repeats: int, neighbour: Neighbour,
             finally:
                 rates.append(neighbour.stop())
         rows.append({"workload": name, "alone_s": round(min(alone), 2), "beside_s": round(min(beside), 2),
+                     "alone_runs_s": [round(t, 2) for t in alone], "beside_runs_s": [round(t, 2) for t in beside],
                      "ratio": round(min(beside) / min(alone), 2), "neighbour_alone_per_s": round(alone_rate, 2),
                      "neighbour_beside_per_s": round(max(rates), 2),
                      "neighbour_slowdown": round(alone_rate / max(rates), 2), "repeats": repeats})
@@ -163,10 +165,12 @@ def main(argv=None) -> None:
         rows = measure(workloads, args.repeats, neighbour, args.neighbour_seconds, env)
     finally:
         neighbour.kill()
-    lines = ["| workload | alone s | beside the neighbour s | beside / alone | neighbour matmul/s alone | beside "
-             "| neighbour slowdown |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['workload']} | {r['alone_s']} | {r['beside_s']} | {r['ratio']} | {r['neighbour_alone_per_s']} "
-              f"| {r['neighbour_beside_per_s']} | {r['neighbour_slowdown']} |" for r in rows]
+    lines = ["| workload | alone s | beside the neighbour s | beside / alone | runs alone s | runs beside s "
+             "| neighbour matmul/s alone | beside | neighbour slowdown |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['alone_s']} | {r['beside_s']} | {r['ratio']} "
+              f"| {', '.join(map(str, r['alone_runs_s']))} | {', '.join(map(str, r['beside_runs_s']))} "
+              f"| {r['neighbour_alone_per_s']} | {r['neighbour_beside_per_s']} | {r['neighbour_slowdown']} |"
+              for r in rows]
     print("\n".join(lines))
     print(f"\nneighbour: {args.neighbour_threads} threads of {args.neighbour_size}² fp32 matmuls; workloads "
           f"{'(quick) ' if args.quick else ''}with OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}; "
