@@ -91,6 +91,9 @@ ACT8_CONFIGS = {f"w{w}a8-{name}": (method, dict(overrides, w_bits=w, a_bits=8))
                 for w in (4, 8) for name, (method, overrides) in
                 (("rtn", CONFIGS["rtn"]), ("quarot-rtn", CONFIGS["quarot-rtn"]), ("flatquant", CONFIGS["flatquant"]),
                  ("fair_calib", CONFIGS["fair_calib"]))}
+# W4A8 with GPTQ-rounded weights: what W4A8 still loses on the LLaDA-style testbed is the 4-bit weights
+ACT8_CONFIGS.update({f"w4a8-{name}": (method, dict(overrides, w_bits=4, a_bits=8)) for name, (method, overrides) in
+                     (("flatquant-gptq", CONFIGS["flatquant-gptq"]), ("fair_calib-gptq", CONFIGS["fair_calib-gptq"]))})
 CONFIGS.update(ACT8_CONFIGS)
 STATES_CONFIGS = tuple(name for name in CONFIGS if "/masked" in name or "/trajectory" in name)
 """The issue-27 variants: each is compared with FlatQuant on observed states and with its own method on them."""
@@ -100,7 +103,8 @@ PAIRS = (("fair_calib", "flatquant"), ("quarot-gptq", "quarot-rtn"), ("flatquant
          ("w4a16-gptq", "w4a16-rtn"), ("w4a16-gptq-prior", "w4a16-gptq")) + tuple(
     pair for name in STATES_CONFIGS for pair in dict.fromkeys([(name, "flatquant"), (name, CONFIGS[name][0])])) + (
     ("w4a8-fair_calib", "w4a8-flatquant"), ("w8a8-fair_calib", "w8a8-flatquant"), ("w4a8-flatquant", "flatquant"),
-    ("w4a8-fair_calib", "fair_calib"))
+    ("w4a8-fair_calib", "fair_calib"), ("w4a8-flatquant-gptq", "w4a8-flatquant"),
+    ("w4a8-fair_calib-gptq", "w4a8-fair_calib"), ("w4a8-fair_calib-gptq", "w4a8-flatquant-gptq"))
 """Paired comparisons ``a − b`` reported whenever both configurations have rows."""
 MAIN_CONFIGS = ("rtn", "quarot-rtn", "flatquant", "fair_calib")
 # The paper's probe budget (512 rollouts, "saturating at 512-1024") and FlatQuant's 15 epochs; --n-probe,
