@@ -18,6 +18,7 @@ process may run on); where it cannot be read the policy acts as ``fixed``.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -100,19 +101,12 @@ def threads_for(free_cores: float, ceiling: int) -> int:
     return max(1, min(int(ceiling), int(free_cores + 0.5)))
 
 
-class _Job:
-    """The outermost :func:`adaptive_threads` block in force: the thread count it started with (the ceiling)."""
-
-    def __init__(self, ceiling: int):
-        self.ceiling = ceiling
-
-
-_job: _Job | None = None
+_ceiling: int | None = None  # the thread count the outermost adaptive_threads block started with; None: no job
 _depth = 0
 _load: CpuLoad | None = None
 _load_failed = False
-#: ``(others' cores, threads chosen)`` of every decision in this process (tests and benchmarks read it)
-decisions: list[tuple[float, int]] = []
+#: ``(others' cores, threads chosen)`` of the last decisions in this process (tests and benchmarks read it)
+decisions: collections.deque[tuple[float, int]] = collections.deque(maxlen=10_000)
 _last_choice: int | None = None
 
 
@@ -134,18 +128,17 @@ def adaptive_threads():
     Nested uses share the outermost job. Decisions carry over from one job to the next (a decode of many short
     batches starts at the last count chosen), and the load is averaged over the time since the last decision,
     inside jobs or not. A no-op under the ``fixed`` policy, with one thread, or where the load cannot be read.
-    Usable as a decorator."""
-    global _job, _depth
+    ``ValueError`` for a bad ``$FAIR_CALIB_THREADS`` (:func:`policy`). Usable as a decorator."""
+    global _ceiling, _depth
+    adaptive = policy() == "adaptive"
     with _lock:
         _depth += 1
         outer = _depth == 1
         if outer:
-            ceiling = torch.get_num_threads()
-            _job = None
-            if policy() == "adaptive" and ceiling > 1 and _cpu_load() is not None:
-                _job = _Job(ceiling)
-                if _last_choice is not None and _last_choice < ceiling:
-                    torch.set_num_threads(_last_choice)
+            threads = torch.get_num_threads()
+            _ceiling = threads if adaptive and threads > 1 and _cpu_load() is not None else None
+            if _ceiling is not None and _last_choice is not None and _last_choice < _ceiling:
+                torch.set_num_threads(_last_choice)
     try:
         rebalance()
         yield
@@ -153,9 +146,9 @@ def adaptive_threads():
         with _lock:
             _depth -= 1
             if outer:
-                if _job is not None and torch.get_num_threads() != _job.ceiling:
-                    torch.set_num_threads(_job.ceiling)
-                _job = None
+                if _ceiling is not None and torch.get_num_threads() != _ceiling:
+                    torch.set_num_threads(_ceiling)
+                _ceiling = None
 
 
 def rebalance() -> int:
@@ -163,14 +156,14 @@ def rebalance() -> int:
     passed since the last decision, set torch's thread count from the cores other processes left free over that
     interval (:func:`threads_for`). Cheap otherwise (one clock read). Returns the thread count in force."""
     global _last_choice
-    job, load = _job, _load
-    if job is None or load is None or load.elapsed() < INTERVAL_S:
+    load = _load
+    if _ceiling is None or load is None or load.elapsed() < INTERVAL_S:
         return torch.get_num_threads()
     with _lock:
-        if _job is not job:
+        if _ceiling is None:
             return torch.get_num_threads()
         others = load.sample()
-        threads = threads_for(len(load.cpus) - others, job.ceiling)
+        threads = threads_for(len(load.cpus) - others, _ceiling)
         decisions.append((round(others, 3), threads))
         _last_choice = threads
         if threads != torch.get_num_threads():

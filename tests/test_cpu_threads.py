@@ -90,6 +90,20 @@ def test_decision_carries_over_to_the_next_job(fake_load, two_threads, monkeypat
     assert torch.get_num_threads() == 2
 
 
+def test_bad_policy_refused_without_breaking_later_jobs(fake_load, two_threads, monkeypatch):
+    """A bad $FAIR_CALIB_THREADS is refused at job entry, and the next job (variable fixed) still adapts."""
+    fake_load([1.9])
+    monkeypatch.setattr(cpu_threads, "_policy", None)
+    monkeypatch.setenv("FAIR_CALIB_THREADS", "sometimes")
+    with pytest.raises(ValueError, match="FAIR_CALIB_THREADS"):
+        with cpu_threads.adaptive_threads():
+            pass
+    monkeypatch.setenv("FAIR_CALIB_THREADS", "adaptive")
+    with cpu_threads.adaptive_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
 def test_fixed_policy_never_changes_the_count(fake_load, monkeypatch, two_threads):
     fake_load([2.0])
     monkeypatch.setattr(cpu_threads, "_policy", "fixed")

@@ -11,7 +11,6 @@ import math
 import torch
 
 from ..cpu_threads import single_threaded
-
 from ..ops.reference import kron_apply  # noqa: F401  (re-exported: one definition, with the op)
 
 

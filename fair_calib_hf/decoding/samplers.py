@@ -128,11 +128,10 @@ class WindowLogits:
     def _forward(self, canvas):
         kwargs = {"attention_mask": self.attention_mask} if self.attention_mask is not None else {}
         self.nfe += 1
-        cpu_threads.rebalance()
         return self.model(input_ids=canvas, **kwargs).logits[:, self.lo:self.hi]
 
     @torch.no_grad()
-    @cpu_threads.adaptive_threads()  # a job of its own where it is called outside diffusion_generate (replays)
+    @cpu_threads.adaptive_threads()  # a step boundary (entry rebalances); a job of its own in the replays
     def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
         cond = self._forward(canvas)
         if self.cfg_scale > 0:
