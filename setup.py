@@ -75,7 +75,7 @@ def _extension():
     include = [os.path.join(ROOT, "kernels")]
     cpu_sources = ["kernels/bindings.cpp", "kernels/cpu/w4a4_cpu.cpp", "kernels/cpu/w4a4_avx512.cpp",
                    "kernels/cpu/w4a4_quantize.cpp", "kernels/cpu/a8_quantize.cpp",
-                   "kernels/cpu/w8a8_avx512.cpp"]
+                   "kernels/cpu/w8a8_avx512.cpp", "kernels/cpu/fake_quant.cpp"]
     # -ffp-contract=off: the fp32 epilogue must round exactly like the reference (no FMA contraction).
     # The AVX2 / AVX-512 code uses function-level target attributes, so no -m flags: the extension loads on
     # any x86-64 CPU and picks its GEMM at run time.

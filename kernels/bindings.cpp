@@ -247,6 +247,52 @@ torch::Tensor int32_epilogue_(torch::Tensor acc, const torch::Tensor& sx, const 
   return y;
 }
 
+// Stage II's fused fake quantizer (cpu/fake_quant.cpp). x and g: contiguous fp32 CPU [m, k]; clip: contiguous fp32
+// CPU with one value (every row) or m values (one per row).
+void check_fake_quant_rows(const torch::Tensor& x, const torch::Tensor& clip) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous 2-D fp32 CPU tensor");
+  TORCH_CHECK(clip.device().is_cpu() && clip.scalar_type() == torch::kFloat32 && clip.is_contiguous() &&
+                  (clip.numel() == 1 || clip.numel() == x.size(0)),
+              "clip must be a contiguous fp32 CPU tensor with 1 or ", x.size(0), " values, got ", clip.numel());
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> fake_quant_rows_forward(const torch::Tensor& x,
+                                                                                const torch::Tensor& clip,
+                                                                                int64_t qmin, int64_t qmax) {
+  check_fake_quant_rows(x, clip);
+  const int64_t m = x.size(0), k = x.size(1);
+  auto out = torch::empty_like(x);
+  auto scale = torch::empty({m}, x.options());
+  auto amax = torch::empty({m}, x.options());
+  fair_calib::fake_quant_rows_forward(x.data_ptr<float>(), clip.data_ptr<float>(), clip.numel() == 1 ? 0 : 1,
+                                      out.data_ptr<float>(), scale.data_ptr<float>(), amax.data_ptr<float>(), m, k,
+                                      static_cast<int>(qmin), static_cast<int>(qmax), at::get_num_threads());
+  return {out, scale, amax};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> fake_quant_rows_backward(const torch::Tensor& g, const torch::Tensor& x,
+                                                                  const torch::Tensor& clip,
+                                                                  const torch::Tensor& scale,
+                                                                  const torch::Tensor& amax, int64_t qmin,
+                                                                  int64_t qmax, bool grad_x, bool grad_clip) {
+  check_fake_quant_rows(x, clip);
+  TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == torch::kFloat32 && g.is_contiguous() && g.device().is_cpu(),
+              "g must be a contiguous fp32 CPU tensor shaped like x");
+  const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(scale.numel() == m && amax.numel() == m && scale.is_contiguous() && amax.is_contiguous() &&
+                  scale.scalar_type() == torch::kFloat32 && amax.scalar_type() == torch::kFloat32,
+              "scale and amax must be the forward's contiguous fp32 [m] tensors");
+  torch::Tensor gx = grad_x ? torch::empty_like(x) : torch::Tensor();
+  torch::Tensor gc = grad_clip ? torch::empty({m}, x.options()) : torch::Tensor();
+  fair_calib::fake_quant_rows_backward(g.data_ptr<float>(), x.data_ptr<float>(), clip.data_ptr<float>(),
+                                       clip.numel() == 1 ? 0 : 1, scale.data_ptr<float>(), amax.data_ptr<float>(),
+                                       grad_x ? gx.data_ptr<float>() : nullptr,
+                                       grad_clip ? gc.data_ptr<float>() : nullptr, m, k, static_cast<int>(qmin),
+                                       static_cast<int>(qmax), at::get_num_threads());
+  return {gx, gc};
+}
+
 std::tuple<torch::Tensor, torch::Tensor> quantize_int8(const torch::Tensor& x, double clip) {
   const QuantInput in(x);
   auto codes = torch::empty({in.m, in.k}, torch::dtype(torch::kInt8));
@@ -311,6 +357,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_int8", &quantize_int8, "per-row symmetric int8 quantization");
   m.def("transform_quantize_int8", &transform_quantize_int8,
         "fused online Kronecker transform (x*diag)(left kron right) + per-row int8 quantization");
+  m.def("fake_quant_rows_forward", &fake_quant_rows_forward,
+        "Stage II fake quantizer forward: (out, scale [m], amax [m]) of fp32 rows [m, k]");
+  m.def("fake_quant_rows_backward", &fake_quant_rows_backward,
+        "Stage II fake quantizer backward: (grad_x or undefined, per-row clip gradient or undefined)");
   m.def("gemm_isa", &fair_calib::gemm_isa, "instruction set used by the CPU GEMM now");
   m.def("supported_isas", &supported_isas, "CPU GEMM instruction sets this CPU can run, best last");
   m.def("set_isa", &set_isa, "force the CPU GEMM instruction set by name, or 'auto'");

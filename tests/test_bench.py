@@ -154,3 +154,27 @@ def test_contention_bench_times_a_workload_alone_and_beside_the_neighbour(tmp_pa
     neighbours = [p for p in started if "set_num_threads" in str(p.args)]
     assert flag.exists() and len(neighbours) == 2  # the rate alone, then the run beside
     assert all(p.poll() is not None for p in neighbours)  # every neighbour stopped
+
+
+def test_calibrate_stubs_are_stand_ins_only_inside_the_block():
+    """``bench calibrate --stub``: the named Stage II parts are replaced while calibrating and restored after
+    (also after an error); an unknown part is refused."""
+    import pytest
+    import torch
+
+    from fair_calib_hf.calibration import stage2_fit
+
+    originals = (stage2_fit.fake_quant_rows, stage2_fit.kron_apply_gemms, stage2_fit.invert_factors_together)
+    x = torch.randn(3, 8)
+    with calibrate.stubbed(["fake-quant", "inversions"]):
+        assert torch.equal(stage2_fit.fake_quant_rows(x, torch.tensor(0.5)), x * 0.5)
+        assert stage2_fit.kron_apply_gemms is originals[1]
+        assert stage2_fit.invert_factors_together is not originals[2]
+    with pytest.raises(RuntimeError):
+        with calibrate.stubbed(["transforms"]):
+            assert stage2_fit.kron_apply_gemms is not originals[1]
+            raise RuntimeError("inside")
+    assert (stage2_fit.fake_quant_rows, stage2_fit.kron_apply_gemms, stage2_fit.invert_factors_together) == originals
+    with pytest.raises(ValueError, match="unknown parts"):
+        with calibrate.stubbed(["everything"]):
+            pass

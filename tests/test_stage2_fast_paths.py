@@ -1,7 +1,8 @@
 """Stage II's fast paths against the plain expressions they replace (issue 16, item 3):
 
-- ``fake_quant_rows`` is one autograd node with a hand-written straight-through backward: forward and both
-  gradients bit-identical (``torch.equal``, so a zero's sign may differ) to the generic autograd graph of the
+- ``fake_quant_rows``'s pure-torch definition (``FakeQuantRowsReference``, what the compiled kernel is checked
+  against in test_fake_quant_kernel.py) is one autograd node with a hand-written straight-through backward:
+  forward and both gradients bit-identical (``torch.equal``, so a zero's sign may differ) to the generic autograd graph of the
   plain expression with ``ste_round``, on rows with tied maxima, zero rows, clamped values, 2-D and 3-D
   inputs, scalar and per-row clips;
 - ``kron_apply_gemms`` (two GEMMs over all rows) equals ``x · (L ⊗ R)`` and ``kron_apply`` to fp32 rounding;
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from fair_calib_hf import FairCalibConfig
+from fair_calib_hf.calibration.fake_quant import FakeQuantRowsReference
 from fair_calib_hf.calibration.stage2_fit import FitLinear, SiteParams, fake_quant_rows, ste_round
 from fair_calib_hf.calibration.transforms import kron_apply, kron_apply_gemms
 from fair_calib_hf.packing import QMAX, QMIN
@@ -46,7 +48,7 @@ def test_fake_quant_rows_matches_the_autograd_graph_bit_for_bit(shape, per_row):
     clip0 = torch.rand(clip_shape, generator=g) * 0.5 + 0.4
     upstream = torch.randn(shape, generator=g)
     results = []
-    for fn in (fake_quant_rows, _plain_fake_quant_rows):
+    for fn in (lambda x, clip: FakeQuantRowsReference.apply(x, clip, QMIN, QMAX), _plain_fake_quant_rows):
         x = x0.clone().requires_grad_(True)
         clip = clip0.clone().requires_grad_(True)
         xin = x.view(-1, shape[-1]) if per_row else x

@@ -22,10 +22,16 @@ calibration sequence, so every variant takes the same number of optimizer steps.
 producing the states (the teacher's decoding for trajectory states: what they add to Stage I), ``Stage II s/step``
 the optimization loop's time per optimizer step and ``x observed`` its ratio to the same model and method on
 observed states.
+
+**What Stage II's own machinery costs** (``--stub``, a profiling aid): the named parts are replaced by cheap
+stand-ins before calibrating (``fake-quant``: ``x · clip`` for the fake quantizer; ``transforms``: ``x`` times one
+entry of each Kronecker factor; ``inversions``: the factors' transposes for their inverses), so ``Stage II s``
+with them stubbed bounds what fusing them could save. The calibration it produces is meaningless.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -42,6 +48,34 @@ STATES = {"observed": {}, "masked": {"calibration_states": "masked"},
           "trajectory": {"calibration_states": "trajectory"},
           "trajectory-frontier": {"calibration_states": "trajectory", "state_weights": "frontier"}}
 """``--states`` variants: ``FairCalibConfig`` overrides (``trajectory-frontier``: FAIR-Calib only)."""
+
+STUBS = ("fake-quant", "transforms", "inversions")
+"""``--stub`` choices (see the module docstring)."""
+
+
+@contextlib.contextmanager
+def stubbed(stubs):
+    """Within the block, the named Stage II parts (:data:`STUBS`) are cheap stand-ins (restored on exit)."""
+    from fair_calib_hf.calibration import stage2_fit
+
+    def transposes(params):
+        for sp in params:
+            sp._inverse = (sp.left.t(), sp.right.t())
+
+    stand_ins = {"fake-quant": ("fake_quant_rows", lambda x, clip, bits=4: x * clip),
+                 "transforms": ("kron_apply_gemms", lambda x, left, right: x * left[0, 0] * right[0, 0]),
+                 "inversions": ("invert_factors_together", transposes)}
+    unknown = set(stubs) - set(stand_ins)
+    if unknown:
+        raise ValueError(f"stubbed: unknown parts {sorted(unknown)}; choose from {list(STUBS)}")
+    saved = {name: getattr(stage2_fit, name) for name, _ in stand_ins.values()}
+    try:
+        for part in stubs:
+            setattr(stage2_fit, *stand_ins[part])
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(stage2_fit, name, fn)
 
 
 def _texts() -> list[str]:
@@ -103,9 +137,9 @@ def _zoo_config(name: str, method: str):
     return path, cfg
 
 
-def run_one(model_name: str, method: str, states: str = "observed") -> dict:
+def run_one(model_name: str, method: str, states: str = "observed", stubs=()) -> dict:
     """One row: ``model_name`` is ``tiny-llada`` / ``tiny-dream`` or ``zoo:NAME``; ``states`` a key of
-    :data:`STATES`."""
+    :data:`STATES`; ``stubs``: parts of :data:`STUBS` replaced by stand-ins (profiling only)."""
     import resource
 
     from transformers import AutoModel
@@ -115,7 +149,7 @@ def run_one(model_name: str, method: str, states: str = "observed") -> dict:
     from fair_calib_hf.reference_models import save_tiny
 
     hf_logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as root, stubbed(stubs):
         if model_name.startswith("zoo:"):
             path, cfg = _zoo_config(model_name, method)
         else:
@@ -131,7 +165,7 @@ def run_one(model_name: str, method: str, states: str = "observed") -> dict:
         model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     r = model.hf_quantizer.calibration_report
-    row = {"model": model_name, "method": method, "states": states,
+    row = {"model": model_name, "method": method, "states": states, "stubbed": list(stubs),
            "states_s": round(r.states.seconds, 2) if r.states is not None else 0.0,
            "samples": r.num_samples, "seq_len": cfg.seq_len,
            "threads": torch.get_num_threads(), "stage1_s": round(r.stage1_seconds, 2),
@@ -161,11 +195,14 @@ def main(argv=None) -> None:
     parser.add_argument("--states", nargs="+", default=["observed"], choices=list(STATES),
                         help="Stage II states variants timed for flatquant / fair_calib (default: observed); "
                              "trajectory-frontier runs for fair_calib only")
+    parser.add_argument("--stub", nargs="+", default=[], choices=STUBS,
+                        help="profiling aid: replace these Stage II parts by cheap stand-ins to measure what they "
+                             "cost (the calibration is meaningless)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs="+", metavar="MODEL METHOD [STATES]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(*args.one)))
+        print(json.dumps(run_one(*args.one, stubs=args.stub)))
         return
 
     def variants(method):
@@ -184,7 +221,7 @@ def main(argv=None) -> None:
     rows = []
     for model_name, method, states in jobs:
         out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", model_name, method,
-                              states], capture_output=True, text=True)
+                              states] + (["--stub", *args.stub] if args.stub else []), capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"bench calibrate {model_name} {method} {states} failed:\n{out.stderr[-4000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -197,6 +234,7 @@ def main(argv=None) -> None:
            f"epochs, batch 4); zoo models: the CLI's defaults; torch {torch.__version__}, "
            f"{torch.get_num_threads()} threads",
            {"model": lambda r: r["model"], "method": lambda r: r["method"], "states": lambda r: r["states"],
+            "stubbed": lambda r: ", ".join(r.get("stubbed", [])) or "-",
             "samples": lambda r: r["samples"],
             "seq_len": lambda r: r["seq_len"], "Stage I s": lambda r: r["stage1_s"], "total s": lambda r: r["total_s"],
             "peak MB over loaded model": lambda r: r["peak_mb_over_loaded"],

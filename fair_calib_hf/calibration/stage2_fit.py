@@ -32,74 +32,14 @@ from torch import nn
 
 from .. import cpu_threads
 from ..architectures import ModelAdapter
-from ..packing import QMAX, QMIN, code_range
 from ..targets import set_submodule
+from .fake_quant import fake_quant_rows, ste_round  # noqa: F401  (ste_round: re-exported)
 from .block_loop import BlockInput, block_batches, run_block, stack_block_inputs
 from .gptq import scale_target_rows
 from .sites import Site, diag_fold_target, discover_sites, pack_with_transform
 from .transforms import kron_apply_gemms, kronecker_factors, orthogonal_hadamard_factors, transform_weight
 
 CLIP_INIT = 4.0
-
-
-def ste_round(x: torch.Tensor) -> torch.Tensor:
-    """Round half to even forward, identity gradient."""
-    return (torch.round(x) - x).detach() + x
-
-
-class _FakeQuantRows(torch.autograd.Function):
-    """:func:`fake_quant_rows` as one autograd node. The forward is the same expression; the backward is the
-    gradient autograd derives for it with :func:`ste_round` as the rounding, written out operation by
-    operation in the same floating-point order (each node's formula from torch's ``derivatives.yaml``:
-    ``abs``, ``amax`` (gradient shared evenly among tied maxima), ``mul``, ``div``, ``where``, ``clamp``
-    (gradient where ``QMIN ≤ r ≤ QMAX``)), so gradients equal the generic graph's bit for bit (up to the
-    sign of a zero), while running a third of its kernels, no boolean masks and a single graph node."""
-
-    @staticmethod
-    def forward(ctx, x, clip, qmin=QMIN, qmax=QMAX):
-        a = x.abs()
-        m = a.amax(-1, keepdim=True)
-        s0 = clip * m / qmax
-        zero = s0 == 0
-        s = torch.where(zero, 1.0, s0)
-        u = x / s
-        # ste_round's forward value (round(u) − u) + u is exactly round(u), with -0 turned into +0
-        r = torch.round(u) + 0.0
-        c = torch.clamp(r, qmin, qmax)
-        ctx.qmax = qmax
-        ctx.save_for_backward(x, clip, a, m, zero, s, u, r, c)
-        return c * s
-
-    @staticmethod
-    def backward(ctx, g):
-        x, clip, a, m, zero, s, u, r, c = ctx.saved_tensors
-        # Masks are built as 0/1 floats (torch.eq into a float tensor): boolean masks and where() run several
-        # times slower on CPU. Multiplying by a 0/1 mask equals autograd's where(mask, ·, 0) except that a
-        # masked-out zero may be −0 instead of +0 (no later operation divides by a gradient).
-        # out = c·s; clamp: gradient where QMIN ≤ r ≤ QMAX (⇔ c == r); STE: r → u
-        gu = (g * s) * torch.eq(c, r, out=torch.empty_like(c))
-        # s from out = c·s and from u = x/s (autograd: −gu·((x/s)/s), summed; negating the sum is exact)
-        gs = (g * c).sum(-1, keepdim=True) + -(gu * (u / s)).sum(-1, keepdim=True)
-        gt1 = torch.where(zero, 0.0, gs) / ctx.qmax  # s = where(s0 == 0, 1, s0); s0 = t1 / qmax
-        grad_clip = (gt1 * m).sum_to_size(clip.shape) if ctx.needs_input_grad[1] else None  # t1 = clip · m
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            # m = amax(|x|): shared evenly among the row's maxima, times sgn(x); the products with
-            # hit ∈ {0, 1} and sign ∈ {0, ±1} are exact, so fusing them into one addcmul rounds the same
-            hit = torch.eq(a, m, out=torch.empty_like(a))
-            grad_x = torch.addcmul(gu / s, (gt1 * clip) / hit.sum(-1, keepdim=True), hit * x.sign())
-        return grad_x, grad_clip, None, None
-
-
-def fake_quant_rows(x: torch.Tensor, clip: torch.Tensor, bits: int = 4) -> torch.Tensor:
-    """Symmetric ``bits``-bit quantize-dequantize per row (last dim) with straight-through rounding:
-    ``s = clip·max|x|/qmax`` (1 for zero rows), ``clamp(round(x/s), qmin, qmax)·s`` with ``(qmin, qmax)`` from
-    :func:`fair_calib_hf.packing.code_range` ((−8, 7) for int4, (−128, 127) for int8). ``x [..., K]`` float;
-    ``clip`` a 0-dim tensor or one broadcastable to ``[..., 1]`` (e.g. ``[rows, 1]``); same dtype as ``x``.
-    Gradients reach ``x`` (STE: through the rounding, zero where clamped, and through the scale's ``max|x|``)
-    and ``clip``. One autograd node (:class:`_FakeQuantRows`), bit-identical to the plain expression with
-    :func:`ste_round` (gradients up to the sign of a zero)."""
-    return _FakeQuantRows.apply(x, clip, *code_range(bits))
 
 
 def weighted_mse(h_q: torch.Tensor, h_fp: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

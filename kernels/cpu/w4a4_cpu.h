@@ -73,6 +73,16 @@ void transform_quantize_rows_int8(const float* x, int64_t m, int64_t a, int64_t 
                                   const float* right, const float* diag, float clip, int8_t* codes, float* scale,
                                   int threads);
 
+// Stage II's fake quantizer (fake_quant.cpp), fp32 rows x [m, k] with the clip clip[i * clip_stride] (stride 0: one
+// clip for every row). Forward: out [m, k] = clamp(rint(x / s), qmin, qmax) * s, scale [m] = s, amax [m] = max|x|,
+// bit-identical to the reference. Backward: grad_x [m, k] (or nullptr) and grad_clip_row [m] (or nullptr: the
+// row's gt1 * amax, summed by the caller) from the upstream gradient g [m, k] and the forward's scale and amax.
+void fake_quant_rows_forward(const float* x, const float* clip, int64_t clip_stride, float* out, float* scale,
+                             float* amax, int64_t m, int64_t k, int qmin, int qmax, int threads);
+void fake_quant_rows_backward(const float* g, const float* x, const float* clip, int64_t clip_stride,
+                              const float* scale, const float* amax, float* grad_x, float* grad_clip_row, int64_t m,
+                              int64_t k, int qmin, int qmax, int threads);
+
 // Name of the instruction set the GEMM uses ("avx512vnni", "avx2" or "scalar"): the best this CPU
 // supports unless another one was forced with set_gemm_isa.
 const char* gemm_isa();
