@@ -250,6 +250,38 @@ def safetensors_metadata(config, version: str, prior_json: str | None = None) ->
     }
 
 
+def canonicalize_header_metadata(path: str) -> bool:
+    """Rewrite the header of the safetensors file ``path`` with its ``__metadata__`` keys in sorted order, so that
+    saving the same model twice gives the same bytes (safetensors 0.8 writes them in a random order on every
+    save: upstream issue safetensors#584). Only the order changes: the same keys, values and tensor entries, the
+    same header length (the JSON is re-serialized compactly, as safetensors writes it, and padded with spaces to
+    the old length), so the tensor data does not move; the few header bytes are overwritten in place. Returns
+    whether the file changed; ``False`` (file untouched) when there is nothing to reorder or the re-serialized
+    header would not have the same length (an escape written differently)."""
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        raw = f.read(n)
+    header = json.loads(raw)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or len(meta) < 2:
+        return False
+    ordered = {"__metadata__": dict(sorted(meta.items())), **{k: v for k, v in header.items() if k != "__metadata__"}}
+    new = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(new) != len(raw.rstrip(b" ")) or json.loads(new) != header:
+        return False
+    new = new + b" " * (n - len(new))
+    if new == raw:
+        return False
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 # -- robustness: corrupted files, foreign quantization, atomic saves, inspection -----------------------------
 
 class CorruptCheckpointError(ValueError):

@@ -27,7 +27,12 @@
    ``with`` block, for a subclass whose ``validate`` drops the keywords the original does not accept, and
    swapped back afterwards (also on error).
 
-:func:`install_save_compat` makes a model's own ``save_pretrained`` (hence ``push_to_hub``) do both, and copy
+3. **The same bytes for the same model.** safetensors writes the header's ``__metadata__`` keys in a random order
+   on every save (upstream issue safetensors#584), so two saves of one quantized model had different file
+   hashes. After the save the weights files' headers are rewritten with the keys sorted
+   (:func:`~fair_calib_hf.checkpoint.canonicalize_header_metadata`: same length, the tensor data untouched).
+
+:func:`install_save_compat` makes a model's own ``save_pretrained`` (hence ``push_to_hub``) do all three, and copy
 a zoo model's recipe (:func:`copy_zoo_recipe`) into its quantized copy; the quantizer installs it on every model
 it calibrates or loads.
 """
@@ -188,6 +193,10 @@ def _save_pretrained(model, save_directory, *args, **kwargs):
         if getattr(model, "is_quantized", False):
             write_loader(save_directory, model_module)
             copy_zoo_recipe(model, save_directory)
+            from .checkpoint import canonicalize_header_metadata, locate_checkpoint_files
+
+            for path in locate_checkpoint_files(str(save_directory)) or []:
+                canonicalize_header_metadata(path)
         else:  # dequantized: a plain float checkpoint again
             remove_loader_routes(save_directory, model_module)
     return result

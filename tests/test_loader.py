@@ -160,3 +160,51 @@ def test_remote_code_of_any_import_depth_reloads_through_the_loader(tiny_dirs, t
                     [str(torch.get_num_threads()), str(folder), str(tmp_path / "ids.pt")])
         assert proc.returncode == 0, (folder.name, proc.stderr[-3000:])
         assert torch.equal(torch.load(tmp_path / "ids.pt.out"), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_saving_the_same_model_twice_gives_the_same_bytes(tiny_dirs, tmp_path, kind):
+    """safetensors writes the header metadata in a random order on every save; the save sorts it, so every file
+    of two saves of one model (single file and sharded) is byte-identical, and the reload still works."""
+    import filecmp
+
+    q = AutoModel.from_pretrained(tiny_dirs[kind], trust_remote_code=True,
+                                  quantization_config=FairCalibConfig(method="rtn"))
+    for shard in (None, "100KB"):
+        folders = [tmp_path / f"{shard}-{i}" for i in range(2)]
+        for folder in folders:
+            q.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+        names = sorted(os.listdir(folders[0]))
+        assert names == sorted(os.listdir(folders[1]))
+        assert sum(n.endswith(".safetensors") for n in names) == 1 if shard is None else "model.safetensors.index.json" in names
+        _, mismatch, errors = filecmp.cmpfiles(folders[0], folders[1], names, shallow=False)
+        assert not mismatch and not errors, mismatch
+    again = AutoModel.from_pretrained(str(folders[0]), trust_remote_code=True)
+    ids = torch.randint(5, 90, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=ids).logits, q(input_ids=ids).logits)
+
+
+def test_canonical_header_keeps_every_key_value_and_tensor(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from fair_calib_hf.checkpoint import canonicalize_header_metadata
+
+    tensors = {"b": torch.randn(3), "a": torch.arange(6, dtype=torch.int8).view(2, 3)}
+    meta = {"z": "last", "quote": 'say "hi"\n\tnew line \\ slash /', "unicode": "λ0(t) — ü", "a": "{}", "m": ""}
+    path = str(tmp_path / "x.safetensors")
+    save_file(tensors, path, metadata=meta)
+    size = os.path.getsize(path)
+    changed = canonicalize_header_metadata(path)
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata() == meta
+    assert os.path.getsize(path) == size
+    loaded = load_file(path)
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    assert list(header["__metadata__"]) == sorted(meta)
+    assert not canonicalize_header_metadata(path)  # already canonical
+    assert changed or list(meta) == sorted(meta)
