@@ -178,3 +178,14 @@ def test_calibrate_stubs_are_stand_ins_only_inside_the_block():
     with pytest.raises(ValueError, match="unknown parts"):
         with calibrate.stubbed(["everything"]):
             pass
+
+
+def test_fake_quant_ab_times_both_fake_quantizers_and_restores_the_kernel():
+    from conftest import skip_without_cpu_extension
+
+    from fair_calib_hf.ops import fake_quant_cpu
+
+    skip_without_cpu_extension()
+    row = calibrate.fake_quant_ab("tiny-llada", "flatquant", repeats=1)
+    assert len(row["compiled_s"]) == len(row["pure_torch_s"]) == 1
+    assert row["speedup"] > 0 and fake_quant_cpu.available()

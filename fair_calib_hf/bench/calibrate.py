@@ -27,6 +27,12 @@ observed states.
 stand-ins before calibrating (``fake-quant``: ``x · clip`` for the fake quantizer; ``transforms``: ``x`` times one
 entry of each Kronecker factor; ``inversions``: the factors' transposes for their inverses), so ``Stage II s``
 with them stubbed bounds what fusing them could save. The calibration it produces is meaningless.
+
+**Compiled against pure-torch fake quantizer** (``--fake-quant-ab``): per model and method, in one process,
+calibrations alternating between Stage II's compiled fake quantizer and its pure-torch definition
+(:func:`fair_calib_hf.ops.fake_quant_cpu.set_enabled`), ``--repeats`` of each; prints the best Stage II time of
+each and their ratio (> 1: the compiled one is faster). Alternating in one process keeps this machine's
+run-to-run drift out of the ratio.
 """
 from __future__ import annotations
 
@@ -185,6 +191,43 @@ def run_one(model_name: str, method: str, states: str = "observed", stubs=()) ->
     return row
 
 
+def fake_quant_ab(model_name: str, method: str, repeats: int) -> dict:
+    """Stage II seconds with the compiled and with the pure-torch fake quantizer, alternating, best of
+    ``repeats`` each (module docstring); ``model_name`` as :func:`run_one` takes it."""
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from fair_calib_hf import FairCalibConfig
+    from fair_calib_hf.ops import fake_quant_cpu
+    from fair_calib_hf.reference_models import save_tiny
+
+    if not fake_quant_cpu.available():
+        raise SystemExit("--fake-quant-ab needs the compiled fake quantizer (the native extension, without "
+                         "FAIR_CALIB_BACKEND=reference)")
+    hf_logging.disable_progress_bar()
+    times = {"compiled": [], "pure torch": []}
+    with tempfile.TemporaryDirectory() as root:
+        if model_name.startswith("zoo:"):
+            path, cfg = _zoo_config(model_name, method)
+        else:
+            path = save_tiny(model_name.removeprefix("tiny-"), os.path.join(root, "model"))
+            cfg = FairCalibConfig(method=method, calibration_dataset=_texts(), **SETTINGS)
+        cfg.post_init()
+        try:
+            for _ in range(repeats):
+                for variant in times:
+                    fake_quant_cpu.set_enabled(variant == "compiled")
+                    model = AutoModel.from_pretrained(path, trust_remote_code=True, quantization_config=cfg)
+                    times[variant].append(sum(b.extra["fit_seconds"] for b in model.hf_quantizer.calibration_report.blocks))
+                    del model
+        finally:
+            fake_quant_cpu.set_enabled(True)
+    best = {k: min(v) for k, v in times.items()}
+    return {"model": model_name, "method": method, "threads": torch.get_num_threads(),
+            "compiled_s": [round(t, 2) for t in times["compiled"]], "pure_torch_s": [round(t, 2) for t in times["pure torch"]],
+            "speedup": round(best["pure torch"] / best["compiled"], 2)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fair_calib_hf.bench calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny"],
@@ -198,11 +241,36 @@ def main(argv=None) -> None:
     parser.add_argument("--stub", nargs="+", default=[], choices=STUBS,
                         help="profiling aid: replace these Stage II parts by cheap stand-ins to measure what they "
                              "cost (the calibration is meaningless)")
+    parser.add_argument("--fake-quant-ab", action="store_true",
+                        help="time Stage II with the compiled and the pure-torch fake quantizer, alternating in one "
+                             "process per model and method (--repeats each), and print the ratio")
+    parser.add_argument("--repeats", type=int, default=2, help="calibrations per variant with --fake-quant-ab")
     parser.add_argument("--json", default=None)
     parser.add_argument("--one", nargs="+", metavar="MODEL METHOD [STATES]", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(*args.one, stubs=args.stub)))
+        if args.fake_quant_ab:
+            print(json.dumps(fake_quant_ab(args.one[0], args.one[1], args.repeats)))
+        else:
+            print(json.dumps(run_one(*args.one, stubs=args.stub)))
+        return
+    if args.fake_quant_ab:
+        names = [f"tiny-{f}" for f in ("llada", "dream")] if args.models == ["tiny"] else []
+        names += [m for m in args.models if m.startswith("zoo:")]
+        rows = []
+        for name in names:
+            for method in [m for m in args.methods if m in ("flatquant", "fair_calib")]:
+                out = subprocess.run([sys.executable, "-m", "fair_calib_hf.bench", "calibrate", "--one", name, method,
+                                      "--fake-quant-ab", "--repeats", str(args.repeats)], capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"bench calibrate --fake-quant-ab {name} {method} failed:\n{out.stderr[-4000:]}")
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        report(f"Stage II with the compiled vs the pure-torch fake quantizer, alternating in one process, best of "
+               f"{args.repeats} each; torch {torch.__version__}, {torch.get_num_threads()} threads",
+               {"model": lambda r: r["model"], "method": lambda r: r["method"],
+                "compiled Stage II s (runs)": lambda r: ", ".join(map(str, r["compiled_s"])),
+                "pure-torch Stage II s (runs)": lambda r: ", ".join(map(str, r["pure_torch_s"])),
+                "pure torch / compiled": lambda r: r["speedup"]}, rows, args.json)
         return
 
     def variants(method):
