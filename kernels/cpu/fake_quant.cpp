@@ -140,6 +140,18 @@ FC_AVX512_TARGET inline __m512 sign_avx512(__m512 v) {
   return _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
 }
 
+// u = x / s and gu = (g·s)·[q == r] of 16 lanes: the straight-through terms both backward passes need.
+FC_AVX512_TARGET inline __m512 ste_terms_avx512(__m512 xv, __m512 gv, __m512 vs, __m512 lo, __m512 hi, __m512* u_out,
+                                                __m512* q_out) {
+  const __m512 u = _mm512_div_ps(xv, vs);
+  const __m512 r = round_avx512(u);
+  const __m512 q = clamp_avx512(r, lo, hi);
+  const __m512 in_range = _mm512_mask_mov_ps(_mm512_setzero_ps(), _mm512_cmp_ps_mask(q, r, _CMP_EQ_OQ), _mm512_set1_ps(1.0f));
+  *u_out = u;
+  *q_out = q;
+  return _mm512_mul_ps(_mm512_mul_ps(gv, vs), in_range);
+}
+
 FC_AVX512_TARGET void backward_row_avx512(const float* g, const float* x, int64_t k, float clip, float s, float amax,
                                           float qmin, float qmax, float* grad_x, float* grad_clip_row) {
   float s0;
@@ -151,11 +163,8 @@ FC_AVX512_TARGET void backward_row_avx512(const float* g, const float* x, int64_
   for (int64_t j = 0; j < k; j += 16) {
     const __mmask16 mask = tail_mask(j, k);
     const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j), gv = _mm512_maskz_loadu_ps(mask, g + j);
-    const __m512 u = _mm512_div_ps(xv, vs);
-    const __m512 r = round_avx512(u);
-    const __m512 q = clamp_avx512(r, lo, hi);
-    const __m512 in_range = _mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(q, r, _CMP_EQ_OQ), one);
-    const __m512 gu = _mm512_mul_ps(_mm512_mul_ps(gv, vs), in_range);
+    __m512 u, q;
+    const __m512 gu = ste_terms_avx512(xv, gv, vs, lo, hi, &u, &q);
     acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(gv, q));
     acc2 = _mm512_add_ps(acc2, _mm512_mul_ps(gu, _mm512_div_ps(u, vs)));
     hits += __builtin_popcount(_mm512_mask_cmp_ps_mask(mask, _mm512_abs_ps(xv), vmax, _CMP_EQ_OQ));
@@ -170,11 +179,8 @@ FC_AVX512_TARGET void backward_row_avx512(const float* g, const float* x, int64_
   for (int64_t j = 0; j < k; j += 16) {
     const __mmask16 mask = tail_mask(j, k);
     const __m512 xv = _mm512_maskz_loadu_ps(mask, x + j), gv = _mm512_maskz_loadu_ps(mask, g + j);
-    const __m512 u = _mm512_div_ps(xv, vs);
-    const __m512 r = round_avx512(u);
-    const __m512 q = clamp_avx512(r, lo, hi);
-    const __m512 in_range = _mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(q, r, _CMP_EQ_OQ), one);
-    const __m512 gu = _mm512_mul_ps(_mm512_mul_ps(gv, vs), in_range);
+    __m512 u, q;
+    const __m512 gu = ste_terms_avx512(xv, gv, vs, lo, hi, &u, &q);
     const __m512 hit = _mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(_mm512_abs_ps(xv), vmax, _CMP_EQ_OQ), one);
     const __m512 hs = _mm512_mul_ps(hit, sign_avx512(xv));
     _mm512_mask_storeu_ps(grad_x + j, mask, _mm512_add_ps(_mm512_div_ps(gu, vs), _mm512_mul_ps(vcoef, hs)));
@@ -222,6 +228,17 @@ FC_AVX2_TARGET void forward_row_avx2(const float* x, int64_t k, float clip, floa
   *amax_out = amax;
 }
 
+// u = x / s and gu = (g·s)·[q == r] of 8 lanes: the straight-through terms both backward passes need.
+FC_AVX2_TARGET inline __m256 ste_terms_avx2(__m256 xv, __m256 gv, __m256 vs, __m256 lo, __m256 hi, __m256* u_out,
+                                            __m256* q_out) {
+  const __m256 u = _mm256_div_ps(xv, vs);
+  const __m256 r = round_avx2(u);
+  const __m256 q = clamp_avx2(r, lo, hi);
+  *u_out = u;
+  *q_out = q;
+  return _mm256_mul_ps(_mm256_mul_ps(gv, vs), _mm256_and_ps(_mm256_cmp_ps(q, r, _CMP_EQ_OQ), _mm256_set1_ps(1.0f)));
+}
+
 FC_AVX2_TARGET void backward_row_avx2(const float* g, const float* x, int64_t k, float clip, float s, float amax,
                                       float qmin, float qmax, float* grad_x, float* grad_clip_row) {
   float s0;
@@ -235,10 +252,8 @@ FC_AVX2_TARGET void backward_row_avx2(const float* g, const float* x, int64_t k,
       const int64_t j = j0 + 8 * h;
       const __m256i mask = half_mask(j, k);
       const __m256 xv = _mm256_maskload_ps(x + j, mask), gv = _mm256_maskload_ps(g + j, mask);
-      const __m256 u = _mm256_div_ps(xv, vs);
-      const __m256 r = round_avx2(u);
-      const __m256 q = clamp_avx2(r, lo, hi);
-      const __m256 gu = _mm256_mul_ps(_mm256_mul_ps(gv, vs), _mm256_and_ps(_mm256_cmp_ps(q, r, _CMP_EQ_OQ), one));
+      __m256 u, q;
+      const __m256 gu = ste_terms_avx2(xv, gv, vs, lo, hi, &u, &q);
       acc1[h] = _mm256_add_ps(acc1[h], _mm256_mul_ps(gv, q));
       acc2[h] = _mm256_add_ps(acc2[h], _mm256_mul_ps(gu, _mm256_div_ps(u, vs)));
       const __m256 hit = _mm256_and_ps(_mm256_cmp_ps(abs_avx2(xv), vmax, _CMP_EQ_OQ), _mm256_castsi256_ps(mask));
@@ -257,10 +272,8 @@ FC_AVX2_TARGET void backward_row_avx2(const float* g, const float* x, int64_t k,
   for (int64_t j = 0; j < k; j += 8) {
     const __m256i mask = half_mask(j, k);
     const __m256 xv = _mm256_maskload_ps(x + j, mask), gv = _mm256_maskload_ps(g + j, mask);
-    const __m256 u = _mm256_div_ps(xv, vs);
-    const __m256 r = round_avx2(u);
-    const __m256 q = clamp_avx2(r, lo, hi);
-    const __m256 gu = _mm256_mul_ps(_mm256_mul_ps(gv, vs), _mm256_and_ps(_mm256_cmp_ps(q, r, _CMP_EQ_OQ), one));
+    __m256 u, q;
+    const __m256 gu = ste_terms_avx2(xv, gv, vs, lo, hi, &u, &q);
     const __m256 hit = _mm256_and_ps(_mm256_cmp_ps(abs_avx2(xv), vmax, _CMP_EQ_OQ), one);
     const __m256 hs = _mm256_mul_ps(hit, sign_avx2(xv));
     _mm256_maskstore_ps(grad_x + j, mask, _mm256_add_ps(_mm256_div_ps(gu, vs), _mm256_mul_ps(vcoef, hs)));
